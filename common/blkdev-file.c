@@ -1,0 +1,186 @@
+/* A local file as a block device.  Extents come from SEEK_DATA and
+ * SEEK_HOLE, so sparse holes read as hole+zero, as qemu reports them.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blkdev.h"
+#include "qc-error.h"
+
+struct file_dev {
+  struct blkdev dev;
+  int fd;
+};
+
+static int
+file_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+  char *p = buf;
+
+  while (count > 0) {
+    ssize_t r = pread (f->fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      qc_error ("%s: read at offset %" PRIu64 ": %m", dev->name, offset);
+      return -1;
+    }
+    if (r == 0) {               /* shorter than we thought: zeros */
+      memset (p, 0, count);
+      return 0;
+    }
+    p += r;
+    count -= r;
+    offset += r;
+  }
+  return 0;
+}
+
+static int
+file_pwrite (struct blkdev *dev, const void *buf, size_t count,
+             uint64_t offset)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+  const char *p = buf;
+
+  while (count > 0) {
+    ssize_t r = pwrite (f->fd, p, count, offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      qc_error ("%s: write at offset %" PRIu64 ": %m", dev->name, offset);
+      return -1;
+    }
+    p += r;
+    count -= r;
+    offset += r;
+    if (offset > dev->size)
+      dev->size = offset;
+  }
+  return 0;
+}
+
+static int
+file_flush (struct blkdev *dev)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+
+  if (fdatasync (f->fd) == -1) {
+    qc_error ("%s: flush: %m", dev->name);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+file_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
+              blkdev_extent_fn fn, void *opaque)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+  uint64_t end = offset + count;
+
+  while (offset < end) {
+    off_t pos = lseek (f->fd, offset, SEEK_DATA);
+    uint64_t next;
+
+    if (pos == -1 && errno == ENXIO)    /* a hole up to the end */
+      return fn (opaque, offset, end - offset,
+                 BLKDEV_EXTENT_HOLE|BLKDEV_EXTENT_ZERO);
+    if (pos == -1)                      /* no SEEK_DATA: all data */
+      return fn (opaque, offset, end - offset, 0);
+    if ((uint64_t) pos > offset) {
+      next = (uint64_t) pos < end ? (uint64_t) pos : end;
+      if (fn (opaque, offset, next - offset,
+              BLKDEV_EXTENT_HOLE|BLKDEV_EXTENT_ZERO) == -1)
+        return -1;
+      offset = next;
+      continue;
+    }
+    pos = lseek (f->fd, offset, SEEK_HOLE);
+    if (pos == -1)
+      return fn (opaque, offset, end - offset, 0);
+    next = (uint64_t) pos < end ? (uint64_t) pos : end;
+    if (next <= offset)
+      next = end;
+    if (fn (opaque, offset, next - offset, 0) == -1)
+      return -1;
+    offset = next;
+  }
+  return 0;
+}
+
+static void
+file_close (struct blkdev *dev)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+
+  close (f->fd);
+  free (dev->name);
+  free (f);
+}
+
+static const struct blkdev_ops file_ops = {
+  .pread = file_pread,
+  .pwrite = file_pwrite,
+  .flush = file_flush,
+  .extents = file_extents,
+  .close = file_close,
+};
+
+struct blkdev *
+blkdev_file_open (const char *path, bool readonly)
+{
+  struct file_dev *f;
+  struct stat st;
+  int fd;
+
+  fd = open (path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd == -1) {
+    qc_error ("%s: %m", path);
+    return NULL;
+  }
+  if (fstat (fd, &st) == -1) {
+    qc_error ("%s: stat: %m", path);
+    close (fd);
+    return NULL;
+  }
+  if (S_ISDIR (st.st_mode)) {
+    qc_error ("%s: is a directory", path);
+    close (fd);
+    errno = EISDIR;
+    return NULL;
+  }
+  f = calloc (1, sizeof *f);
+  if (!f || !(f->dev.name = strdup (path))) {
+    qc_error ("%s: %m", path);
+    free (f);
+    close (fd);
+    return NULL;
+  }
+  f->fd = fd;
+  f->dev.ops = &file_ops;
+  f->dev.readonly = readonly;
+  if (S_ISBLK (st.st_mode)) {
+    off_t end = lseek (fd, 0, SEEK_END);
+    f->dev.size = end == -1 ? 0 : end;
+  }
+  else
+    f->dev.size = st.st_size;
+  return &f->dev;
+}
+
+int
+blkdev_file_fd (struct blkdev *dev)
+{
+  if (dev->ops != &file_ops)
+    return -1;
+  return ((struct file_dev *) dev)->fd;
+}

@@ -1,0 +1,75 @@
+/* The block-device seam: the format core reads and writes storage only
+ * through this interface.  A local file, a memory buffer, the plugin
+ * below a filter and an opened image (qcow2 or raw) are all devices, so
+ * a backing chain is devices stacked on devices.
+ *
+ * Conventions: every call returns 0 on success or -1 with errno set,
+ * after reporting what went wrong through qc_error (see qc-error.h).
+ * Reads past the end of a device return zeros for the part beyond the
+ * end, as a host file does in qemu: callers that need metadata inside
+ * the device check the bounds themselves.
+ */
+#ifndef QC_BLKDEV_H
+#define QC_BLKDEV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Extent flags, equal to NBD's NBD_STATE_HOLE and NBD_STATE_ZERO. */
+#define BLKDEV_EXTENT_HOLE 1
+#define BLKDEV_EXTENT_ZERO 2
+
+struct blkdev;
+
+/* Called for each extent, in order, without gaps.  Returns 0 to go on,
+ * -1 (errno set) to stop with an error.
+ */
+typedef int (*blkdev_extent_fn) (void *opaque, uint64_t offset,
+                                 uint64_t length, uint32_t flags);
+
+struct blkdev_ops {
+  int (*pread) (struct blkdev *dev, void *buf, size_t count,
+                uint64_t offset);
+  int (*pwrite) (struct blkdev *dev, const void *buf, size_t count,
+                 uint64_t offset);
+  int (*flush) (struct blkdev *dev);
+  /* Describe [offset, offset+count) (already clipped to the size).  May
+   * stop early after at least one extent; callers loop.
+   */
+  int (*extents) (struct blkdev *dev, uint64_t offset, uint64_t count,
+                  blkdev_extent_fn fn, void *opaque);
+  void (*close) (struct blkdev *dev);
+};
+
+struct blkdev {
+  const struct blkdev_ops *ops;
+  char *name;                   /* for messages: a path or a description */
+  uint64_t size;                /* current size in bytes */
+  bool readonly;
+};
+
+/* Generic wrappers: bounds handling and zero fill past the end. */
+extern int blkdev_pread (struct blkdev *dev, void *buf, size_t count,
+                         uint64_t offset);
+extern int blkdev_pwrite (struct blkdev *dev, const void *buf, size_t count,
+                          uint64_t offset);
+extern int blkdev_flush (struct blkdev *dev);
+/* Extents of [offset, offset+count), clipped to the size.  A range past
+ * the end of the device is reported as hole+zero (a shorter backing file
+ * reads as zeros).  Devices without an extents method are all data.
+ */
+extern int blkdev_extents (struct blkdev *dev, uint64_t offset,
+                           uint64_t count, blkdev_extent_fn fn,
+                           void *opaque);
+extern void blkdev_close (struct blkdev *dev);
+
+/* Local files.  fd is owned by the device afterwards. */
+extern struct blkdev *blkdev_file_open (const char *path, bool readonly);
+extern int blkdev_file_fd (struct blkdev *dev);
+
+/* Memory: a copy of len bytes of data (data may be NULL for zeros). */
+extern struct blkdev *blkdev_memory_new (const void *data, size_t len,
+                                         bool readonly);
+
+#endif /* QC_BLKDEV_H */

@@ -1,0 +1,100 @@
+/* qemu-compatible image locks: see qc-lock.h. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qc-error.h"
+#include "qc-lock.h"
+
+#define PERM_READ   0
+#define PERM_WRITE  1
+#define PERM_RESIZE 3
+#define NR_PERMS    4
+
+static const char *const perm_names[NR_PERMS] = {
+  "consistent read", "write", "write unchanged", "resize",
+};
+
+static int
+ofd_lock (int fd, int cmd, short type, off_t byte, struct flock *fl)
+{
+  memset (fl, 0, sizeof *fl);
+  fl->l_type = type;
+  fl->l_whence = SEEK_SET;
+  fl->l_start = byte;
+  fl->l_len = 1;
+  return fcntl (fd, cmd, fl);
+}
+
+/* Does another open file description hold a lock on byte? */
+static int
+held_by_other (int fd, off_t byte, const char *name, bool *held)
+{
+  struct flock fl;
+
+  if (ofd_lock (fd, F_OFD_GETLK, F_WRLCK, byte, &fl) == -1) {
+    qc_error ("%s: testing lock byte %ld: %m", name, (long) byte);
+    return -1;
+  }
+  *held = fl.l_type != F_UNLCK;
+  return 0;
+}
+
+int
+qc_lock_image (int fd, bool write, const char *name)
+{
+  /* Read-only: hold consistent read, share nothing that changes the
+   * guest's view (write, resize).  Read-write: hold read, write and
+   * resize; share neither write nor resize.
+   */
+  bool hold[NR_PERMS] = { true, write, false, write };
+  bool unshare[NR_PERMS] = { false, true, false, true };
+  struct flock fl;
+  int i;
+  bool held;
+
+  for (i = 0; i < NR_PERMS; i++) {
+    if (hold[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 100 + i, &fl) == -1)
+      goto lock_err;
+    if (unshare[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 200 + i, &fl) == -1)
+      goto lock_err;
+  }
+  for (i = 0; i < NR_PERMS; i++) {
+    if (hold[i]) {
+      if (held_by_other (fd, 200 + i, name, &held) == -1)
+        return -1;
+      if (held) {
+        qc_error ("%s: cannot get the \"%s\" lock: another process (qemu?) "
+                  "has the image open and does not share it; use "
+                  "locking=off to serve it anyway", name, perm_names[i]);
+        errno = EAGAIN;
+        return -1;
+      }
+    }
+    if (unshare[i]) {
+      if (held_by_other (fd, 100 + i, name, &held) == -1)
+        return -1;
+      if (held) {
+        qc_error ("%s: another process (qemu?) has the image open with "
+                  "\"%s\" permission; use locking=off to serve it anyway",
+                  name, perm_names[i]);
+        errno = EAGAIN;
+        return -1;
+      }
+    }
+  }
+  return 0;
+
+ lock_err:
+  if (errno == EAGAIN || errno == EACCES) {
+    qc_error ("%s: image is locked by another process (qemu?); use "
+              "locking=off to serve it anyway", name);
+    errno = EAGAIN;
+  }
+  else
+    qc_error ("%s: locking: %m", name);
+  return -1;
+}

@@ -1,0 +1,17 @@
+/* qemu-compatible image locking with open file description locks.  qemu
+ * marks "I hold permission i" by a shared lock on byte 100+i and "I do
+ * not share permission i" by a shared lock on byte 200+i; i is 0
+ * consistent read, 1 write, 2 write-unchanged, 3 resize.  Taking the same
+ * locks makes qemu refuse an image we serve, and the other way round.
+ */
+#ifndef QC_LOCK_H
+#define QC_LOCK_H
+
+#include <stdbool.h>
+
+/* Lock fd (an image open read-only when !write).  Returns 0, or -1 after
+ * qc_error naming the conflicting permission (errno EAGAIN).
+ */
+extern int qc_lock_image (int fd, bool write, const char *name);
+
+#endif /* QC_LOCK_H */

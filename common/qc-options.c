@@ -1,0 +1,164 @@
+/* The engine's option table and its parser: see qc-options.h. */
+#include <config.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "qc-error.h"
+#include "qc-options.h"
+
+#define TABLE_ROW(key, type, syntax, def, help) { key, type, syntax, def, help },
+const struct qc_option qc_option_table[] = {
+  QC_OPTIONS (TABLE_ROW)
+};
+const size_t qc_option_table_len =
+  sizeof qc_option_table / sizeof qc_option_table[0];
+
+void
+qc_options_init (struct qc_options *opts)
+{
+  memset (opts, 0, sizeof *opts);
+  opts->locking = true;
+}
+
+void
+qc_options_free (struct qc_options *opts)
+{
+  free (opts->file);
+  free (opts->format);
+  free (opts->backing);
+  free (opts->backing_format);
+  free (opts->snapshot);
+  qc_options_init (opts);
+}
+
+static int
+parse_bool (const char *key, const char *value, bool *ret)
+{
+  static const char *const yes[] = { "on", "true", "yes", "1" };
+  static const char *const no[] = { "off", "false", "no", "0" };
+  size_t i;
+
+  for (i = 0; i < 4; i++) {
+    if (strcasecmp (value, yes[i]) == 0) { *ret = true; return 0; }
+    if (strcasecmp (value, no[i]) == 0) { *ret = false; return 0; }
+  }
+  qc_error ("%s=%s: expected on or off", key, value);
+  errno = EINVAL;
+  return -1;
+}
+
+static int
+parse_size (const char *key, const char *value, uint64_t *ret)
+{
+  char *end;
+  unsigned long long v;
+  unsigned shift = 0;
+
+  errno = 0;
+  if (!isdigit ((unsigned char) *value))
+    goto bad;
+  v = strtoull (value, &end, 10);
+  if (errno)
+    goto bad;
+  switch (*end) {
+  case '\0': break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  case 't': case 'T': shift = 40; end++; break;
+  default: goto bad;
+  }
+  if (*end == 'b' || *end == 'B')
+    end++;
+  if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+    goto bad;
+  *ret = (uint64_t) v << shift;
+  return 0;
+ bad:
+  qc_error ("%s=%s: expected a size in bytes, optionally with a suffix "
+            "k, M, G or T", key, value);
+  errno = EINVAL;
+  return -1;
+}
+
+static int
+set_string (char **field, const char *value)
+{
+  char *s = strdup (value);
+
+  if (!s) {
+    qc_error ("%m");
+    return -1;
+  }
+  free (*field);
+  *field = s;
+  return 0;
+}
+
+static bool
+is_format (const char *s)
+{
+  return strcmp (s, "qcow2") == 0 || strcmp (s, "raw") == 0;
+}
+
+int
+qc_options_set (struct qc_options *opts, const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0)
+    return set_string (&opts->file, value);
+  if (strcmp (key, "format") == 0 || strcmp (key, "backing-format") == 0) {
+    if (!is_format (value)) {
+      qc_error ("%s=%s: unsupported format (use qcow2 or raw)", key, value);
+      errno = EINVAL;
+      return -1;
+    }
+    return set_string (strcmp (key, "format") == 0 ?
+                       &opts->format : &opts->backing_format, value);
+  }
+  if (strcmp (key, "backing") == 0) {
+    if (*value == '\0') {
+      qc_error ("backing=: empty name (use backing=none for no backing)");
+      errno = EINVAL;
+      return -1;
+    }
+    return set_string (&opts->backing, value);
+  }
+  if (strcmp (key, "snapshot") == 0)
+    return set_string (&opts->snapshot, value);
+  if (strcmp (key, "cache-size") == 0)
+    return parse_size (key, value, &opts->cache_size);
+  if (strcmp (key, "locking") == 0)
+    return parse_bool (key, value, &opts->locking);
+
+  qc_error ("unknown parameter '%s'", key);
+  errno = EINVAL;
+  return -1;
+}
+
+int
+qc_options_check (const struct qc_options *opts)
+{
+  if (!opts->file) {
+    qc_error ("missing the image file name (file=FILE)");
+    errno = EINVAL;
+    return -1;
+  }
+  if (opts->backing_format && !opts->backing) {
+    qc_error ("backing-format= needs backing=");
+    errno = EINVAL;
+    return -1;
+  }
+  if (opts->format && strcmp (opts->format, "raw") == 0 &&
+      (opts->backing || opts->snapshot)) {
+    qc_error ("backing= and snapshot= apply only to format=qcow2");
+    errno = EINVAL;
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,65 @@
+/* One option table for every front-end: key, type, default, help.  The
+ * plugin uses the keys as they are; filters add their own prefix
+ * ("qcow2-", "overlay-"), so the modules cannot drift apart.
+ */
+#ifndef QC_OPTIONS_H
+#define QC_OPTIONS_H
+
+#include <stddef.h>
+
+#include "qcow2.h"
+
+enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
+
+/* The options, as an X-macro so that help texts can be string literals
+ * (nbdkit copies config_help at load time, so it must be constant):
+ * X (key, type, value syntax, default or NULL, help).
+ */
+#define QC_OPTIONS(X)                                                   \
+  X ("format", QC_OPT_STRING, "qcow2|raw", "qcow2",                     \
+     "Image format.")                                                   \
+  X ("backing", QC_OPT_STRING, "PATH|none", NULL,                       \
+     "Use this backing file instead of the image's, or none.")          \
+  X ("backing-format", QC_OPT_STRING, "qcow2|raw", NULL,                \
+     "Format of the backing= file (probed if absent).")                 \
+  X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
+     "Serve this internal snapshot (name or ID) by default.")           \
+  X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
+     "L2 table cache size (suffixes k, M, G).")                         \
+  X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
+     "Take qemu-compatible image locks.")
+
+#define QC_OPTION_HELP_LINE(prefix, key, type, syntax, def, help)       \
+  "\n" prefix key "=" syntax "\n    " help
+/* config_help text for all options, keys with the given prefix. */
+#define QC_OPTIONS_HELP(prefix)                                         \
+  QC_OPTIONS (QC_OPTIONS_HELP_ ## prefix)
+#define QC_OPTIONS_HELP_(...) QC_OPTION_HELP_LINE ("", __VA_ARGS__)
+#define QC_OPTIONS_HELP_qcow2(...) QC_OPTION_HELP_LINE ("qcow2-", __VA_ARGS__)
+#define QC_OPTIONS_HELP_overlay(...) \
+  QC_OPTION_HELP_LINE ("overlay-", __VA_ARGS__)
+
+struct qc_option {
+  const char *key;
+  enum qc_option_type type;
+  const char *syntax;           /* value syntax shown to users */
+  const char *default_value;    /* as shown to users, NULL = none */
+  const char *help;
+};
+
+extern const struct qc_option qc_option_table[];
+extern const size_t qc_option_table_len;
+
+extern void qc_options_init (struct qc_options *opts);
+extern void qc_options_free (struct qc_options *opts);
+
+/* Set key (without prefix) to value.  Returns 0, or -1 after qc_error
+ * for an unknown key or a bad value.
+ */
+extern int qc_options_set (struct qc_options *opts,
+                           const char *key, const char *value);
+
+/* Check the combination once all keys are set (-1 after qc_error). */
+extern int qc_options_check (const struct qc_options *opts);
+
+#endif /* QC_OPTIONS_H */

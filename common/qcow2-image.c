@@ -1,0 +1,369 @@
+/* Opening an image: the header, the external data file, the backing
+ * chain, the L1 table, the snapshot table and the L2 cache.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qc-error.h"
+#include "qc-lock.h"
+#include "qcow2-int.h"
+
+/* Backing chains longer than this are refused: a chain that loops back
+ * on itself would otherwise open files until memory runs out.
+ */
+#define MAX_CHAIN_DEPTH 64
+
+#define DEFAULT_CACHE_MAX (32ULL << 20)
+
+static struct qc_image *image_open (const struct qc_options *opts,
+                                    struct blkdev *dev, unsigned depth);
+
+/* A name from an image that qemu would take for a protocol (json:,
+ * http://, nbd:...): a ':' before the first '/'.  We never interpret
+ * those: they could make us open network resources or host devices.
+ */
+static bool
+looks_like_protocol (const char *name)
+{
+  const char *colon = strchr (name, ':');
+  const char *slash = strchr (name, '/');
+
+  return colon && (!slash || colon < slash);
+}
+
+/* Resolve a file name stored in an image as qemu does for plain file
+ * names: relative to the directory of the image that names it.
+ */
+static char *
+resolve_name (const char *image_name, const char *name, const char *what)
+{
+  char *dir, *copy, *ret;
+
+  if (looks_like_protocol (name)) {
+    qc_error ("%s: %s '%s' looks like a protocol or json: name; only plain "
+              "file names are supported", image_name, what, name);
+    errno = EINVAL;
+    return NULL;
+  }
+  if (name[0] == '/' || !strchr (image_name, '/'))
+    ret = strdup (name);
+  else {
+    copy = strdup (image_name);
+    if (!copy) {
+      qc_error ("%m");
+      return NULL;
+    }
+    dir = dirname (copy);
+    if (asprintf (&ret, "%s/%s", dir, name) == -1)
+      ret = NULL;
+    free (copy);
+  }
+  if (!ret)
+    qc_error ("%m");
+  return ret;
+}
+
+static int
+open_data_file (struct qc_image *img)
+{
+  char *path;
+
+  if (!(img->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)) {
+    img->data = img->file;
+    return 0;
+  }
+  path = resolve_name (img->name, img->h.data_file, "external data file");
+  if (!path)
+    return -1;
+  img->data = blkdev_file_open (path, true);
+  free (path);
+  return img->data ? 0 : -1;
+}
+
+static int
+open_backing (struct qc_image *img, const struct qc_options *opts,
+              unsigned depth)
+{
+  struct qc_options bopts;
+  const char *name, *format;
+  char *path;
+
+  if (opts->backing && strcmp (opts->backing, "none") == 0)
+    return 0;
+  if (opts->backing) {          /* given by the user: taken as it is */
+    name = opts->backing;
+    format = opts->backing_format;
+    if (looks_like_protocol (name)) {
+      qc_error ("backing=%s: looks like a protocol or json: name; only "
+                "plain file names are supported", name);
+      errno = EINVAL;
+      return -1;
+    }
+    path = strdup (name);
+  }
+  else {
+    if (!img->h.backing_file)
+      return 0;
+    name = img->h.backing_file;
+    format = img->h.backing_format;
+    path = resolve_name (img->name, name, "backing file");
+  }
+  if (!path)
+    return -1;
+  if (format && strcmp (format, "qcow2") != 0 && strcmp (format, "raw") != 0) {
+    qc_error ("%s: backing file '%s' has format '%s'; only qcow2 and raw "
+              "are supported", img->name, name, format);
+    free (path);
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (depth + 1 >= MAX_CHAIN_DEPTH) {
+    qc_error ("%s: backing chain is deeper than %d images (does it loop?)",
+              img->name, MAX_CHAIN_DEPTH);
+    free (path);
+    errno = ELOOP;
+    return -1;
+  }
+
+  memset (&bopts, 0, sizeof bopts);
+  bopts.file = path;
+  bopts.format = (char *) format;   /* NULL: probe */
+  bopts.readonly = true;
+  bopts.cache_size = opts->cache_size;
+  bopts.locking = false;
+  img->backing_img = image_open (&bopts, NULL, depth + 1);
+  free (path);
+  if (!img->backing_img)
+    return -1;
+  img->backing = img->backing_img->default_view;
+  return 0;
+}
+
+static int
+make_description (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  char *s;
+  int r;
+
+  if (img->is_raw)
+    r = asprintf (&s, "raw image %s", img->name);
+  else {
+    uint64_t cs = h->cluster_size;
+    r = asprintf (&s, "qcow2 v%" PRIu32 " (compat %s) %s, %" PRIu64 " %s "
+                  "clusters%s%s, %s compression%s%s%s%s%s%s",
+                  h->version, h->version == 2 ? "0.10" : "1.1", img->name,
+                  cs >= 1024 ? cs / 1024 : cs, cs >= 1024 ? "KiB" : "byte",
+                  h->extended_l2 ? ", extended L2" : "",
+                  h->data_file ? ", external data file" : "",
+                  h->compression_type == 1 ? "zstd" : "zlib",
+                  img->backing_img ? ", backing " : "",
+                  img->backing_img ? img->backing_img->name : "",
+                  img->backing_img ? " (" : "",
+                  img->backing_img ?
+                  (img->backing_img->is_raw ? "raw" : "qcow2") : "",
+                  img->backing_img ? ")" : "",
+                  img->nr_snapshots ? ", with internal snapshots" : "");
+  }
+  if (r == -1) {
+    qc_error ("%m");
+    return -1;
+  }
+  img->description = s;
+  return 0;
+}
+
+static uint64_t
+cache_capacity (const struct qc_image *img, uint64_t bytes)
+{
+  const struct qcow2_header *h = &img->h;
+  uint64_t per_table = h->cluster_size;
+  uint64_t needed = (uint64_t) img->active.l1_size;
+
+  if (bytes == 0) {
+    /* Enough tables for the whole disk, at most 32 MiB (qemu's default). */
+    bytes = needed * per_table;
+    if (bytes > DEFAULT_CACHE_MAX)
+      bytes = DEFAULT_CACHE_MAX;
+  }
+  return bytes / per_table ? bytes / per_table : 1;
+}
+
+static struct qc_image *
+image_open (const struct qc_options *opts, struct blkdev *dev,
+            unsigned depth)
+{
+  struct qc_image *img = calloc (1, sizeof *img);
+  uint8_t magic[4];
+  bool probe_raw;
+  uint64_t *l1;
+
+  if (!img) {
+    qc_error ("%m");
+    blkdev_close (dev);
+    return NULL;
+  }
+  pthread_mutex_init (&img->lock, NULL);
+  if (!dev)
+    dev = blkdev_file_open (opts->file, true);
+  if (!dev)
+    goto err;
+  img->file = dev;
+  img->name = strdup (dev->name);
+  if (!img->name) {
+    qc_error ("%m");
+    goto err;
+  }
+  if (opts->locking) {
+    int fd = blkdev_file_fd (dev);
+    if (fd >= 0 && qc_lock_image (fd, false, img->name) == -1)
+      goto err;
+  }
+
+  /* Format: as given, else (for backing files without a recorded
+   * format) probed from the magic.
+   */
+  if (blkdev_pread (dev, magic, sizeof magic, 0) == -1)
+    goto err;
+  probe_raw = !opts->format && !(dev->size >= 4 && qcow2_has_magic (magic));
+  if ((opts->format && strcmp (opts->format, "raw") == 0) || probe_raw) {
+    img->is_raw = true;
+    img->default_view = dev;
+    dev->readonly = true;
+    if (make_description (img) == -1)
+      goto err;
+    return img;
+  }
+  if (dev->size < 4 || !qcow2_has_magic (magic)) {
+    qc_error ("%s: not a qcow2 image (no QFI\\xfb magic); use format=raw "
+              "to serve it as a raw image", img->name);
+    errno = EINVAL;
+    goto err;
+  }
+  if (qcow2_header_read (dev, &img->h) == -1)
+    goto err;
+  if (img->h.crypt_method != 0) {
+    qc_error ("%s: image is encrypted (%s); encrypted images are not "
+              "supported yet", img->name,
+              img->h.crypt_method == 1 ? "legacy AES" : "LUKS");
+    errno = ENOTSUP;
+    goto err;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+    qc_debug ("%s: image is marked corrupt: serving it read-only",
+              img->name);
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY)
+    qc_debug ("%s: image is dirty (refcounts may be stale): serving it "
+              "read-only", img->name);
+
+  if (open_data_file (img) == -1)
+    goto err;
+  if (open_backing (img, opts, depth) == -1)
+    goto err;
+  l1 = qc_load_l1 (img, img->h.l1_table_offset, img->h.l1_size, "L1 table");
+  if (!l1)
+    goto err;
+  qc_view_init (&img->active, img, l1, img->h.l1_size, img->h.size,
+                img->name);
+  if (qc_snapshots_read (img) == -1)
+    goto err;
+  img->cache = l2cache_new (cache_capacity (img, opts->cache_size),
+                            img->h.cluster_size);
+  if (!img->cache)
+    goto err;
+  img->default_view = &img->active.dev;
+  if (opts->snapshot) {
+    img->default_view = qc_image_view (img, opts->snapshot);
+    if (!img->default_view)
+      goto err;
+  }
+  if (make_description (img) == -1)
+    goto err;
+  return img;
+
+ err:
+  qc_image_close (img);
+  return NULL;
+}
+
+struct qc_image *
+qc_image_open (const struct qc_options *opts, struct blkdev *dev)
+{
+  return image_open (opts, dev, 0);
+}
+
+void
+qc_image_close (struct qc_image *img)
+{
+  int saved_errno = errno;
+
+  if (!img)
+    return;
+  qc_snapshots_free (img);
+  free (img->active.l1);
+  l2cache_free (img->cache);
+  if (img->backing_img)
+    qc_image_close (img->backing_img);
+  if (img->data && img->data != img->file)
+    blkdev_close (img->data);
+  blkdev_close (img->file);
+  qcow2_header_free (&img->h);
+  pthread_mutex_destroy (&img->lock);
+  free (img->description);
+  free (img->name);
+  free (img);
+  errno = saved_errno;
+}
+
+struct blkdev *
+qc_image_default_view (struct qc_image *img)
+{
+  return img->default_view;
+}
+
+size_t
+qc_image_nr_snapshots (struct qc_image *img)
+{
+  return img->nr_snapshots;
+}
+
+const char *
+qc_image_snapshot_name (struct qc_image *img, size_t i)
+{
+  return i < img->nr_snapshots ? img->snapshots[i].name : NULL;
+}
+
+struct blkdev *
+qc_image_view (struct qc_image *img, const char *name)
+{
+  uint32_t i;
+  struct qc_view *v;
+
+  if (!name || *name == '\0')
+    return img->default_view;
+  /* By name first, then by ID, as qemu-img snapshot does. */
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].name, name) == 0)
+      goto found;
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].id, name) == 0)
+      goto found;
+  qc_error ("%s: no snapshot named '%s'", img->name, name);
+  errno = ENOENT;
+  return NULL;
+ found:
+  v = qc_snapshot_view (img, i);
+  return v ? &v->dev : NULL;
+}
+
+const char *
+qc_image_description (struct qc_image *img)
+{
+  return img->description;
+}

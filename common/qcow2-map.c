@@ -1,0 +1,201 @@
+/* Guest-to-host mapping through the L1 and L2 tables, at subcluster
+ * precision with extended L2 entries.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "byteorder.h"
+#include "codec.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+#define CORRUPT(...) \
+  do { qc_error (__VA_ARGS__); errno = EIO; return -1; } while (0)
+
+/* Kind and host offset of subcluster sc (or of the whole cluster with
+ * standard L2 entries) described by entry e and bitmap bm.
+ */
+static int
+classify (struct qc_image *img, uint64_t e, uint64_t bm, unsigned sc,
+          uint64_t guest, enum qc_kind *kind, uint64_t *host)
+{
+  const struct qcow2_header *h = &img->h;
+  uint64_t off = e & QCOW2_OFFSET_MASK;
+  bool external = img->data != img->file;
+
+  if (e & QCOW2_OFLAG_COMPRESSED) {
+    if (external)
+      CORRUPT ("%s: compressed cluster at guest offset 0x%" PRIx64
+               " in an image with an external data file",
+               img->name, guest);
+    *kind = QC_COMPRESSED;
+    *host = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
+    return 0;
+  }
+  if (off & (h->cluster_size - 1))
+    CORRUPT ("%s: L2 entry for guest offset 0x%" PRIx64 " points to "
+             "unaligned host offset 0x%" PRIx64, img->name, guest, off);
+
+  if (!h->extended_l2) {
+    if (e & QCOW2_OFLAG_ZERO)
+      *kind = QC_ZERO;
+    else if (off == 0 && !(external && (e & QCOW2_OFLAG_COPIED)))
+      *kind = QC_UNALLOCATED;
+    else {
+      *kind = QC_DATA;
+      *host = off;
+    }
+    return 0;
+  }
+
+  {
+    bool alloc = bm & (1ULL << sc), zero = bm & (1ULL << (32 + sc));
+    bool has_host = off != 0 || (external && (e & QCOW2_OFLAG_COPIED));
+
+    if (alloc && zero)
+      CORRUPT ("%s: subcluster %u at guest offset 0x%" PRIx64 " is marked "
+               "both allocated and zero", img->name, sc, guest);
+    if (zero)
+      *kind = QC_ZERO;
+    else if (alloc) {
+      if (!has_host)
+        CORRUPT ("%s: subcluster %u at guest offset 0x%" PRIx64 " is "
+                 "allocated in a cluster without a host offset",
+                 img->name, sc, guest);
+      *kind = QC_DATA;
+      *host = off + sc * h->subcluster_size;
+    }
+    else
+      *kind = QC_UNALLOCATED;
+  }
+  return 0;
+}
+
+int
+qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
+        struct qc_run *run)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size, scs = h->subcluster_size;
+  const uint64_t l2_span = cs << h->l2_bits;
+  uint64_t l1_index = offset / l2_span;
+  uint64_t in_l2 = l2_span - offset % l2_span;
+  uint64_t l2_offset, pos, end;
+  uint64_t l1e;
+  const uint8_t *l2;
+  struct l2cache_entry *pin;
+  uint64_t l2_index;
+  enum qc_kind kind = QC_UNALLOCATED;
+  uint64_t host = 0;
+  int r = 0;
+
+  if (count > in_l2)
+    count = in_l2;
+  run->length = count;
+  run->kind = QC_UNALLOCATED;
+  run->host = 0;
+
+  if (l1_index >= v->l1_size)
+    return 0;
+  l1e = v->l1[l1_index];
+  l2_offset = l1e & QCOW2_OFFSET_MASK;
+  if (l2_offset == 0)
+    return 0;
+  if (l2_offset & (cs - 1))
+    CORRUPT ("%s: L1 entry %" PRIu64 " points to unaligned L2 table "
+             "offset 0x%" PRIx64, img->name, l1_index, l2_offset);
+  if (l2_offset >= img->file->size || cs > img->file->size - l2_offset)
+    CORRUPT ("%s: L1 entry %" PRIu64 " points to an L2 table at 0x%"
+             PRIx64 ", beyond the end of the file",
+             img->name, l1_index, l2_offset);
+
+  l2 = l2cache_get (img->cache, img->file, l2_offset, &pin);
+  if (!l2)
+    return -1;
+
+  /* Walk (sub)clusters until the kind or host contiguity changes. */
+  pos = offset;
+  end = offset + count;
+  l2_index = (offset % l2_span) / cs;
+  while (pos < end) {
+    const uint8_t *p = l2 + l2_index * h->l2_entry_size;
+    uint64_t e = get_be64 (p);
+    uint64_t bm = h->extended_l2 ? get_be64 (p + 8) : 0;
+    uint64_t cluster_start = pos - pos % cs;
+    uint64_t step_end;
+    unsigned sc = h->extended_l2 ? (pos % cs) / scs : 0;
+    enum qc_kind k;
+    uint64_t hoff = 0;
+
+    /* Each pass classifies one subcluster (or cluster). */
+    for (;;) {
+      uint64_t unit_start = h->extended_l2 ? cluster_start + sc * scs
+                                           : cluster_start;
+      uint64_t unit_end = h->extended_l2 ? unit_start + scs
+                                         : cluster_start + cs;
+
+      r = classify (img, e, bm, sc, unit_start, &k, &hoff);
+      if (r == -1)
+        goto out;
+      if (k == QC_DATA)
+        hoff += pos - unit_start;
+      if (pos == offset) {
+        kind = k;
+        host = hoff;
+      }
+      else if (k != kind || kind == QC_COMPRESSED ||
+               (kind == QC_DATA && hoff != host + (pos - offset)))
+        goto done;
+      /* A compressed cluster is one run, whatever its subclusters. */
+      if (k == QC_COMPRESSED)
+        unit_end = cluster_start + cs;
+      step_end = unit_end < end ? unit_end : end;
+      pos = step_end;
+      if (pos >= end || !h->extended_l2 || k == QC_COMPRESSED || ++sc == 32)
+        break;
+    }
+    l2_index++;
+  }
+ done:
+  run->kind = kind;
+  run->host = host;
+  run->length = pos - offset;
+ out:
+  l2cache_put (img->cache, pin);
+  return r;
+}
+
+int
+qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
+{
+  const struct qcow2_header *h = &img->h;
+  unsigned x = 62 - (h->cluster_bits - 8);
+  uint64_t coff = desc & ((1ULL << x) - 1);
+  uint64_t nsect = (desc >> x) & ((1ULL << (h->cluster_bits - 8)) - 1);
+  uint64_t clen = (nsect + 1) * 512 - (coff & 511);
+  uint8_t *in;
+  int r;
+
+  if (coff >= img->file->size)
+    CORRUPT ("%s: compressed cluster at host offset 0x%" PRIx64
+             " lies beyond the end of the file", img->name, coff);
+  in = malloc (clen);
+  if (!in) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  r = blkdev_pread (img->file, in, clen, coff);
+  if (r == 0) {
+    r = codec_decompress (h->compression_type, in, clen, out,
+                          h->cluster_size);
+    if (r == -1)
+      qc_error ("%s: compressed cluster at host offset 0x%" PRIx64
+                " (%" PRIu64 " bytes) is corrupt", img->name, coff, clen);
+  }
+  free (in);
+  return r;
+}

@@ -1,0 +1,170 @@
+/* The internal snapshot table.  Entries are read one by one, each read
+ * bounded by the file, so a table that claims more than the file holds
+ * fails instead of allocating what it claims.  Snapshot L1 tables are
+ * loaded when a snapshot is first served.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+#define SNAPSHOT_FIXED 40
+#define MAX_EXTRA_DATA 1024
+
+static char *
+dup_name (const uint8_t *p, size_t len)
+{
+  char *s = malloc (len + 1);
+
+  if (s) {
+    memcpy (s, p, len);
+    s[len] = '\0';
+  }
+  return s;
+}
+
+int
+qc_snapshots_read (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  uint64_t off = h->snapshots_offset;
+  uint8_t fixed[SNAPSHOT_FIXED];
+  uint8_t *var = NULL;
+  uint32_t i;
+
+  if (h->nb_snapshots == 0)
+    return 0;
+  img->snapshots = calloc (h->nb_snapshots, sizeof *img->snapshots);
+  if (!img->snapshots) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (i = 0; i < h->nb_snapshots; i++) {
+    struct qcow2_snapshot *s = &img->snapshots[i];
+    uint16_t id_len, name_len;
+    uint32_t extra;
+    uint64_t var_len;
+
+    if (off > img->file->size ||
+        img->file->size - off < SNAPSHOT_FIXED) {
+      qc_error ("%s: snapshot table entry %" PRIu32 " at offset 0x%"
+                PRIx64 " lies beyond the end of the file", img->name, i, off);
+      goto bad;
+    }
+    if (blkdev_pread (img->file, fixed, sizeof fixed, off) == -1)
+      goto err;
+    s->l1_table_offset = get_be64 (fixed);
+    s->l1_size = get_be32 (fixed + 8);
+    id_len = get_be16 (fixed + 12);
+    name_len = get_be16 (fixed + 14);
+    extra = get_be32 (fixed + 36);
+    if (extra > MAX_EXTRA_DATA) {
+      qc_error ("%s: snapshot %" PRIu32 " has %" PRIu32 " bytes of extra "
+                "data (at most %d)", img->name, i, extra, MAX_EXTRA_DATA);
+      goto bad;
+    }
+    var_len = (uint64_t) extra + id_len + name_len;
+    if (img->file->size - off - SNAPSHOT_FIXED < var_len) {
+      qc_error ("%s: snapshot %" PRIu32 " runs past the end of the file",
+                img->name, i);
+      goto bad;
+    }
+    var = malloc (var_len + 1);
+    if (!var) {
+      qc_error ("%s: %m", img->name);
+      goto err;
+    }
+    if (blkdev_pread (img->file, var, var_len, off + SNAPSHOT_FIXED) == -1)
+      goto err;
+    s->disk_size = extra >= 16 ? get_be64 (var + 8) : h->size;
+    s->id = dup_name (var + extra, id_len);
+    s->name = dup_name (var + extra + id_len, name_len);
+    free (var);
+    var = NULL;
+    if (!s->id || !s->name) {
+      qc_error ("%s: %m", img->name);
+      goto err;
+    }
+    off += SNAPSHOT_FIXED + var_len;
+    off = (off + 7) & ~7ULL;
+    img->nr_snapshots = i + 1;
+  }
+  return 0;
+
+ bad:
+  errno = EINVAL;
+ err:
+  free (var);
+  return -1;
+}
+
+void
+qc_snapshots_free (struct qc_image *img)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nr_snapshots; i++) {
+    struct qcow2_snapshot *s = &img->snapshots[i];
+    if (s->view) {
+      free (s->view->l1);
+      free (s->view->dev.name);
+      free (s->view);
+    }
+    free (s->id);
+    free (s->name);
+  }
+  free (img->snapshots);
+  img->snapshots = NULL;
+  img->nr_snapshots = 0;
+}
+
+/* The view of snapshot i, loading its L1 table the first time. */
+struct qc_view *
+qc_snapshot_view (struct qc_image *img, uint32_t i)
+{
+  struct qcow2_snapshot *s = &img->snapshots[i];
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t limit = (img->file->size + cs - 1) & ~(cs - 1);
+  struct qc_view *v = NULL;
+  uint64_t *l1;
+  char *name = NULL;
+
+  pthread_mutex_lock (&img->lock);
+  if (s->view)
+    goto out;
+  if (s->l1_size > QCOW2_MAX_L1_BYTES / 8 ||
+      (s->l1_size > 0 &&
+       ((s->l1_table_offset & (cs - 1)) || s->l1_table_offset == 0 ||
+        s->l1_table_offset > limit ||
+        (uint64_t) s->l1_size * 8 > limit - s->l1_table_offset))) {
+    qc_error ("%s: snapshot '%s' has an invalid L1 table (offset 0x%"
+              PRIx64 ", %" PRIu32 " entries)", img->name, s->name,
+              s->l1_table_offset, s->l1_size);
+    errno = EINVAL;
+    goto out;
+  }
+  l1 = qc_load_l1 (img, s->l1_table_offset, s->l1_size, "snapshot L1");
+  v = malloc (sizeof *v);
+  if (!l1 || !v || asprintf (&name, "%s (snapshot %s)", img->name,
+                             s->name) == -1) {
+    if (l1 && v)
+      qc_error ("%s: %m", img->name);
+    free (l1);
+    free (v);
+    v = NULL;
+    goto out;
+  }
+  qc_view_init (v, img, l1, s->l1_size, s->disk_size, name);
+  s->view = v;
+ out:
+  v = s->view;
+  pthread_mutex_unlock (&img->lock);
+  return v;
+}

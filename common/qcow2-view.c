@@ -1,0 +1,192 @@
+/* Reading a view (the active image or a snapshot) and describing its
+ * extents.  Data I/O and decompression run without any lock held.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+/* How much work one extents call does before returning early (callers
+ * loop): bounded so that one request over a huge disk stays quick.
+ */
+#define EXTENTS_MAX_RUNS 4096
+
+static int
+read_compressed_part (struct qc_image *img, const struct qc_run *run,
+                      uint8_t *buf, uint64_t offset)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t in_cluster = offset % cs;
+  uint8_t *tmp;
+  int r;
+
+  if (in_cluster == 0 && run->length == cs)
+    return qc_read_compressed (img, run->host, buf);
+  tmp = malloc (cs);
+  if (!tmp) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  r = qc_read_compressed (img, run->host, tmp);
+  if (r == 0)
+    memcpy (buf, tmp + in_cluster, run->length);
+  free (tmp);
+  return r;
+}
+
+static int
+view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
+{
+  struct qc_view *v = (struct qc_view *) dev;
+  struct qc_image *img = v->img;
+  uint8_t *p = buf;
+
+  while (count > 0) {
+    struct qc_run run;
+    int r = 0;
+
+    if (qc_map (v, offset, count, &run) == -1)
+      return -1;
+    switch (run.kind) {
+    case QC_UNALLOCATED:
+      if (img->backing)
+        r = blkdev_pread (img->backing, p, run.length, offset);
+      else
+        memset (p, 0, run.length);
+      break;
+    case QC_ZERO:
+      memset (p, 0, run.length);
+      break;
+    case QC_DATA:
+      r = blkdev_pread (img->data, p, run.length, run.host);
+      break;
+    case QC_COMPRESSED:
+      r = read_compressed_part (img, &run, p, offset);
+      break;
+    }
+    if (r == -1)
+      return -1;
+    p += run.length;
+    offset += run.length;
+    count -= run.length;
+  }
+  return 0;
+}
+
+/* Forwards extents and remembers how far they reached. */
+struct extents_track {
+  blkdev_extent_fn fn;
+  void *opaque;
+  uint64_t reached;
+};
+
+static int
+track_extent (void *opaque, uint64_t offset, uint64_t length,
+              uint32_t flags)
+{
+  struct extents_track *t = opaque;
+
+  t->reached = offset + length;
+  return t->fn (t->opaque, offset, length, flags);
+}
+
+static int
+view_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
+              blkdev_extent_fn fn, void *opaque)
+{
+  struct qc_view *v = (struct qc_view *) dev;
+  struct qc_image *img = v->img;
+  unsigned runs = 0;
+
+  while (count > 0 && runs++ < EXTENTS_MAX_RUNS) {
+    struct qc_run run;
+    int r;
+
+    if (qc_map (v, offset, count, &run) == -1)
+      return -1;
+    switch (run.kind) {
+    case QC_UNALLOCATED:
+      if (img->backing) {
+        struct extents_track t = { fn, opaque, offset };
+
+        if (blkdev_extents (img->backing, offset, run.length,
+                            track_extent, &t) == -1)
+          return -1;
+        /* The backing may stop early; so do we then (callers loop). */
+        if (t.reached < offset + run.length)
+          return 0;
+        r = 0;
+        break;
+      }
+      /* fall through */
+    case QC_ZERO:
+      r = fn (opaque, offset, run.length,
+              BLKDEV_EXTENT_HOLE|BLKDEV_EXTENT_ZERO);
+      break;
+    case QC_DATA:
+    case QC_COMPRESSED:
+    default:
+      r = fn (opaque, offset, run.length, 0);
+      break;
+    }
+    if (r == -1)
+      return -1;
+    offset += run.length;
+    count -= run.length;
+  }
+  return 0;
+}
+
+static void
+view_close (struct blkdev *dev)
+{
+  /* Views belong to their image: closed with it. */
+}
+
+static const struct blkdev_ops view_ops = {
+  .pread = view_pread,
+  .extents = view_extents,
+  .close = view_close,
+};
+
+void
+qc_view_init (struct qc_view *v, struct qc_image *img,
+              uint64_t *l1, uint32_t l1_size, uint64_t size,
+              const char *name)
+{
+  memset (v, 0, sizeof *v);
+  v->dev.ops = &view_ops;
+  v->dev.name = (char *) name;
+  v->dev.size = size;
+  v->dev.readonly = true;
+  v->img = img;
+  v->l1 = l1;
+  v->l1_size = l1_size;
+}
+
+uint64_t *
+qc_load_l1 (struct qc_image *img, uint64_t offset, uint32_t l1_size,
+            const char *what)
+{
+  uint64_t *l1 = calloc (l1_size ? l1_size : 1, sizeof *l1);
+  uint32_t i;
+
+  if (!l1) {
+    qc_error ("%s: %s: %m", img->name, what);
+    return NULL;
+  }
+  if (l1_size &&
+      blkdev_pread (img->file, l1, (size_t) l1_size * 8, offset) == -1) {
+    free (l1);
+    return NULL;
+  }
+  for (i = 0; i < l1_size; i++)
+    l1[i] = be64toh (l1[i]);
+  return l1;
+}

@@ -1,0 +1,57 @@
+/* The format core's public interface: open an image (qcow2 or raw),
+ * read it through views (the active image and each internal snapshot),
+ * describe its extents.  No nbdkit types here.
+ */
+#ifndef QC_QCOW2_H
+#define QC_QCOW2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "blkdev.h"
+
+/* Engine options, filled from the option table (qc-options.h). */
+struct qc_options {
+  char *file;                   /* image path (plugin) */
+  char *format;                 /* "qcow2" (default) or "raw" */
+  char *backing;                /* NULL: from the image; "none": no
+                                 * backing; else a path overriding it */
+  char *backing_format;         /* format of an overriding backing file */
+  char *snapshot;               /* serve this snapshot by default */
+  uint64_t cache_size;          /* L2 cache bytes, 0 = default */
+  bool locking;                 /* qemu-compatible image locks */
+  bool readonly;
+};
+
+struct qc_image;
+
+/* Open the image named by opts->file (dev NULL) or the image held in
+ * dev (which the image then owns; name is used for relative backing
+ * paths and messages).  Returns NULL after qc_error on failure.
+ */
+extern struct qc_image *qc_image_open (const struct qc_options *opts,
+                                       struct blkdev *dev);
+extern void qc_image_close (struct qc_image *img);
+
+/* The export served by default: the active image, or the snapshot
+ * chosen with opts->snapshot.
+ */
+extern struct blkdev *qc_image_default_view (struct qc_image *img);
+
+/* Internal snapshots, in table order.  Each is a read-only view. */
+extern size_t qc_image_nr_snapshots (struct qc_image *img);
+extern const char *qc_image_snapshot_name (struct qc_image *img, size_t i);
+
+/* A view by export name: "" is the default view, otherwise a snapshot
+ * name (or, failing that, a snapshot ID).  NULL with qc_error if there is
+ * no such snapshot.  Views live as long as the image.
+ */
+extern struct blkdev *qc_image_view (struct qc_image *img, const char *name);
+
+/* A one-line description for users: format, version, cluster size,
+ * compression, backing.
+ */
+extern const char *qc_image_description (struct qc_image *img);
+
+#endif /* QC_QCOW2_H */

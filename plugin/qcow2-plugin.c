@@ -1,0 +1,248 @@
+/* nbdkit-qcow2-plugin: serve qcow2 and raw image files.  nbdkit glue
+ * only: configuration, callbacks and error reporting.  The format lives
+ * in common/.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "qc-error.h"
+#include "qc-options.h"
+#include "qcow2.h"
+
+static struct qc_options opts;
+static struct qc_image *img;    /* shared by all connections */
+
+static void
+log_to_nbdkit (enum qc_log_level level, const char *msg)
+{
+  if (level == QC_LOG_ERROR)
+    nbdkit_error ("%s", msg);
+  else
+    nbdkit_debug ("%s", msg);
+}
+
+static void
+qcow2_load (void)
+{
+  qc_set_log_handler (log_to_nbdkit);
+  qc_options_init (&opts);
+}
+
+static void
+qcow2_unload (void)
+{
+  qc_image_close (img);
+  qc_options_free (&opts);
+}
+
+static int
+qcow2_config (const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0) {
+    char *path = nbdkit_realpath (value);
+    int r;
+    if (!path)
+      return -1;
+    r = qc_options_set (&opts, key, path);
+    free (path);
+    return r;
+  }
+  if (strcmp (key, "backing") == 0 && strcmp (value, "none") != 0 &&
+      !strchr (value, ':')) {
+    char *path = nbdkit_realpath (value);
+    int r;
+    if (!path)
+      return -1;
+    r = qc_options_set (&opts, key, path);
+    free (path);
+    return r;
+  }
+  return qc_options_set (&opts, key, value);
+}
+
+static int
+qcow2_config_complete (void)
+{
+  return qc_options_check (&opts);
+}
+
+static int
+qcow2_get_ready (void)
+{
+  /* Opened once, before serving: all connections share the image, its
+   * metadata cache and its locks.
+   */
+  opts.readonly = true;
+  img = qc_image_open (&opts, NULL);
+  if (!img)
+    return -1;
+  nbdkit_debug ("%s", qc_image_description (img));
+  return 0;
+}
+
+static int
+qcow2_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  size_t i, n = qc_image_nr_snapshots (img);
+
+  if (nbdkit_use_default_export (exports) == -1)
+    return -1;
+  for (i = 0; i < n; i++) {
+    const char *name = qc_image_snapshot_name (img, i);
+    char desc[256];
+    snprintf (desc, sizeof desc, "internal snapshot '%s' (read-only)", name);
+    if (*name && nbdkit_add_export (exports, name, desc) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static const char *
+qcow2_default_export (int readonly, int is_tls)
+{
+  return "";
+}
+
+struct handle {
+  struct blkdev *view;
+  const char *export;
+};
+
+static void *
+qcow2_open (int readonly)
+{
+  struct handle *h;
+  const char *name = nbdkit_export_name ();
+  struct blkdev *view = qc_image_view (img, name ? name : "");
+
+  if (!view)
+    return NULL;
+  h = malloc (sizeof *h);
+  if (!h) {
+    nbdkit_error ("malloc: %m");
+    return NULL;
+  }
+  h->view = view;
+  h->export = name && *name ? nbdkit_strdup_intern (name) : NULL;
+  return h;
+}
+
+static void
+qcow2_close (void *handle)
+{
+  free (handle);
+}
+
+static const char *
+qcow2_export_description (void *handle)
+{
+  struct handle *h = handle;
+
+  if (h->export)
+    return nbdkit_printf_intern ("internal snapshot '%s' of %s",
+                                 h->export, qc_image_description (img));
+  return qc_image_description (img);
+}
+
+static int64_t
+qcow2_get_size (void *handle)
+{
+  struct handle *h = handle;
+
+  return h->view->size;
+}
+
+static int
+qcow2_can_multi_conn (void *handle)
+{
+  return 1;                     /* read-only: every connection agrees */
+}
+
+static int
+qcow2_can_extents (void *handle)
+{
+  return 1;
+}
+
+static int
+qcow2_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+             uint32_t flags)
+{
+  struct handle *h = handle;
+
+  return blkdev_pread (h->view, buf, count, offset);
+}
+
+struct extents_ctx {
+  struct nbdkit_extents *extents;
+  bool req_one;
+  bool got_one;
+};
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
+{
+  struct extents_ctx *ctx = opaque;
+  uint32_t type = 0;
+
+  if (ctx->req_one && ctx->got_one) {
+    errno = 0;
+    return -1;                  /* enough: stop quietly */
+  }
+  if (flags & BLKDEV_EXTENT_HOLE) type |= NBDKIT_EXTENT_HOLE;
+  if (flags & BLKDEV_EXTENT_ZERO) type |= NBDKIT_EXTENT_ZERO;
+  ctx->got_one = true;
+  return nbdkit_add_extent (ctx->extents, offset, length, type);
+}
+
+static int
+qcow2_extents (void *handle, uint32_t count, uint64_t offset,
+               uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct handle *h = handle;
+  struct extents_ctx ctx = { extents, flags & NBDKIT_FLAG_REQ_ONE, false };
+  int r;
+
+  r = blkdev_extents (h->view, offset, count, add_extent, &ctx);
+  if (r == -1 && ctx.req_one && ctx.got_one && errno == 0)
+    return 0;
+  return r;
+}
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+static struct nbdkit_plugin plugin = {
+  .name = "qcow2",
+  .longname = "nbdkit qcow2 plugin",
+  .version = PACKAGE_VERSION,
+  .load = qcow2_load,
+  .unload = qcow2_unload,
+  .config = qcow2_config,
+  .config_complete = qcow2_config_complete,
+  /* From the core's option table, shared with the filters. */
+  .config_help =
+    "[file=]FILE\n    The image (qcow2 or raw)."
+    QC_OPTIONS_HELP (),
+  .magic_config_key = "file",
+  .get_ready = qcow2_get_ready,
+  .list_exports = qcow2_list_exports,
+  .default_export = qcow2_default_export,
+  .open = qcow2_open,
+  .close = qcow2_close,
+  .export_description = qcow2_export_description,
+  .get_size = qcow2_get_size,
+  .can_multi_conn = qcow2_can_multi_conn,
+  .can_extents = qcow2_can_extents,
+  .pread = qcow2_pread,
+  .extents = qcow2_extents,
+  .errno_is_preserved = 1,
+};
+
+NBDKIT_REGISTER_PLUGIN (plugin)

@@ -1,0 +1,63 @@
+# Shared helpers for the shell tests.  Source it with:
+#   . "${srcdir:-.}/functions.sh"
+# It sets: $NBDKIT (the in-tree wrapper), $tmpdir (removed at exit),
+# and offers start_nbdkit / requires / fail.
+
+set -e
+set -u
+
+: "${top_builddir:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+: "${NBDKIT:=$top_builddir/nbdkit}"
+export NBDKIT
+PYTHON=/usr/bin/python3   # the system python has the nbd module
+
+tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/qc-test.XXXXXX")
+_cleanup_fns=()
+_cleanup ()
+{
+  local fn
+  for fn in "${_cleanup_fns[@]}"; do eval "$fn" || :; done
+  rm -rf "$tmpdir"
+}
+trap _cleanup EXIT INT TERM
+on_exit () { _cleanup_fns+=("$1"); }
+
+fail () { echo "FAIL: $*" >&2; exit 1; }
+
+# requires CMD...: skip the test (exit 77) when a tool is truly absent.
+requires ()
+{
+  if ! "$@" >/dev/null 2>&1; then
+    echo "$0: skipped: '$*' failed" >&2
+    exit 77
+  fi
+}
+
+# start_nbdkit SOCKVAR ARGS...: start nbdkit in the background on a new
+# Unix socket, wait until it serves, stop it at exit.  The socket path is
+# stored in the variable named SOCKVAR; the log goes to $tmpdir/NAME.log.
+_nbdkit_n=0
+start_nbdkit ()
+{
+  local var="$1"; shift
+  _nbdkit_n=$((_nbdkit_n + 1))
+  local sock="$tmpdir/nbdkit$_nbdkit_n.sock"
+  local pid="$tmpdir/nbdkit$_nbdkit_n.pid"
+  local log="$tmpdir/nbdkit$_nbdkit_n.log"
+  "$NBDKIT" -U "$sock" -P "$pid" "$@" 2>"$log" &
+  local i
+  for i in $(seq 1 100); do
+    [ -S "$sock" ] && [ -s "$pid" ] && break
+    if ! jobs %% >/dev/null 2>&1 && ! [ -s "$pid" ]; then break; fi
+    sleep 0.1
+  done
+  if ! [ -S "$sock" ]; then
+    cat "$log" >&2
+    fail "nbdkit $* did not start"
+  fi
+  on_exit "kill \$(cat '$pid') 2>/dev/null; wait \$(cat '$pid') 2>/dev/null"
+  printf -v "$var" '%s' "$sock"
+}
+
+# nbd_uri SOCK [EXPORT]: an NBD URI for a Unix socket.
+nbd_uri () { echo "nbd+unix:///${2:-}?socket=$1"; }
