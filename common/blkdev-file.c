@@ -184,3 +184,14 @@ blkdev_file_fd (struct blkdev *dev)
     return -1;
   return ((struct file_dev *) dev)->fd;
 }
+
+int64_t
+blkdev_file_allocated (struct blkdev *dev)
+{
+  struct stat st;
+
+  if (dev->ops != &file_ops ||
+      fstat (((struct file_dev *) dev)->fd, &st) == -1)
+    return -1;
+  return (int64_t) st.st_blocks * 512;
+}

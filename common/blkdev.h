@@ -67,6 +67,8 @@ extern void blkdev_close (struct blkdev *dev);
 /* Local files.  fd is owned by the device afterwards. */
 extern struct blkdev *blkdev_file_open (const char *path, bool readonly);
 extern int blkdev_file_fd (struct blkdev *dev);
+/* Bytes the file occupies on its filesystem, or -1 if not a file. */
+extern int64_t blkdev_file_allocated (struct blkdev *dev);
 
 /* Memory: a copy of len bytes of data (data may be NULL for zeros). */
 extern struct blkdev *blkdev_memory_new (const void *data, size_t len,

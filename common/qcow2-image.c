@@ -277,6 +277,8 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
                             img->h.cluster_size);
   if (!img->cache)
     goto err;
+  if (qc_detect_metadata_prealloc (img, &img->metadata_prealloc) == -1)
+    goto err;
   img->default_view = &img->active.dev;
   if (opts->snapshot) {
     img->default_view = qc_image_view (img, opts->snapshot);

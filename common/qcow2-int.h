@@ -51,6 +51,7 @@ struct qc_image {
   struct qc_view active;
   struct qcow2_snapshot *snapshots;
   uint32_t nr_snapshots;
+  bool metadata_prealloc;       /* see qc_detect_metadata_prealloc */
   pthread_mutex_t lock;         /* guards loading snapshot views */
   struct blkdev *default_view;
   char *description;
@@ -90,6 +91,11 @@ extern void qc_view_init (struct qc_view *v, struct qc_image *img,
 /* Load an L1 table (l1_size entries at offset) into host byte order. */
 extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
                              uint32_t l1_size, const char *what);
+
+/* Refcounts. */
+extern uint64_t qc_refcount_entry_get (const uint8_t *block, uint64_t index,
+                                       uint32_t order);
+extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
 
 /* Snapshot table. */
 extern int qc_snapshots_read (struct qc_image *img);

@@ -96,6 +96,29 @@ track_extent (void *opaque, uint64_t offset, uint64_t length,
   return t->fn (t->opaque, offset, length, flags);
 }
 
+/* In a metadata-preallocated image, data clusters that are holes in the
+ * host file read as zeros; qemu reports them as zero (not as holes: they
+ * are allocated).  This maps the file's extents back to guest offsets.
+ */
+struct prealloc_map {
+  blkdev_extent_fn fn;
+  void *opaque;
+  uint64_t guest, host;
+  uint64_t reached;             /* bytes reported so far */
+};
+
+static int
+prealloc_extent (void *opaque, uint64_t offset, uint64_t length,
+                 uint32_t flags)
+{
+  struct prealloc_map *m = opaque;
+  uint64_t delta = offset - m->host;
+
+  m->reached = delta + length;
+  return m->fn (m->opaque, m->guest + delta, length,
+                flags & BLKDEV_EXTENT_ZERO ? BLKDEV_EXTENT_ZERO : 0);
+}
+
 static int
 view_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
               blkdev_extent_fn fn, void *opaque)
@@ -130,6 +153,17 @@ view_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
               BLKDEV_EXTENT_HOLE|BLKDEV_EXTENT_ZERO);
       break;
     case QC_DATA:
+      if (img->metadata_prealloc) {
+        struct prealloc_map m = { fn, opaque, offset, run.host, 0 };
+        if (blkdev_extents (img->data, run.host, run.length,
+                            prealloc_extent, &m) == -1)
+          return -1;
+        if (m.reached < run.length)
+          return 0;             /* stopped early: callers loop */
+        r = 0;
+        break;
+      }
+      /* fall through */
     case QC_COMPRESSED:
     default:
       r = fn (opaque, offset, run.length, 0);
