@@ -44,9 +44,23 @@ file_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
   return 0;
 }
 
+static int file_flush (struct blkdev *dev);
+
+/* The size only grows, and readers may look at it without a lock. */
+static void
+grow_to (struct blkdev *dev, uint64_t end)
+{
+  uint64_t cur = __atomic_load_n (&dev->size, __ATOMIC_RELAXED);
+
+  while (end > cur &&
+         !__atomic_compare_exchange_n (&dev->size, &cur, end, false,
+                                       __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+    ;
+}
+
 static int
 file_pwrite (struct blkdev *dev, const void *buf, size_t count,
-             uint64_t offset)
+             uint64_t offset, unsigned flags)
 {
   struct file_dev *f = (struct file_dev *) dev;
   const char *p = buf;
@@ -62,9 +76,66 @@ file_pwrite (struct blkdev *dev, const void *buf, size_t count,
     p += r;
     count -= r;
     offset += r;
-    if (offset > dev->size)
-      dev->size = offset;
+    grow_to (dev, offset);
   }
+  if ((flags & BLKDEV_FUA) && file_flush (dev) == -1)
+    return -1;
+  return 0;
+}
+
+/* Zero with fallocate: punch a hole when trimming is allowed, else zero
+ * the range keeping its blocks; fall back to writing zeros.
+ */
+static int
+file_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+  static const char zeros[65536];
+
+  if (!dev->fixed_size && offset + count > dev->size) {
+    /* Extending: a hole past the old end reads as zeros already. */
+    if (ftruncate (f->fd, offset + count) == 0) {
+      uint64_t old = dev->size;
+      grow_to (dev, offset + count);
+      if (offset >= old)
+        return 0;
+      count = old - offset;
+    }
+  }
+  if ((flags & BLKDEV_MAY_TRIM) &&
+      fallocate (f->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+                 offset, count) == 0)
+    return 0;
+  if (fallocate (f->fd, FALLOC_FL_ZERO_RANGE|FALLOC_FL_KEEP_SIZE,
+                 offset, count) == 0)
+    return 0;
+  if (flags & BLKDEV_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  while (count > 0) {
+    size_t n = count < sizeof zeros ? count : sizeof zeros;
+    if (file_pwrite (dev, zeros, n, offset, 0) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+/* Trim punches a hole: the blocks go back to the filesystem. */
+static int
+file_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct file_dev *f = (struct file_dev *) dev;
+
+  if (fallocate (f->fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+                 offset, count) == -1 &&
+      errno != EOPNOTSUPP && errno != ENOSYS)
+    qc_debug ("%s: punching a hole at offset %" PRIu64 ": %m",
+              dev->name, offset);
   return 0;
 }
 
@@ -130,6 +201,8 @@ file_close (struct blkdev *dev)
 static const struct blkdev_ops file_ops = {
   .pread = file_pread,
   .pwrite = file_pwrite,
+  .zero = file_zero,
+  .trim = file_trim,
   .flush = file_flush,
   .extents = file_extents,
   .close = file_close,
@@ -171,6 +244,7 @@ blkdev_file_open (const char *path, bool readonly)
   if (S_ISBLK (st.st_mode)) {
     off_t end = lseek (fd, 0, SEEK_END);
     f->dev.size = end == -1 ? 0 : end;
+    f->dev.fixed_size = true;
   }
   else
     f->dev.size = st.st_size;

@@ -25,7 +25,7 @@ mem_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 
 static int
 mem_pwrite (struct blkdev *dev, const void *buf, size_t count,
-            uint64_t offset)
+            uint64_t offset, unsigned flags)
 {
   struct mem_dev *m = (struct mem_dev *) dev;
 
@@ -73,5 +73,6 @@ blkdev_memory_new (const void *data, size_t len, bool readonly)
   m->dev.ops = &mem_ops;
   m->dev.size = len;
   m->dev.readonly = readonly;
+  m->dev.fixed_size = true;
   return &m->dev;
 }

@@ -23,16 +23,59 @@ blkdev_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
   return dev->ops->pread (dev, buf, n, offset);
 }
 
-int
-blkdev_pwrite (struct blkdev *dev, const void *buf, size_t count,
-               uint64_t offset)
+static int
+check_writable (struct blkdev *dev)
 {
   if (dev->readonly || !dev->ops->pwrite) {
     qc_error ("%s: device is read-only", dev->name);
     errno = EROFS;
     return -1;
   }
-  return dev->ops->pwrite (dev, buf, count, offset);
+  return 0;
+}
+
+int
+blkdev_pwrite (struct blkdev *dev, const void *buf, size_t count,
+               uint64_t offset, unsigned flags)
+{
+  if (check_writable (dev) == -1)
+    return -1;
+  return dev->ops->pwrite (dev, buf, count, offset, flags);
+}
+
+int
+blkdev_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
+             unsigned flags)
+{
+  static const char zeros[65536];
+
+  if (check_writable (dev) == -1)
+    return -1;
+  if (dev->ops->zero)
+    return dev->ops->zero (dev, count, offset, flags);
+  if (flags & BLKDEV_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  while (count > 0) {
+    size_t n = count < sizeof zeros ? count : sizeof zeros;
+    if (dev->ops->pwrite (dev, zeros, n, offset, flags) == -1)
+      return -1;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+int
+blkdev_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
+             unsigned flags)
+{
+  if (check_writable (dev) == -1)
+    return -1;
+  if (!dev->ops->trim)
+    return 0;
+  return dev->ops->trim (dev, count, offset, flags);
 }
 
 int

@@ -20,6 +20,11 @@
 #define BLKDEV_EXTENT_HOLE 1
 #define BLKDEV_EXTENT_ZERO 2
 
+/* Request flags. */
+#define BLKDEV_FUA       1      /* durable before returning */
+#define BLKDEV_MAY_TRIM  2      /* zero: may deallocate */
+#define BLKDEV_FAST_ZERO 4      /* zero: fail with ENOTSUP if it is slow */
+
 struct blkdev;
 
 /* Called for each extent, in order, without gaps.  Returns 0 to go on,
@@ -32,7 +37,12 @@ struct blkdev_ops {
   int (*pread) (struct blkdev *dev, void *buf, size_t count,
                 uint64_t offset);
   int (*pwrite) (struct blkdev *dev, const void *buf, size_t count,
-                 uint64_t offset);
+                 uint64_t offset, unsigned flags);
+  /* Make the range read as zeros / discard it (advisory). */
+  int (*zero) (struct blkdev *dev, uint64_t count, uint64_t offset,
+               unsigned flags);
+  int (*trim) (struct blkdev *dev, uint64_t count, uint64_t offset,
+               unsigned flags);
   int (*flush) (struct blkdev *dev);
   /* Describe [offset, offset+count) (already clipped to the size).  May
    * stop early after at least one extent; callers loop.
@@ -47,13 +57,20 @@ struct blkdev {
   char *name;                   /* for messages: a path or a description */
   uint64_t size;                /* current size in bytes */
   bool readonly;
+  bool fixed_size;              /* cannot grow: allocation past the end
+                                 * fails with ENOSPC */
 };
 
 /* Generic wrappers: bounds handling and zero fill past the end. */
 extern int blkdev_pread (struct blkdev *dev, void *buf, size_t count,
                          uint64_t offset);
 extern int blkdev_pwrite (struct blkdev *dev, const void *buf, size_t count,
-                          uint64_t offset);
+                          uint64_t offset, unsigned flags);
+/* Zero falls back to writing zeros; trim to doing nothing. */
+extern int blkdev_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
+                        unsigned flags);
+extern int blkdev_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
+                        unsigned flags);
 extern int blkdev_flush (struct blkdev *dev);
 /* Extents of [offset, offset+count), clipped to the size.  A range past
  * the end of the device is reported as hole+zero (a shorter backing file

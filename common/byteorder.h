@@ -31,6 +31,13 @@ get_be64 (const void *p)
 }
 
 static inline void
+put_be16 (void *p, uint16_t v)
+{
+  v = htobe16 (v);
+  memcpy (p, &v, sizeof v);
+}
+
+static inline void
 put_be32 (void *p, uint32_t v)
 {
   v = htobe32 (v);

@@ -98,3 +98,15 @@ qc_lock_image (int fd, bool write, const char *name)
     qc_error ("%s: locking: %m", name);
   return -1;
 }
+
+void
+qc_unlock_image (int fd)
+{
+  struct flock fl;
+  int i;
+
+  for (i = 0; i < NR_PERMS; i++) {
+    ofd_lock (fd, F_OFD_SETLK, F_UNLCK, 100 + i, &fl);
+    ofd_lock (fd, F_OFD_SETLK, F_UNLCK, 200 + i, &fl);
+  }
+}

@@ -14,4 +14,7 @@
  */
 extern int qc_lock_image (int fd, bool write, const char *name);
 
+/* Release the locks qc_lock_image took on fd. */
+extern void qc_unlock_image (int fd);
+
 #endif /* QC_LOCK_H */

@@ -12,6 +12,7 @@
 
 #include "qc-error.h"
 #include "qc-lock.h"
+#include "byteorder.h"
 #include "qcow2-int.h"
 
 /* Backing chains longer than this are refused: a chain that loops back
@@ -210,6 +211,8 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     return NULL;
   }
   pthread_mutex_init (&img->lock, NULL);
+  pthread_mutex_init (&img->meta_lock, NULL);
+  pthread_cond_init (&img->inflight_done, NULL);
   if (!dev)
     dev = blkdev_file_open (opts->file, true);
   if (!dev)
@@ -220,6 +223,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     qc_error ("%m");
     goto err;
   }
+  img->locking = opts->locking;
   if (opts->locking) {
     int fd = blkdev_file_fd (dev);
     if (fd >= 0 && qc_lock_image (fd, false, img->name) == -1)
@@ -307,6 +311,14 @@ qc_image_close (struct qc_image *img)
 
   if (!img)
     return;
+  if (img->writable && !img->is_raw) {
+    /* Clean shutdown: everything on disk, every free applied. */
+    pthread_mutex_lock (&img->meta_lock);
+    if (qc_flush_locked (img) == 0 && qc_free_all (img) == 0)
+      qc_flush_locked (img);
+    pthread_mutex_unlock (&img->meta_lock);
+  }
+  qc_refcount_close (img);
   qc_snapshots_free (img);
   free (img->active.l1);
   l2cache_free (img->cache);
@@ -315,12 +327,131 @@ qc_image_close (struct qc_image *img)
   if (img->data && img->data != img->file)
     blkdev_close (img->data);
   blkdev_close (img->file);
+  if (img->ro_data && img->ro_data != img->ro_file)
+    blkdev_close (img->ro_data);
+  blkdev_close (img->ro_file);
   qcow2_header_free (&img->h);
   pthread_mutex_destroy (&img->lock);
+  pthread_mutex_destroy (&img->meta_lock);
+  pthread_cond_destroy (&img->inflight_done);
   free (img->description);
   free (img->name);
   free (img);
   errno = saved_errno;
+}
+
+/* A read-write replacement for a read-only device: the same file opened
+ * again.  Devices that are not files must have been opened writable.
+ */
+static struct blkdev *
+reopen_rw (struct blkdev *dev)
+{
+  if (!dev->readonly)
+    return dev;
+  if (blkdev_file_fd (dev) < 0) {
+    qc_error ("%s: the device below is read-only", dev->name);
+    errno = EROFS;
+    return NULL;
+  }
+  return blkdev_file_open (dev->name, false);
+}
+
+int
+qc_image_make_writable (struct qc_image *img)
+{
+  struct blkdev *file = NULL, *data = NULL;
+  int r = -1;
+
+  pthread_mutex_lock (&img->lock);
+  if (img->writable) {
+    r = 0;
+    goto out;
+  }
+  if (img->default_view != &img->active.dev && !img->is_raw) {
+    qc_error ("%s: a snapshot is served: it is read-only", img->name);
+    errno = EROFS;
+    goto out;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    qc_error ("%s: the image is marked corrupt: it can only be served "
+              "read-only (nbdkit -r) until it is repaired (qemu-img check "
+              "-r all)", img->name);
+    errno = EROFS;
+    goto out;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+    qc_error ("%s: the image is dirty (lazy refcounts, not closed "
+              "cleanly): serve it read-only (nbdkit -r) or repair it with "
+              "qemu-img check -r all first", img->name);
+    errno = EROFS;
+    goto out;
+  }
+  file = reopen_rw (img->file);
+  if (!file)
+    goto out;
+  if (img->data != img->file) {
+    data = reopen_rw (img->data);
+    if (!data)
+      goto out;
+  }
+  else
+    data = file;
+  if (file != img->file && blkdev_file_fd (img->file) >= 0) {
+    /* Our read locks would conflict with our own write locks. */
+    qc_unlock_image (blkdev_file_fd (img->file));
+    if (img->locking && qc_lock_image (blkdev_file_fd (file), true,
+                                       img->name) == -1) {
+      qc_lock_image (blkdev_file_fd (img->file), false, img->name);
+      goto out;
+    }
+  }
+  /* Readers in flight may still use the old devices: keep them open. */
+  if (file != img->file)
+    img->ro_file = img->file;
+  if (data != img->data)
+    img->ro_data = img->data;
+  img->file = file;
+  img->data = data;
+  file = data = NULL;
+
+  if (img->is_raw) {
+    img->default_view = img->file;
+    img->writable = true;
+    r = 0;
+    goto out;
+  }
+  if (qc_refcount_open (img) == -1)
+    goto out;
+  img->dirty_limit = (32ULL << 20) / img->h.cluster_size;
+  if (img->dirty_limit < 64)
+    img->dirty_limit = 64;
+
+  /* We do not maintain persistent bitmaps or unknown autoclear features:
+   * clearing their bits before the first write tells qemu they are stale.
+   */
+  {
+    uint64_t keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
+    if (img->data == img->file)
+      keep = 0;
+    if (keep != img->h.autoclear_features) {
+      uint64_t be = htobe64 (keep);
+      if (img->h.version < 3 ||
+          qc_write_header_field (img, 88, &be, 8) == -1 ||
+          blkdev_flush (img->file) == -1)
+        goto out;
+      img->h.autoclear_features = keep;
+    }
+  }
+  img->active.dev.readonly = false;
+  img->writable = true;
+  r = 0;
+ out:
+  if (data && data != file)
+    blkdev_close (data);
+  if (file)
+    blkdev_close (file);
+  pthread_mutex_unlock (&img->lock);
+  return r;
 }
 
 struct blkdev *

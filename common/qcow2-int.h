@@ -3,6 +3,7 @@
 #define QC_QCOW2_INT_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -18,6 +19,21 @@
 #define QCOW2_OFFSET_MASK      0x00fffffffffffe00ULL
 
 struct qc_image;
+
+/* Host clusters whose references were dropped, waiting to be freed. */
+struct qc_free_list {
+  uint64_t *offsets;            /* host offset of each cluster */
+  size_t len, cap;
+};
+
+/* A guest range whose clusters are being allocated or copied: others
+ * touching it wait, so that two writers never allocate the same guest
+ * cluster twice.
+ */
+struct qc_inflight {
+  uint64_t start, end;
+  struct qc_inflight *next;
+};
 
 /* A view is the guest disk as one L1 table sees it: the active image
  * or an internal snapshot.  Its blkdev is what the front-ends serve and
@@ -42,6 +58,7 @@ struct qcow2_snapshot {
 struct qc_image {
   char *name;
   bool is_raw;
+  bool locking;
   struct blkdev *file;          /* the image (owned) */
   struct blkdev *data;          /* external data file (owned), or file */
   struct blkdev *backing;       /* backing device, or NULL */
@@ -53,6 +70,31 @@ struct qc_image {
   uint32_t nr_snapshots;
   bool metadata_prealloc;       /* see qc_detect_metadata_prealloc */
   pthread_mutex_t lock;         /* guards loading snapshot views */
+
+  /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-flush.c).  All
+   * of it is guarded by meta_lock, except the I/O epoch counters.
+   */
+  bool writable;
+  struct blkdev *ro_file, *ro_data;     /* read-only devices replaced
+                                         * when the image became writable */
+  pthread_mutex_t meta_lock;
+  pthread_cond_t inflight_done;
+  struct qc_inflight *inflight;
+  struct l2cache *rcache;               /* refcount blocks */
+  uint64_t *reftable;                   /* host byte order */
+  uint64_t reftable_entries;
+  uint64_t reftable_dirty_lo, reftable_dirty_hi;  /* entries */
+  uint64_t l1_dirty_lo, l1_dirty_hi;    /* entries, lo == hi: clean */
+  uint64_t free_cursor;                 /* first cluster that may be free */
+  uint64_t alloc_end;                   /* atomic: end of allocated host
+                                         * clusters, may pass the file end */
+  uint64_t dirty_limit;                 /* tables before an early writeback */
+  struct qc_free_list pending;          /* unreferenced, not yet durable */
+  struct qc_free_list waiting[2];       /* durable, waiting for old I/O */
+  unsigned l2_seq;                      /* atomic: odd while extended L2
+                                         * entries change (a seqlock) */
+  unsigned epoch;                       /* atomic */
+  unsigned io_active[2];                /* atomic: I/O in each epoch */
   struct blkdev *default_view;
   char *description;
 };
@@ -67,6 +109,7 @@ enum qc_kind {
 
 struct qc_run {
   enum qc_kind kind;
+  bool copied;                  /* DATA with refcount 1: write in place */
   uint64_t length;              /* bytes from the requested offset */
   uint64_t host;                /* DATA: host offset of the first byte;
                                  * COMPRESSED: the descriptor */
@@ -96,6 +139,85 @@ extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
 extern uint64_t qc_refcount_entry_get (const uint8_t *block, uint64_t index,
                                        uint32_t order);
 extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
+
+/* Writable refcounts and the allocator (meta_lock held). */
+extern int qc_refcount_open (struct qc_image *img);
+extern void qc_refcount_close (struct qc_image *img);
+extern int qc_refcount_get (struct qc_image *img, uint64_t cluster,
+                            uint64_t *value);
+extern int qc_refcount_add (struct qc_image *img, uint64_t cluster,
+                            int64_t delta);
+/* n contiguous new clusters with refcount 1; *offset their host offset. */
+extern int qc_alloc_clusters (struct qc_image *img, uint64_t n,
+                              uint64_t *offset);
+/* Drop one reference to each host cluster once the metadata that no
+ * longer points to it is on disk and no older I/O may still use it.
+ */
+extern int qc_free_later (struct qc_image *img, uint64_t offset);
+/* Move pending frees on (their unreferencing metadata is durable) and
+ * apply those whose I/O has drained.
+ */
+extern int qc_free_progress (struct qc_image *img);
+extern int qc_write_header_field (struct qc_image *img, uint64_t offset,
+                                  const void *buf, size_t len);
+
+/* I/O epochs: data I/O to host clusters runs between these, so that a
+ * freed cluster is not reused while an older I/O to it is in flight.
+ */
+static inline unsigned
+qc_io_begin (struct qc_image *img)
+{
+  for (;;) {
+    unsigned e = __atomic_load_n (&img->epoch, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add (&img->io_active[e & 1], 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n (&img->epoch, __ATOMIC_SEQ_CST) == e)
+      return e;
+    __atomic_fetch_sub (&img->io_active[e & 1], 1, __ATOMIC_SEQ_CST);
+  }
+}
+
+static inline void
+qc_io_end (struct qc_image *img, unsigned e)
+{
+  __atomic_fetch_sub (&img->io_active[e & 1], 1, __ATOMIC_SEQ_CST);
+}
+
+/* Load an L2 entry (and its bitmap with extended L2) consistently. */
+static inline void
+qc_load_entry (struct qc_image *img, const uint8_t *p, uint64_t *e,
+               uint64_t *bm)
+{
+  unsigned s1, s2;
+
+  if (!img->h.extended_l2) {
+    *e = l2cache_load64 (p);
+    *bm = 0;
+    return;
+  }
+  do {
+    while ((s1 = __atomic_load_n (&img->l2_seq, __ATOMIC_ACQUIRE)) & 1)
+      sched_yield ();
+    *e = l2cache_load64 (p);
+    *bm = l2cache_load64 (p + 8);
+    __atomic_thread_fence (__ATOMIC_ACQUIRE);
+    s2 = __atomic_load_n (&img->l2_seq, __ATOMIC_RELAXED);
+  } while (s1 != s2);
+}
+
+/* Writing a view (qcow2-write.c). */
+extern int qc_view_write (struct qc_view *v, const void *buf, size_t count,
+                          uint64_t offset, unsigned flags);
+extern int qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
+                         unsigned flags);
+extern int qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
+                         unsigned flags);
+extern int qc_view_flush (struct qc_view *v);
+
+/* Apply every pending free (no I/O may be in flight: at close). */
+extern int qc_free_all (struct qc_image *img);
+
+/* Metadata writeback in the safe order (meta_lock held). */
+extern int qc_flush_locked (struct qc_image *img);
 
 /* Snapshot table. */
 extern int qc_snapshots_read (struct qc_image *img);

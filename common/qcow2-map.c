@@ -74,6 +74,17 @@ classify (struct qc_image *img, uint64_t e, uint64_t bm, unsigned sc,
   return 0;
 }
 
+/* Metadata must lie inside the file, or inside clusters allocated since
+ * it was opened (a new L2 table may not be written yet).
+ */
+static uint64_t
+host_limit (struct qc_image *img)
+{
+  uint64_t end = __atomic_load_n (&img->alloc_end, __ATOMIC_ACQUIRE);
+
+  return end > img->file->size ? end : img->file->size;
+}
+
 int
 qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
         struct qc_run *run)
@@ -98,17 +109,18 @@ qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
   run->length = count;
   run->kind = QC_UNALLOCATED;
   run->host = 0;
+  run->copied = false;
 
   if (l1_index >= v->l1_size)
     return 0;
-  l1e = v->l1[l1_index];
+  l1e = __atomic_load_n (&v->l1[l1_index], __ATOMIC_ACQUIRE);
   l2_offset = l1e & QCOW2_OFFSET_MASK;
   if (l2_offset == 0)
     return 0;
   if (l2_offset & (cs - 1))
     CORRUPT ("%s: L1 entry %" PRIu64 " points to unaligned L2 table "
              "offset 0x%" PRIx64, img->name, l1_index, l2_offset);
-  if (l2_offset >= img->file->size || cs > img->file->size - l2_offset)
+  if (l2_offset >= host_limit (img) || cs > host_limit (img) - l2_offset)
     CORRUPT ("%s: L1 entry %" PRIu64 " points to an L2 table at 0x%"
              PRIx64 ", beyond the end of the file",
              img->name, l1_index, l2_offset);
@@ -123,13 +135,14 @@ qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
   l2_index = (offset % l2_span) / cs;
   while (pos < end) {
     const uint8_t *p = l2 + l2_index * h->l2_entry_size;
-    uint64_t e = get_be64 (p);
-    uint64_t bm = h->extended_l2 ? get_be64 (p + 8) : 0;
+    uint64_t e, bm;
     uint64_t cluster_start = pos - pos % cs;
     uint64_t step_end;
     unsigned sc = h->extended_l2 ? (pos % cs) / scs : 0;
     enum qc_kind k;
     uint64_t hoff = 0;
+
+    qc_load_entry (img, p, &e, &bm);
 
     /* Each pass classifies one subcluster (or cluster). */
     for (;;) {
@@ -146,8 +159,11 @@ qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
       if (pos == offset) {
         kind = k;
         host = hoff;
+        run->copied = k == QC_DATA && (e & QCOW2_OFLAG_COPIED);
       }
       else if (k != kind || kind == QC_COMPRESSED ||
+               (kind == QC_DATA &&
+                run->copied != ((e & QCOW2_OFLAG_COPIED) != 0)) ||
                (kind == QC_DATA && hoff != host + (pos - offset)))
         goto done;
       /* A compressed cluster is one run, whatever its subclusters. */

@@ -50,9 +50,13 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
   while (count > 0) {
     struct qc_run run;
     int r = 0;
+    /* Host clusters we read are not reused before we are done. */
+    unsigned epoch = qc_io_begin (img);
 
-    if (qc_map (v, offset, count, &run) == -1)
+    if (qc_map (v, offset, count, &run) == -1) {
+      qc_io_end (img, epoch);
       return -1;
+    }
     switch (run.kind) {
     case QC_UNALLOCATED:
       if (img->backing)
@@ -70,6 +74,7 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
       r = read_compressed_part (img, &run, p, offset);
       break;
     }
+    qc_io_end (img, epoch);
     if (r == -1)
       return -1;
     p += run.length;
@@ -183,8 +188,39 @@ view_close (struct blkdev *dev)
   /* Views belong to their image: closed with it. */
 }
 
+static int
+view_pwrite (struct blkdev *dev, const void *buf, size_t count,
+             uint64_t offset, unsigned flags)
+{
+  return qc_view_write ((struct qc_view *) dev, buf, count, offset, flags);
+}
+
+static int
+view_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  return qc_view_zero ((struct qc_view *) dev, count, offset, flags);
+}
+
+static int
+view_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  return qc_view_trim ((struct qc_view *) dev, count, offset, flags);
+}
+
+static int
+view_flush (struct blkdev *dev)
+{
+  return qc_view_flush ((struct qc_view *) dev);
+}
+
 static const struct blkdev_ops view_ops = {
   .pread = view_pread,
+  .pwrite = view_pwrite,
+  .zero = view_zero,
+  .trim = view_trim,
+  .flush = view_flush,
   .extents = view_extents,
   .close = view_close,
 };

@@ -34,6 +34,12 @@ extern struct qc_image *qc_image_open (const struct qc_options *opts,
                                        struct blkdev *dev);
 extern void qc_image_close (struct qc_image *img);
 
+/* Make the image writable (reopening its files read-write and taking
+ * qemu's write locks), once; later calls do nothing.  Refused for images
+ * marked corrupt or dirty.  -1 after qc_error.
+ */
+extern int qc_image_make_writable (struct qc_image *img);
+
 /* The export served by default: the active image, or the snapshot
  * chosen with opts->snapshot.
  */

@@ -79,7 +79,6 @@ qcow2_get_ready (void)
   /* Opened once, before serving: all connections share the image, its
    * metadata cache and its locks.
    */
-  opts.readonly = true;
   img = qc_image_open (&opts, NULL);
   if (!img)
     return -1;
@@ -124,6 +123,19 @@ qcow2_open (int readonly)
 
   if (!view)
     return NULL;
+  /* The first writable connection makes the image writable: until
+   * then (and always with nbdkit -r) it is open read-only, with read
+   * locks only.
+   */
+  if (!readonly && view == qc_image_default_view (img) &&
+      qc_image_make_writable (img) == -1)
+    return NULL;
+  if (!readonly && view->readonly) {
+    nbdkit_error ("export '%s' is a read-only snapshot: connect with "
+                  "read-only access (nbdkit -r, or a client that asks for "
+                  "read-only)", name);
+    return NULL;
+  }
   h = malloc (sizeof *h);
   if (!h) {
     nbdkit_error ("malloc: %m");
@@ -160,9 +172,92 @@ qcow2_get_size (void *handle)
 }
 
 static int
+qcow2_can_write (void *handle)
+{
+  struct handle *h = handle;
+
+  return !h->view->readonly;
+}
+
+static int
 qcow2_can_multi_conn (void *handle)
 {
-  return 1;                     /* read-only: every connection agrees */
+  /* All connections share one image and its metadata cache, and a flush
+   * writes back everything: a flush on one connection makes every
+   * connection's writes durable.
+   */
+  return 1;
+}
+
+static int
+qcow2_can_fua (void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+static int
+qcow2_can_zero (void *handle)
+{
+  return 1;
+}
+
+static int
+qcow2_can_fast_zero (void *handle)
+{
+  return 1;
+}
+
+static int
+qcow2_can_trim (void *handle)
+{
+  return 1;
+}
+
+static int
+qcow2_can_flush (void *handle)
+{
+  return 1;
+}
+
+static unsigned
+blkdev_flags (uint32_t flags)
+{
+  return (flags & NBDKIT_FLAG_FUA ? BLKDEV_FUA : 0) |
+    (flags & NBDKIT_FLAG_MAY_TRIM ? BLKDEV_MAY_TRIM : 0) |
+    (flags & NBDKIT_FLAG_FAST_ZERO ? BLKDEV_FAST_ZERO : 0);
+}
+
+static int
+qcow2_pwrite (void *handle, const void *buf, uint32_t count,
+              uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+
+  return blkdev_pwrite (h->view, buf, count, offset, blkdev_flags (flags));
+}
+
+static int
+qcow2_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+
+  return blkdev_zero (h->view, count, offset, blkdev_flags (flags));
+}
+
+static int
+qcow2_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct handle *h = handle;
+
+  return blkdev_trim (h->view, count, offset, blkdev_flags (flags));
+}
+
+static int
+qcow2_flush (void *handle, uint32_t flags)
+{
+  struct handle *h = handle;
+
+  return blkdev_flush (h->view);
 }
 
 static int
@@ -238,9 +333,19 @@ static struct nbdkit_plugin plugin = {
   .close = qcow2_close,
   .export_description = qcow2_export_description,
   .get_size = qcow2_get_size,
+  .can_write = qcow2_can_write,
   .can_multi_conn = qcow2_can_multi_conn,
   .can_extents = qcow2_can_extents,
+  .can_fua = qcow2_can_fua,
+  .can_zero = qcow2_can_zero,
+  .can_fast_zero = qcow2_can_fast_zero,
+  .can_trim = qcow2_can_trim,
+  .can_flush = qcow2_can_flush,
   .pread = qcow2_pread,
+  .pwrite = qcow2_pwrite,
+  .zero = qcow2_zero,
+  .trim = qcow2_trim,
+  .flush = qcow2_flush,
   .extents = qcow2_extents,
   .errno_is_preserved = 1,
 };

@@ -1,0 +1,537 @@
+/* Writable refcounts and the cluster allocator.
+ *
+ * All of this runs with the image's meta_lock held.  Refcount blocks
+ * live in their own table cache and reach the disk before any L2 entry
+ * that points to a cluster they count (qcow2-flush.c).  New refcount
+ * blocks describe themselves: they are placed inside the range they
+ * count, next to the clusters that needed them.  A full refcount table
+ * is replaced by a larger copy written elsewhere, and the header pointer
+ * is switched only once the copy is on disk.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+/* Host offsets must fit in the 56-bit offset field of table entries. */
+#define MAX_HOST_OFFSET (1ULL << 56)
+
+static uint64_t
+per_block (const struct qc_image *img)
+{
+  return (img->h.cluster_size * 8) >> img->h.refcount_order;
+}
+
+static uint64_t
+refcount_max (const struct qc_image *img)
+{
+  unsigned bits = 1U << img->h.refcount_order;
+
+  return bits == 64 ? INT64_MAX : (1ULL << bits) - 1;
+}
+
+static void
+entry_set (uint8_t *block, uint64_t index, uint32_t order, uint64_t v)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: put_be64 (block + index * 8, v); break;
+  case 32: put_be32 (block + index * 4, v); break;
+  case 16: put_be16 (block + index * 2, v); break;
+  case 8: block[index] = v; break;
+  default: {
+    uint8_t *b = &block[index * bits / 8];
+    unsigned shift = index * bits % 8;
+    uint8_t mask = ((1U << bits) - 1) << shift;
+    *b = (*b & ~mask) | ((v << shift) & mask);
+  }
+  }
+}
+
+/* Byte range of an entry inside its block, for dirty tracking. */
+static void
+entry_bytes (uint64_t index, uint32_t order, uint32_t *lo, uint32_t *hi)
+{
+  unsigned bits = 1U << order;
+
+  *lo = index * bits / 8;
+  *hi = *lo + (bits >= 8 ? bits / 8 : 1);
+}
+
+int
+qc_refcount_open (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  uint64_t i, n = (uint64_t) h->refcount_table_clusters * cs / 8;
+  uint64_t limit = (img->file->size + cs - 1) & ~(cs - 1);
+  uint64_t capacity;
+
+  img->reftable = calloc (n, sizeof *img->reftable);
+  if (!img->reftable) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  if (blkdev_pread (img->file, img->reftable, n * 8,
+                    h->refcount_table_offset) == -1)
+    return -1;
+  for (i = 0; i < n; i++) {
+    uint64_t e = be64toh (img->reftable[i]);
+    uint64_t off = e & QCOW2_OFFSET_MASK;
+    if ((off & (cs - 1)) || off >= limit || (e & ~QCOW2_OFFSET_MASK)) {
+      qc_error ("%s: refcount table entry %" PRIu64 " is invalid (0x%"
+                PRIx64 "); repair the image with qemu-img check -r all",
+                img->name, i, e);
+      errno = EINVAL;
+      return -1;
+    }
+    img->reftable[i] = off;
+  }
+  img->reftable_entries = n;
+  capacity = (4ULL << 20) / cs;
+  img->rcache = l2cache_new (capacity < 4 ? 4 : capacity, cs);
+  if (!img->rcache)
+    return -1;
+  img->free_cursor = 0;
+  img->alloc_end = limit;
+  return 0;
+}
+
+void
+qc_refcount_close (struct qc_image *img)
+{
+  l2cache_free (img->rcache);
+  img->rcache = NULL;
+  free (img->reftable);
+  img->reftable = NULL;
+  free (img->pending.offsets);
+  free (img->waiting[0].offsets);
+  free (img->waiting[1].offsets);
+}
+
+/* The refcount block counting cluster, or NULL (*pin NULL) if none. */
+static int
+get_block (struct qc_image *img, uint64_t cluster, uint8_t **block,
+           struct l2cache_entry **pin)
+{
+  uint64_t i = cluster / per_block (img);
+
+  *block = NULL;
+  *pin = NULL;
+  if (i >= img->reftable_entries || img->reftable[i] == 0)
+    return 0;
+  *block = l2cache_get (img->rcache, img->file, img->reftable[i], pin);
+  return *block ? 0 : -1;
+}
+
+int
+qc_refcount_get (struct qc_image *img, uint64_t cluster, uint64_t *value)
+{
+  uint8_t *block;
+  struct l2cache_entry *pin;
+
+  if (get_block (img, cluster, &block, &pin) == -1)
+    return -1;
+  *value = block ?
+    qc_refcount_entry_get (block, cluster % per_block (img),
+                           img->h.refcount_order) : 0;
+  l2cache_put (img->rcache, pin);
+  return 0;
+}
+
+int
+qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
+{
+  const uint32_t order = img->h.refcount_order;
+  uint64_t index = cluster % per_block (img);
+  uint8_t *block;
+  struct l2cache_entry *pin;
+  uint64_t v, nv;
+  uint32_t lo, hi;
+
+  if (get_block (img, cluster, &block, &pin) == -1)
+    return -1;
+  if (!block) {
+    qc_error ("%s: cluster %" PRIu64 " has no refcount block (internal "
+              "error or corrupt image)", img->name, cluster);
+    errno = EIO;
+    return -1;
+  }
+  v = qc_refcount_entry_get (block, index, order);
+  if (delta < 0 && v < (uint64_t) -delta) {
+    qc_error ("%s: refcount of cluster %" PRIu64 " would drop below 0 "
+              "(the image's refcounts are wrong; repair it with qemu-img "
+              "check -r all)", img->name, cluster);
+    l2cache_put (img->rcache, pin);
+    errno = EIO;
+    return -1;
+  }
+  nv = v + delta;
+  if (delta > 0 && (nv < v || nv > refcount_max (img))) {
+    qc_error ("%s: refcount of cluster %" PRIu64 " would overflow the "
+              "image's %u-bit refcounts", img->name, cluster, 1U << order);
+    l2cache_put (img->rcache, pin);
+    errno = EOVERFLOW;
+    return -1;
+  }
+  entry_set (block, index, order, nv);
+  entry_bytes (index, order, &lo, &hi);
+  l2cache_mark_dirty (img->rcache, pin, lo, hi);
+  l2cache_put (img->rcache, pin);
+
+  if (nv == 0) {
+    uint64_t off = cluster * img->h.cluster_size;
+    /* Whatever table this cluster held is gone. */
+    l2cache_drop (img->cache, off);
+    l2cache_drop (img->rcache, off);
+    if (cluster < img->free_cursor)
+      img->free_cursor = cluster;
+    blkdev_trim (img->file, img->h.cluster_size, off, 0);
+  }
+  return 0;
+}
+
+/* Missing refcount blocks for clusters [start, end): their count, and
+ * the highest table index they need.
+ */
+static uint64_t
+missing_blocks (struct qc_image *img, const uint64_t *table,
+                uint64_t entries, uint64_t start, uint64_t end,
+                uint64_t *max_index)
+{
+  uint64_t pb = per_block (img), b, n = 0;
+
+  *max_index = 0;
+  for (b = start / pb; b <= (end - 1) / pb; b++)
+    if (b >= entries || table[b] == 0) {
+      n++;
+      *max_index = b;
+    }
+  return n;
+}
+
+/* First run of len free clusters at or after the cursor. */
+static int
+find_free_run (struct qc_image *img, uint64_t len, uint64_t *start)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t end_cluster = img->alloc_end / cs;
+  uint64_t c = img->free_cursor, run = c, v;
+
+  while (c < run + len) {
+    if (c >= end_cluster) {     /* everything past the end is free */
+      c = run + len;
+      break;
+    }
+    if (qc_refcount_get (img, c, &v) == -1)
+      return -1;
+    c++;
+    if (v != 0)
+      run = c;
+  }
+  *start = run;
+  return 0;
+}
+
+static int
+check_space (struct qc_image *img, uint64_t end_cluster)
+{
+  uint64_t end = end_cluster * img->h.cluster_size;
+
+  if (end_cluster > MAX_HOST_OFFSET / img->h.cluster_size ||
+      (img->file->fixed_size && end > img->file->size)) {
+    qc_error ("%s: no space left in the image container", img->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  return 0;
+}
+
+/* Refcount blocks for [start, start+k) go at the start of the region:
+ * create them (empty) and point the table at them.
+ */
+static int
+place_blocks (struct qc_image *img, uint64_t *table, uint64_t entries,
+              uint64_t start, uint64_t end, uint64_t *next_free,
+              uint64_t *dirty_lo, uint64_t *dirty_hi)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t pb = per_block (img), b;
+
+  for (b = start / pb; b <= (end - 1) / pb; b++) {
+    struct l2cache_entry *pin;
+    if (b < entries && table[b] != 0)
+      continue;
+    if (!l2cache_new_table (img->rcache, *next_free * cs, NULL, &pin))
+      return -1;
+    l2cache_put (img->rcache, pin);
+    table[b] = *next_free * cs;
+    if (b < *dirty_lo) *dirty_lo = b;
+    if (b + 1 > *dirty_hi) *dirty_hi = b + 1;
+    (*next_free)++;
+  }
+  return 0;
+}
+
+static int
+write_reftable (struct qc_image *img, const uint64_t *table,
+                uint64_t lo, uint64_t hi, uint64_t offset)
+{
+  uint64_t *buf, i;
+  int r;
+
+  /* Whole 512-byte sectors. */
+  lo &= ~63ULL;
+  hi = (hi + 63) & ~63ULL;
+  if (hi > img->reftable_entries && table == img->reftable)
+    hi = img->reftable_entries;
+  buf = malloc ((hi - lo) * 8);
+  if (!buf) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (i = lo; i < hi; i++)
+    buf[i - lo] = htobe64 (table[i]);
+  r = blkdev_pwrite (img->file, buf, (hi - lo) * 8, offset + lo * 8, 0);
+  free (buf);
+  return r;
+}
+
+/* Replace the refcount table by one with at least min_entries entries,
+ * written at the end of the image with its own refcount blocks.
+ */
+static int
+grow_reftable (struct qc_image *img, uint64_t min_entries)
+{
+  const uint64_t cs = img->h.cluster_size;
+  const uint64_t per_cluster = cs / 8;
+  uint64_t old_entries = img->reftable_entries;
+  uint64_t old_offset = img->h.refcount_table_offset;
+  uint64_t old_clusters = img->h.refcount_table_clusters;
+  uint64_t entries = old_entries * 2, clusters, start, k = 0, m, maxb;
+  uint64_t *table, next, lo = UINT64_MAX, hi = 0, c;
+  uint8_t hdr[12];
+
+  if (entries < min_entries)
+    entries = min_entries;
+  start = img->alloc_end / cs;
+  for (;;) {
+    entries = (entries + per_cluster - 1) / per_cluster * per_cluster;
+    clusters = entries / per_cluster;
+    m = missing_blocks (img, img->reftable, old_entries, start,
+                        start + clusters + k, &maxb);
+    if (maxb >= entries) {
+      entries = maxb + 1;
+      continue;
+    }
+    if (m == k)
+      break;
+    k = m;
+  }
+  if ((uint64_t) clusters * cs > QCOW2_MAX_REFTABLE_BYTES ||
+      clusters > UINT32_MAX) {
+    qc_error ("%s: refcount table would grow too large", img->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  if (check_space (img, start + clusters + k) == -1)
+    return -1;
+
+  table = calloc (entries, sizeof *table);
+  if (!table) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  memcpy (table, img->reftable, old_entries * sizeof *table);
+  next = start + clusters;
+  if (place_blocks (img, table, entries, start, start + clusters + k,
+                    &next, &lo, &hi) == -1)
+    goto err;
+
+  /* Count the new table and blocks, through the new table. */
+  {
+    uint64_t *saved = img->reftable, saved_n = img->reftable_entries;
+    int r = 0;
+    img->reftable = table;
+    img->reftable_entries = entries;
+    for (c = start; c < start + clusters + k && r == 0; c++)
+      r = qc_refcount_add (img, c, 1);
+    if (r == -1) {
+      img->reftable = saved;
+      img->reftable_entries = saved_n;
+      goto err;
+    }
+    img->reftable = saved;
+    img->reftable_entries = saved_n;
+  }
+
+  /* Blocks, then the table, durable before the header points to it. */
+  if (l2cache_writeback (img->rcache, img->file) == -1 ||
+      write_reftable (img, table, 0, entries, start * cs) == -1 ||
+      blkdev_flush (img->file) == -1)
+    goto err;
+  put_be64 (hdr, start * cs);
+  put_be32 (hdr + 8, clusters);
+  if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
+      blkdev_flush (img->file) == -1)
+    goto err;
+
+  free (img->reftable);
+  img->reftable = table;
+  img->reftable_entries = entries;
+  img->reftable_dirty_lo = img->reftable_dirty_hi = 0;
+  img->h.refcount_table_offset = start * cs;
+  img->h.refcount_table_clusters = clusters;
+  if (start + clusters + k > img->alloc_end / cs)
+    __atomic_store_n (&img->alloc_end, (start + clusters + k) * cs,
+                      __ATOMIC_RELEASE);
+  qc_debug ("%s: refcount table grown to %" PRIu64 " clusters at 0x%"
+            PRIx64, img->name, clusters, start * cs);
+
+  /* Nothing points to the old table any more. */
+  for (c = 0; c < old_clusters; c++)
+    if (qc_refcount_add (img, old_offset / cs + c, -1) == -1)
+      return -1;
+  return 0;
+
+ err:
+  free (table);
+  return -1;
+}
+
+int
+qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t start, k = 0, m, maxb, c, next;
+  uint64_t lo = img->reftable_dirty_lo, hi = img->reftable_dirty_hi;
+
+  for (;;) {
+    if (find_free_run (img, n + k, &start) == -1)
+      return -1;
+    m = missing_blocks (img, img->reftable, img->reftable_entries,
+                        start, start + n + k, &maxb);
+    if (m > 0 && maxb >= img->reftable_entries) {
+      if (grow_reftable (img, maxb + 1) == -1)
+        return -1;
+      k = 0;
+      continue;
+    }
+    if (m <= k)
+      break;
+    k = m;
+  }
+  if (check_space (img, start + n + k) == -1)
+    return -1;
+
+  next = start;
+  if (lo == hi) {
+    lo = UINT64_MAX;
+    hi = 0;
+  }
+  if (place_blocks (img, img->reftable, img->reftable_entries, start,
+                    start + n + k, &next, &lo, &hi) == -1)
+    return -1;
+  if (lo < hi) {
+    img->reftable_dirty_lo = lo;
+    img->reftable_dirty_hi = hi;
+  }
+  /* Unused reserved slots (m < k) stay free. */
+  for (c = start; c < start + n + k; c++) {
+    if (c >= next && c < start + k)
+      continue;
+    if (qc_refcount_add (img, c, 1) == -1)
+      return -1;
+  }
+  if (start + n + k > img->alloc_end / cs)
+    __atomic_store_n (&img->alloc_end, (start + n + k) * cs,
+                      __ATOMIC_RELEASE);
+  if (img->free_cursor == start)
+    img->free_cursor = start + n + k;
+  *offset = (start + k) * cs;
+  return 0;
+}
+
+static int
+list_add (struct qc_image *img, struct qc_free_list *l, uint64_t offset)
+{
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    uint64_t *p = realloc (l->offsets, cap * sizeof *p);
+    if (!p) {
+      qc_error ("%s: %m", img->name);
+      return -1;
+    }
+    l->offsets = p;
+    l->cap = cap;
+  }
+  l->offsets[l->len++] = offset;
+  return 0;
+}
+
+int
+qc_free_later (struct qc_image *img, uint64_t offset)
+{
+  return list_add (img, &img->pending, offset);
+}
+
+int
+qc_free_progress (struct qc_image *img)
+{
+  unsigned e = __atomic_load_n (&img->epoch, __ATOMIC_SEQ_CST);
+  struct qc_free_list *old = &img->waiting[(e + 1) & 1];
+  struct qc_free_list *cur = &img->waiting[e & 1];
+  size_t i;
+
+  /* Frees from the previous epoch: safe once its I/O has drained. */
+  if (old->len > 0 &&
+      __atomic_load_n (&img->io_active[(e + 1) & 1], __ATOMIC_SEQ_CST) == 0) {
+    for (i = 0; i < old->len; i++)
+      if (qc_refcount_add (img, old->offsets[i] / img->h.cluster_size,
+                           -1) == -1)
+        return -1;
+    old->len = 0;
+  }
+  /* Pending frees are durable now (callers wrote the metadata). */
+  for (i = 0; i < img->pending.len; i++)
+    if (list_add (img, cur, img->pending.offsets[i]) == -1)
+      return -1;
+  img->pending.len = 0;
+  /* Start a new epoch, so that the current frees can drain. */
+  if (old->len == 0 && cur->len > 0 &&
+      __atomic_load_n (&img->io_active[(e + 1) & 1], __ATOMIC_SEQ_CST) == 0)
+    __atomic_store_n (&img->epoch, e + 1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+int
+qc_free_all (struct qc_image *img)
+{
+  struct qc_free_list *lists[3] = {
+    &img->pending, &img->waiting[0], &img->waiting[1]
+  };
+  size_t i, j;
+
+  for (j = 0; j < 3; j++) {
+    for (i = 0; i < lists[j]->len; i++)
+      if (qc_refcount_add (img, lists[j]->offsets[i] / img->h.cluster_size,
+                           -1) == -1)
+        return -1;
+    lists[j]->len = 0;
+  }
+  return 0;
+}
+
+int
+qc_write_header_field (struct qc_image *img, uint64_t offset,
+                       const void *buf, size_t len)
+{
+  return blkdev_pwrite (img->file, buf, len, offset, 0);
+}

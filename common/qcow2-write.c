@@ -1,0 +1,666 @@
+/* Writing a view: in-place writes, allocating writes with copy-on-write,
+ * zeroing and discarding.
+ *
+ * Writes to clusters that are allocated and not shared (COPIED) go
+ * straight to the host cluster without the metadata lock.  Anything else
+ * takes the lock only to decide and to publish: the guest clusters are
+ * marked in flight, the lock is dropped for the copy-on-write reads and
+ * the data write, and the new L2 entries are stored afterwards, so a new
+ * entry never points at data that has not been written.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+#define ALL_ZERO_BITS 0xffffffff00000000ULL
+
+static uint64_t
+l2_span (const struct qc_image *img)
+{
+  return img->h.cluster_size << img->h.l2_bits;
+}
+
+static bool
+external_data (const struct qc_image *img)
+{
+  return img->data != img->file;
+}
+
+/* In-flight guest ranges: wait for overlaps, then claim. */
+static void
+wait_inflight (struct qc_image *img, uint64_t start, uint64_t end)
+{
+  struct qc_inflight *f;
+
+ again:
+  for (f = img->inflight; f; f = f->next)
+    if (f->start < end && start < f->end) {
+      pthread_cond_wait (&img->inflight_done, &img->meta_lock);
+      goto again;
+    }
+}
+
+static void
+claim (struct qc_image *img, struct qc_inflight *f, uint64_t start,
+       uint64_t end)
+{
+  f->start = start;
+  f->end = end;
+  f->next = img->inflight;
+  img->inflight = f;
+}
+
+static void
+release (struct qc_image *img, struct qc_inflight *f)
+{
+  struct qc_inflight **pp = &img->inflight;
+
+  while (*pp != f)
+    pp = &(*pp)->next;
+  *pp = f->next;
+  pthread_cond_broadcast (&img->inflight_done);
+}
+
+/* Begin/end a change of extended L2 entries (see qc_load_entry). */
+static void
+seq_begin (struct qc_image *img)
+{
+  __atomic_fetch_add (&img->l2_seq, 1, __ATOMIC_ACQ_REL);
+}
+
+static void
+seq_end (struct qc_image *img)
+{
+  __atomic_fetch_add (&img->l2_seq, 1, __ATOMIC_RELEASE);
+}
+
+/* Store an entry (and bitmap) and mark it dirty. */
+static void
+store_entry (struct qc_image *img, uint8_t *table,
+             struct l2cache_entry *pin, uint64_t index, uint64_t e,
+             uint64_t bm)
+{
+  uint8_t *p = table + index * img->h.l2_entry_size;
+
+  if (img->h.extended_l2) {
+    seq_begin (img);
+    l2cache_store64 (p, e);
+    l2cache_store64 (p + 8, bm);
+    seq_end (img);
+  }
+  else
+    l2cache_store64 (p, e);
+  l2cache_mark_dirty (img->cache, pin, index * img->h.l2_entry_size,
+                      (index + 1) * img->h.l2_entry_size);
+}
+
+/* Drop the host clusters an entry referenced (freed once durable). */
+static int
+drop_host (struct qc_image *img, uint64_t e)
+{
+  const uint64_t cs = img->h.cluster_size;
+
+  if (e & QCOW2_OFLAG_COMPRESSED) {
+    unsigned x = 62 - (img->h.cluster_bits - 8);
+    uint64_t desc = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
+    uint64_t coff = desc & ((1ULL << x) - 1);
+    uint64_t nsect = (desc >> x) & ((1ULL << (img->h.cluster_bits - 8)) - 1);
+    uint64_t last = coff + (nsect + 1) * 512 - (coff & 511) - 1;
+    uint64_t c;
+
+    for (c = coff & ~(cs - 1); c <= (last & ~(cs - 1)); c += cs)
+      if (qc_free_later (img, c) == -1)
+        return -1;
+    return 0;
+  }
+  if ((e & QCOW2_OFFSET_MASK) == 0 || external_data (img))
+    return 0;
+  return qc_free_later (img, e & QCOW2_OFFSET_MASK);
+}
+
+/* The L2 table for l1_index, ready to be changed: allocated if there is
+ * none (when create), copied if it is shared with a snapshot.  *table is
+ * NULL when there is none and !create.
+ */
+static int
+l2_for_write (struct qc_image *img, uint64_t l1_index, bool create,
+              uint8_t **table, struct l2cache_entry **pin)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t l1e = img->active.l1[l1_index];
+  uint64_t off = l1e & QCOW2_OFFSET_MASK, new_off;
+  struct l2cache_entry *old_pin = NULL;
+  uint8_t *old = NULL;
+
+  *table = NULL;
+  *pin = NULL;
+  if (off && (off & (cs - 1))) {
+    qc_error ("%s: L1 entry %" PRIu64 " points to unaligned L2 table "
+              "offset 0x%" PRIx64, img->name, l1_index, off);
+    errno = EIO;
+    return -1;
+  }
+  if (off && (l1e & QCOW2_OFLAG_COPIED)) {
+    *table = l2cache_get (img->cache, img->file, off, pin);
+    return *table ? 0 : -1;
+  }
+  if (!off && !create)
+    return 0;
+  if (off) {                    /* shared with a snapshot: copy it */
+    old = l2cache_get (img->cache, img->file, off, &old_pin);
+    if (!old)
+      return -1;
+  }
+  if (qc_alloc_clusters (img, 1, &new_off) == -1) {
+    l2cache_put (img->cache, old_pin);
+    return -1;
+  }
+  *table = l2cache_new_table (img->cache, new_off, old, pin);
+  l2cache_put (img->cache, old_pin);
+  if (!*table)
+    return -1;
+  if (off && qc_free_later (img, off) == -1)
+    return -1;
+  __atomic_store_n (&img->active.l1[l1_index], new_off | QCOW2_OFLAG_COPIED,
+                    __ATOMIC_RELEASE);
+  if (img->l1_dirty_lo == img->l1_dirty_hi) {
+    img->l1_dirty_lo = l1_index;
+    img->l1_dirty_hi = l1_index + 1;
+  }
+  else {
+    if (l1_index < img->l1_dirty_lo) img->l1_dirty_lo = l1_index;
+    if (l1_index + 1 > img->l1_dirty_hi) img->l1_dirty_hi = l1_index + 1;
+  }
+  return 0;
+}
+
+/* Write back early when too many tables are dirty (meta_lock held). */
+static int
+maybe_writeback (struct qc_image *img)
+{
+  if (l2cache_nr_dirty (img->cache) + l2cache_nr_dirty (img->rcache) >
+      img->dirty_limit)
+    return qc_flush_locked (img);
+  return 0;
+}
+
+/* Does the cluster described by e keep its host cluster for a write?
+ * (Allocated, not compressed, not shared.)
+ */
+static bool
+has_own_host (const struct qc_image *img, uint64_t e)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED)
+    return false;
+  if (external_data (img))
+    return (e & QCOW2_OFFSET_MASK) != 0 || (e & QCOW2_OFLAG_COPIED);
+  return (e & QCOW2_OFFSET_MASK) != 0 && (e & QCOW2_OFLAG_COPIED);
+}
+
+/* One step of an allocating write: guest [offset, offset+len) inside
+ * one L2 table.  Returns bytes written, 0 if the first cluster turned
+ * out to be writable in place (the caller retries), -1 on error.
+ */
+static int64_t
+write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
+            uint64_t len)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size, scs = h->subcluster_size;
+  const uint64_t cstart = offset & ~(cs - 1);
+  const uint64_t end = offset + len;
+  const uint64_t l1_index = offset / l2_span (img);
+  uint64_t idx = (cstart % l2_span (img)) / cs;
+  uint64_t n, i, host, wlo, whi, wend, e0, bm0, *old_e = NULL;
+  uint64_t *old_bm = NULL;
+  bool reuse, allocated = false;
+  struct qc_inflight f;
+  struct l2cache_entry *pin;
+  uint8_t *table, *wbuf = NULL;
+  int64_t ret = -1;
+
+  pthread_mutex_lock (&img->meta_lock);
+  wait_inflight (img, cstart, (end + cs - 1) & ~(cs - 1));
+  if (l2_for_write (img, l1_index, true, &table, &pin) == -1)
+    goto out_unlock;
+  qc_load_entry (img, table + idx * h->l2_entry_size, &e0, &bm0);
+
+  /* Raced with another writer that allocated it: write in place. */
+  if (has_own_host (img, e0) && !h->extended_l2 && !(e0 & QCOW2_OFLAG_ZERO)) {
+    ret = 0;
+    goto out_put;
+  }
+  reuse = has_own_host (img, e0);
+
+  /* With standard L2 entries, a run of clusters that all need a new host
+   * cluster is allocated together and written at once.
+   */
+  n = 1;
+  if (!reuse && !h->extended_l2) {
+    uint64_t max = ((end + cs - 1) & ~(cs - 1)) / cs - cstart / cs;
+    if (max > (1ULL << h->l2_bits) - idx)
+      max = (1ULL << h->l2_bits) - idx;
+    while (n < max) {
+      uint64_t e, bm;
+      qc_load_entry (img, table + (idx + n) * h->l2_entry_size, &e, &bm);
+      if (has_own_host (img, e))
+        break;
+      n++;
+    }
+  }
+  old_e = malloc (n * sizeof *old_e);
+  old_bm = malloc (n * sizeof *old_bm);
+  if (!old_e || !old_bm) {
+    qc_error ("%s: %m", img->name);
+    goto out_put;
+  }
+  for (i = 0; i < n; i++)
+    qc_load_entry (img, table + (idx + i) * h->l2_entry_size,
+                   &old_e[i], &old_bm[i]);
+
+  if (reuse)
+    host = e0 & QCOW2_OFFSET_MASK;
+  else if (external_data (img))
+    host = cstart;              /* data files map guest offsets 1:1 */
+  else {
+    if (qc_alloc_clusters (img, n, &host) == -1)
+      goto out_put;
+    allocated = true;
+  }
+  claim (img, &f, cstart, cstart + n * cs);
+  pthread_mutex_unlock (&img->meta_lock);
+
+  /* What to write: whole clusters, except that with extended L2 entries
+   * only the touched subclusters of a cluster with no old host cluster
+   * (or of our own cluster) are written.
+   */
+  wend = end < cstart + n * cs ? end : cstart + n * cs;
+  wlo = cstart;
+  whi = cstart + n * cs;
+  if (h->extended_l2 &&
+      (reuse || ((e0 & QCOW2_OFFSET_MASK) == 0 &&
+                 !(e0 & QCOW2_OFLAG_COMPRESSED)))) {
+    wlo = offset & ~(scs - 1);
+    whi = (wend + scs - 1) & ~(scs - 1);
+    /* Allocated edge subclusters are written in place, never read and
+     * written back: a concurrent in-place write there must not be lost.
+     */
+    if (reuse && (bm0 & (1ULL << ((offset - cstart) / scs))))
+      wlo = offset;
+    if (reuse && (bm0 & (1ULL << ((wend - 1 - cstart) / scs))))
+      whi = wend;
+  }
+  wbuf = malloc (whi - wlo);
+  if (!wbuf) {
+    qc_error ("%s: %m", img->name);
+    goto out_release;
+  }
+  /* Copy-on-write: the old contents around the write, read through the
+   * view (from the backing file, a compressed or shared cluster, or
+   * zeros).
+   */
+  if (offset > wlo &&
+      blkdev_pread (&v->dev, wbuf, offset - wlo, wlo) == -1)
+    goto out_release;
+  if (whi > wend &&
+      blkdev_pread (&v->dev, wbuf + (wend - wlo), whi - wend, wend) == -1)
+    goto out_release;
+  memcpy (wbuf + (offset - wlo), buf, wend - offset);
+  if (blkdev_pwrite (img->data, wbuf, whi - wlo, host + (wlo - cstart),
+                     0) == -1)
+    goto out_release;
+
+  /* Publish the new entries. */
+  pthread_mutex_lock (&img->meta_lock);
+  ret = 0;
+  for (i = 0; i < n; i++) {
+    uint64_t c = cstart + i * cs;
+    uint64_t ne = (host + i * cs) | QCOW2_OFLAG_COPIED;
+    uint64_t nbm = 0;
+
+    if (h->extended_l2) {
+      uint64_t lo = wlo > c ? wlo : c, hi = whi < c + cs ? whi : c + cs;
+      uint32_t first = (lo - c) / scs, last = (hi - c + scs - 1) / scs;
+      uint64_t touched = (last >= 32 ? 0xffffffffULL : (1ULL << last) - 1) &
+        ~((1ULL << first) - 1);
+
+      if (old_e[i] & QCOW2_OFLAG_COMPRESSED)
+        nbm = 0xffffffffULL;
+      else
+        nbm = (old_bm[i] | touched) & ~(touched << 32);
+    }
+    store_entry (img, table, pin, idx + i, ne, nbm);
+    if (!reuse && drop_host (img, old_e[i]) == -1)
+      ret = -1;
+  }
+  if (ret != -1)
+    ret = wend - offset;
+  release (img, &f);
+  if (maybe_writeback (img) == -1)
+    ret = -1;
+  goto out_put;
+
+ out_release:
+  pthread_mutex_lock (&img->meta_lock);
+  release (img, &f);
+  if (allocated)                /* nothing points to them: give back */
+    for (i = 0; i < n; i++)
+      qc_refcount_add (img, host / cs + i, -1);
+ out_put:
+  l2cache_put (img->cache, pin);
+ out_unlock:
+  pthread_mutex_unlock (&img->meta_lock);
+  free (old_e);
+  free (old_bm);
+  free (wbuf);
+  return ret;
+}
+
+int
+qc_view_write (struct qc_view *v, const void *buf, size_t count,
+               uint64_t offset, unsigned flags)
+{
+  struct qc_image *img = v->img;
+  const uint8_t *p = buf;
+  int r = 0;
+
+  while (count > 0) {
+    struct qc_run run;
+    unsigned epoch = qc_io_begin (img);
+    uint64_t in_l2;
+    int64_t n;
+
+    if (qc_map (v, offset, count, &run) == -1) {
+      qc_io_end (img, epoch);
+      return -1;
+    }
+    if (run.kind == QC_DATA && run.copied) {
+      r = blkdev_pwrite (img->data, p, run.length, run.host, 0);
+      qc_io_end (img, epoch);
+      if (r == -1)
+        return -1;
+      p += run.length;
+      offset += run.length;
+      count -= run.length;
+      continue;
+    }
+    qc_io_end (img, epoch);
+
+    in_l2 = l2_span (img) - offset % l2_span (img);
+    n = write_slow (v, p, offset, count < in_l2 ? count : in_l2);
+    if (n == -1)
+      return -1;
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  if (flags & BLKDEV_FUA)
+    return qc_view_flush (v);
+  return 0;
+}
+
+int
+qc_view_flush (struct qc_view *v)
+{
+  struct qc_image *img = v->img;
+  int r;
+
+  pthread_mutex_lock (&img->meta_lock);
+  r = qc_flush_locked (img);
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
+/* Does guest [offset, offset+len) already read as zeros? */
+static int
+reads_as_zero (struct qc_view *v, uint64_t offset, uint64_t len, bool *ret)
+{
+  struct qc_image *img = v->img;
+
+  *ret = true;
+  while (len > 0) {
+    struct qc_run run;
+    if (qc_map (v, offset, len, &run) == -1)
+      return -1;
+    if (run.kind == QC_DATA || run.kind == QC_COMPRESSED ||
+        (run.kind == QC_UNALLOCATED && img->backing)) {
+      *ret = false;
+      return 0;
+    }
+    offset += run.length;
+    len -= run.length;
+  }
+  return 0;
+}
+
+/* Write explicit zeros over a partial unit (cluster or subcluster). */
+static int
+write_zeros (struct qc_view *v, uint64_t offset, uint64_t len,
+             unsigned flags)
+{
+  uint8_t *zeros;
+  bool already;
+  int r;
+
+  if (len == 0)
+    return 0;
+  if (reads_as_zero (v, offset, len, &already) == -1)
+    return -1;
+  if (already)
+    return 0;
+  if (flags & BLKDEV_FAST_ZERO) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  zeros = calloc (1, len);
+  if (!zeros) {
+    qc_error ("%s: %m", v->img->name);
+    return -1;
+  }
+  r = qc_view_write (v, zeros, len, offset, 0);
+  free (zeros);
+  return r;
+}
+
+enum zero_mode {
+  ZERO_KEEP,                    /* reads as zero, host kept if own */
+  ZERO_UNMAP,                   /* reads as zero, host freed */
+  DEALLOCATE,                   /* unallocated (v2: backing shows) */
+};
+
+/* Metadata-only zeroing of whole units [offset, end) in one L2 table. */
+static int
+zero_units (struct qc_view *v, uint64_t offset, uint64_t end,
+            enum zero_mode mode)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size, scs = h->subcluster_size;
+  const uint64_t l1_index = offset / l2_span (img);
+  struct l2cache_entry *pin;
+  uint8_t *table;
+  uint64_t c;
+  int r = 0;
+
+  pthread_mutex_lock (&img->meta_lock);
+  wait_inflight (img, offset & ~(cs - 1), (end + cs - 1) & ~(cs - 1));
+  /* No table and nothing underneath: already reads as zeros. */
+  if (l2_for_write (img, l1_index, img->backing != NULL, &table, &pin) == -1)
+    goto out;
+  if (!table)
+    goto out;
+
+  for (c = offset & ~(cs - 1); c < end && r == 0; c += cs) {
+    uint64_t idx = (c % l2_span (img)) / cs;
+    uint64_t lo = offset > c ? offset : c, hi = end < c + cs ? end : c + cs;
+    uint64_t e, bm, ne, nbm = 0;
+    bool whole = lo == c && hi == c + cs;
+
+    qc_load_entry (img, table + idx * h->l2_entry_size, &e, &bm);
+    if (!h->extended_l2) {
+      if (mode == DEALLOCATE)
+        ne = 0;
+      else if (mode == ZERO_KEEP && has_own_host (img, e))
+        ne = (e & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COPIED)) | QCOW2_OFLAG_ZERO;
+      else
+        ne = QCOW2_OFLAG_ZERO;
+    }
+    else if (whole) {
+      if (mode == ZERO_KEEP && has_own_host (img, e)) {
+        ne = e;
+        nbm = ALL_ZERO_BITS;
+      }
+      else {
+        ne = 0;
+        nbm = mode == DEALLOCATE ? 0 : ALL_ZERO_BITS;
+      }
+    }
+    else {
+      uint32_t first = (lo - c) / scs, last = (hi - c) / scs;
+      uint64_t mask = (last >= 32 ? 0xffffffffULL : (1ULL << last) - 1) &
+        ~((1ULL << first) - 1);
+
+      if (e & QCOW2_OFLAG_COMPRESSED) {
+        /* Part of a compressed cluster: needs real zeros. */
+        pthread_mutex_unlock (&img->meta_lock);
+        l2cache_put (img->cache, pin);
+        return -2;
+      }
+      ne = e;
+      nbm = mode == DEALLOCATE ? bm & ~(mask | (mask << 32))
+                               : (bm & ~mask) | (mask << 32);
+    }
+    if (ne == e && nbm == bm)
+      continue;
+    if ((ne & QCOW2_OFFSET_MASK) != (e & QCOW2_OFFSET_MASK) ||
+        (e & QCOW2_OFLAG_COMPRESSED))
+      r = drop_host (img, e);
+    store_entry (img, table, pin, idx, ne, nbm);
+  }
+  if (r == 0)
+    r = maybe_writeback (img);
+  l2cache_put (img->cache, pin);
+ out:
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
+/* Zero or deallocate whole units in [offset, end), table by table. */
+static int
+zero_range (struct qc_view *v, uint64_t offset, uint64_t end,
+            enum zero_mode mode)
+{
+  struct qc_image *img = v->img;
+
+  while (offset < end) {
+    uint64_t in_l2 = l2_span (img) - offset % l2_span (img);
+    uint64_t stop = end - offset < in_l2 ? end : offset + in_l2;
+    int r = zero_units (v, offset, stop, mode);
+
+    if (r == -2) {              /* compressed: write real zeros */
+      uint64_t cs = img->h.cluster_size;
+      uint64_t cend = (offset & ~(cs - 1)) + cs;
+      stop = cend < stop ? cend : stop;
+      r = write_zeros (v, offset, stop - offset, 0);
+    }
+    if (r == -1)
+      return -1;
+    offset = stop;
+  }
+  return 0;
+}
+
+int
+qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
+              unsigned flags)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t unit = h->subcluster_size;
+  uint64_t end = offset + count;
+  uint64_t a = (offset + unit - 1) & ~(unit - 1), b = end & ~(unit - 1);
+  enum zero_mode mode = (flags & BLKDEV_MAY_TRIM) ? ZERO_UNMAP : ZERO_KEEP;
+
+  /* The last partial unit at the end of the disk counts as whole. */
+  if (end == v->dev.size)
+    b = (end + unit - 1) & ~(unit - 1);
+  if (a >= b) {
+    a = b = offset;
+    b = offset;
+  }
+  if (h->version == 2) {
+    /* No zero flag: deallocate if nothing shows through, else write. */
+    if (img->backing || a >= b) {
+      if (flags & BLKDEV_FAST_ZERO) {
+        bool already;
+        if (reads_as_zero (v, offset, count, &already) == -1)
+          return -1;
+        if (!already) {
+          errno = ENOTSUP;
+          return -1;
+        }
+      }
+      return write_zeros (v, offset, count, flags);
+    }
+    mode = DEALLOCATE;
+  }
+  if (a < b) {
+    if (write_zeros (v, offset, a - offset, flags) == -1 ||
+        zero_range (v, a, b, mode) == -1 ||
+        (b < end && write_zeros (v, b, end - b, flags) == -1))
+      return -1;
+  }
+  else if (write_zeros (v, offset, count, flags) == -1)
+    return -1;
+  /* A raw external data file must read as the guest does. */
+  if (external_data (img) &&
+      (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW) && a < b &&
+      blkdev_zero (img->data, (b < end ? b : end) - a, a,
+                   flags & BLKDEV_MAY_TRIM) == -1)
+    return -1;
+  if (flags & BLKDEV_FUA)
+    return qc_view_flush (v);
+  return 0;
+}
+
+int
+qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
+              unsigned flags)
+{
+  struct qc_image *img = v->img;
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t end = offset + count;
+  uint64_t a = (offset + cs - 1) & ~(cs - 1), b = end & ~(cs - 1);
+
+  /* A v2 image cannot make a cluster read as zeros without writing, and
+   * deallocating would let the backing file show through: like qemu, do
+   * nothing (a discard is advisory).
+   */
+  if (img->h.version == 2 && img->backing)
+    goto out;
+  /* Only whole clusters are discarded (and the partial last one). */
+  if (end == v->dev.size)
+    b = (end + cs - 1) & ~(cs - 1);
+  if (a < b) {
+    enum zero_mode mode = img->h.version == 2 ? DEALLOCATE : ZERO_UNMAP;
+    if (zero_range (v, a, b, mode) == -1)
+      return -1;
+    if (external_data (img) &&
+        (img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW) &&
+        blkdev_zero (img->data, (b < end ? b : end) - a, a,
+                     BLKDEV_MAY_TRIM) == -1)
+      return -1;
+  }
+ out:
+  if (flags & BLKDEV_FUA)
+    return qc_view_flush (v);
+  return 0;
+}
