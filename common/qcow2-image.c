@@ -426,22 +426,6 @@ qc_image_make_writable (struct qc_image *img)
   if (img->dirty_limit < 64)
     img->dirty_limit = 64;
 
-  /* We do not maintain persistent bitmaps or unknown autoclear features:
-   * clearing their bits before the first write tells qemu they are stale.
-   */
-  {
-    uint64_t keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
-    if (img->data == img->file)
-      keep = 0;
-    if (keep != img->h.autoclear_features) {
-      uint64_t be = htobe64 (keep);
-      if (img->h.version < 3 ||
-          qc_write_header_field (img, 88, &be, 8) == -1 ||
-          blkdev_flush (img->file) == -1)
-        goto out;
-      img->h.autoclear_features = keep;
-    }
-  }
   img->active.dev.readonly = false;
   img->writable = true;
   r = 0;
@@ -451,6 +435,38 @@ qc_image_make_writable (struct qc_image *img)
   if (file)
     blkdev_close (file);
   pthread_mutex_unlock (&img->lock);
+  return r;
+}
+
+int
+qc_before_first_write (struct qc_image *img)
+{
+  uint64_t keep;
+  int r = 0;
+
+  if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
+    return 0;
+  pthread_mutex_lock (&img->meta_lock);
+  if (img->written)
+    goto out;
+  /* We do not maintain persistent bitmaps or unknown autoclear features:
+   * clearing their bits before the first write tells qemu they are stale.
+   */
+  keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
+  if (img->data == img->file)
+    keep = 0;
+  if (keep != img->h.autoclear_features) {
+    uint64_t be = htobe64 (keep);
+    if (qc_write_header_field (img, 88, &be, 8) == -1 ||
+        blkdev_flush (img->file) == -1) {
+      r = -1;
+      goto out;
+    }
+    img->h.autoclear_features = keep;
+  }
+  __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
+ out:
+  pthread_mutex_unlock (&img->meta_lock);
   return r;
 }
 

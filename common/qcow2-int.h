@@ -75,6 +75,7 @@ struct qc_image {
    * of it is guarded by meta_lock, except the I/O epoch counters.
    */
   bool writable;
+  bool written;                         /* atomic: first write done */
   struct blkdev *ro_file, *ro_data;     /* read-only devices replaced
                                          * when the image became writable */
   pthread_mutex_t meta_lock;
@@ -212,6 +213,9 @@ extern int qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
 extern int qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
                          unsigned flags);
 extern int qc_view_flush (struct qc_view *v);
+
+/* Header changes due before the first write (autoclear bits). */
+extern int qc_before_first_write (struct qc_image *img);
 
 /* Apply every pending free (no I/O may be in flight: at close). */
 extern int qc_free_all (struct qc_image *img);

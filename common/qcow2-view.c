@@ -192,21 +192,33 @@ static int
 view_pwrite (struct blkdev *dev, const void *buf, size_t count,
              uint64_t offset, unsigned flags)
 {
-  return qc_view_write ((struct qc_view *) dev, buf, count, offset, flags);
+  struct qc_view *v = (struct qc_view *) dev;
+
+  if (qc_before_first_write (v->img) == -1)
+    return -1;
+  return qc_view_write (v, buf, count, offset, flags);
 }
 
 static int
 view_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
            unsigned flags)
 {
-  return qc_view_zero ((struct qc_view *) dev, count, offset, flags);
+  struct qc_view *v = (struct qc_view *) dev;
+
+  if (qc_before_first_write (v->img) == -1)
+    return -1;
+  return qc_view_zero (v, count, offset, flags);
 }
 
 static int
 view_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
            unsigned flags)
 {
-  return qc_view_trim ((struct qc_view *) dev, count, offset, flags);
+  struct qc_view *v = (struct qc_view *) dev;
+
+  if (qc_before_first_write (v->img) == -1)
+    return -1;
+  return qc_view_trim (v, count, offset, flags);
 }
 
 static int

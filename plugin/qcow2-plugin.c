@@ -127,15 +127,13 @@ qcow2_open (int readonly)
    * then (and always with nbdkit -r) it is open read-only, with read
    * locks only.
    */
-  if (!readonly && view == qc_image_default_view (img) &&
+  if (!readonly && !opts.snapshot && view == qc_image_default_view (img) &&
       qc_image_make_writable (img) == -1)
-    return NULL;
-  if (!readonly && view->readonly) {
-    nbdkit_error ("export '%s' is a read-only snapshot: connect with "
-                  "read-only access (nbdkit -r, or a client that asks for "
-                  "read-only)", name);
-    return NULL;
-  }
+    /* Like nbdkit-file-plugin: an image that cannot be written (a
+     * read-only file, a dirty or corrupt image, qemu holding it) is
+     * served read-only, and the reason is in the log.
+     */
+    nbdkit_debug ("serving %s read-only", qc_image_description (img));
   h = malloc (sizeof *h);
   if (!h) {
     nbdkit_error ("malloc: %m");
