@@ -10,6 +10,9 @@ set -u
 : "${NBDKIT:=$top_builddir/nbdkit}"
 export NBDKIT
 PYTHON=/usr/bin/python3   # the system python has the nbd module
+# nbdsh is a python script: make sure it runs with the system python
+# (which has the nbd module) even where another python3 comes first.
+export PATH="/usr/bin:$PATH"
 
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/qc-test.XXXXXX")
 _cleanup_fns=()
