@@ -138,6 +138,9 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       if (len < 24)
         BAD ("%s: bitmaps extension has bad length %" PRIu32, name, len);
       h->has_bitmaps_ext = true;
+      h->nb_bitmaps = get_be32 (data);
+      h->bitmap_directory_size = get_be64 (data + 8);
+      h->bitmap_directory_offset = get_be64 (data + 16);
       break;
 
     case EXT_CRYPTO:

@@ -71,6 +71,8 @@ struct qcow2_header {
   bool has_crypto_ext;
   uint64_t crypto_offset, crypto_length;
   bool has_bitmaps_ext;
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_directory_size, bitmap_directory_offset;
   struct qcow2_feature_name *features;
   uint32_t nr_features;
 };

@@ -457,12 +457,22 @@ qc_before_first_write (struct qc_image *img)
     keep = 0;
   if (keep != img->h.autoclear_features) {
     uint64_t be = htobe64 (keep);
+    bool had_bitmaps =
+      img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
+
     if (qc_write_header_field (img, 88, &be, 8) == -1 ||
         blkdev_flush (img->file) == -1) {
       r = -1;
       goto out;
     }
     img->h.autoclear_features = keep;
+    /* The bit is durable: nobody trusts the bitmaps any more, so their
+     * clusters can be given back.
+     */
+    if (had_bitmaps && qc_bitmaps_release (img) == -1) {
+      r = -1;
+      goto out;
+    }
   }
   __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
  out:

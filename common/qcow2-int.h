@@ -217,6 +217,9 @@ extern int qc_view_flush (struct qc_view *v);
 /* Header changes due before the first write (autoclear bits). */
 extern int qc_before_first_write (struct qc_image *img);
 
+/* Give back the clusters of bitmaps nobody trusts any more. */
+extern int qc_bitmaps_release (struct qc_image *img);
+
 /* Apply every pending free (no I/O may be in flight: at close). */
 extern int qc_free_all (struct qc_image *img);
 
