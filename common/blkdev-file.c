@@ -215,7 +215,10 @@ blkdev_file_open (const char *path, bool readonly)
   struct stat st;
   int fd;
 
-  fd = open (path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  /* O_NONBLOCK: a FIFO named by a hostile image must not hang us; only
+   * regular files and block devices are accepted below.
+   */
+  fd = open (path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK);
   if (fd == -1) {
     qc_error ("%s: %m", path);
     return NULL;
@@ -225,10 +228,15 @@ blkdev_file_open (const char *path, bool readonly)
     close (fd);
     return NULL;
   }
-  if (S_ISDIR (st.st_mode)) {
-    qc_error ("%s: is a directory", path);
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    qc_error ("%s: not a regular file or block device", path);
     close (fd);
-    errno = EISDIR;
+    errno = S_ISDIR (st.st_mode) ? EISDIR : EINVAL;
+    return NULL;
+  }
+  if (fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    qc_error ("%s: fcntl: %m", path);
+    close (fd);
     return NULL;
   }
   f = calloc (1, sizeof *f);

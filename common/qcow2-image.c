@@ -211,6 +211,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     return NULL;
   }
   pthread_mutex_init (&img->lock, NULL);
+  pthread_mutex_init (&img->snap_lock, NULL);
   pthread_mutex_init (&img->meta_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
   if (!dev)
@@ -238,6 +239,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   probe_raw = !opts->format && !(dev->size >= 4 && qcow2_has_magic (magic));
   if ((opts->format && strcmp (opts->format, "raw") == 0) || probe_raw) {
     img->is_raw = true;
+    img->data = dev;
     img->default_view = dev;
     dev->readonly = true;
     if (make_description (img) == -1)
@@ -332,6 +334,7 @@ qc_image_close (struct qc_image *img)
   blkdev_close (img->ro_file);
   qcow2_header_free (&img->h);
   pthread_mutex_destroy (&img->lock);
+  pthread_mutex_destroy (&img->snap_lock);
   pthread_mutex_destroy (&img->meta_lock);
   pthread_cond_destroy (&img->inflight_done);
   free (img->description);
@@ -356,6 +359,24 @@ reopen_rw (struct blkdev *dev)
   return blkdev_file_open (dev->name, false);
 }
 
+/* A dirty image's refcounts are stale (lazy refcounts, not closed
+ * cleanly): rebuild them from the references, then clear the bit.
+ */
+static int
+rebuild_dirty (struct qc_image *img)
+{
+  uint64_t incompat = img->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
+  uint64_t be = htobe64 (incompat);
+
+  qc_debug ("%s: image is dirty: rebuilding its refcounts", img->name);
+  if (qc_rebuild_refcounts (img) == -1 ||
+      qc_write_header_field (img, 72, &be, 8) == -1 ||
+      blkdev_flush (img->file) == -1)
+    return -1;
+  img->h.incompatible_features = incompat;
+  return 0;
+}
+
 int
 qc_image_make_writable (struct qc_image *img)
 {
@@ -376,13 +397,6 @@ qc_image_make_writable (struct qc_image *img)
     qc_error ("%s: the image is marked corrupt: it can only be served "
               "read-only (nbdkit -r) until it is repaired (qemu-img check "
               "-r all)", img->name);
-    errno = EROFS;
-    goto out;
-  }
-  if (img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
-    qc_error ("%s: the image is dirty (lazy refcounts, not closed "
-              "cleanly): serve it read-only (nbdkit -r) or repair it with "
-              "qemu-img check -r all first", img->name);
     errno = EROFS;
     goto out;
   }
@@ -420,6 +434,9 @@ qc_image_make_writable (struct qc_image *img)
     r = 0;
     goto out;
   }
+  if ((img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
+      rebuild_dirty (img) == -1)
+    goto out;
   if (qc_refcount_open (img) == -1)
     goto out;
   img->dirty_limit = (32ULL << 20) / img->h.cluster_size;

@@ -68,8 +68,10 @@ struct qc_image {
   struct qc_view active;
   struct qcow2_snapshot *snapshots;
   uint32_t nr_snapshots;
+  uint64_t snapshots_size;      /* bytes of the snapshot table */
   bool metadata_prealloc;       /* see qc_detect_metadata_prealloc */
-  pthread_mutex_t lock;         /* guards loading snapshot views */
+  pthread_mutex_t lock;         /* guards making the image writable */
+  pthread_mutex_t snap_lock;    /* guards loading snapshot views */
 
   /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-flush.c).  All
    * of it is guarded by meta_lock, except the I/O epoch counters.
@@ -216,6 +218,18 @@ extern int qc_view_flush (struct qc_view *v);
 
 /* Header changes due before the first write (autoclear bits). */
 extern int qc_before_first_write (struct qc_image *img);
+
+/* References to every host cluster (qcow2-check.c). */
+struct qc_refs {
+  uint64_t nr_clusters;
+  uint32_t *count;              /* references per host cluster */
+  uint64_t out_of_range;        /* references past nr_clusters */
+};
+extern int qc_count_refs (struct qc_image *img, bool refcount_structures,
+                          struct qc_refs *refs);
+extern void qc_refs_free (struct qc_refs *refs);
+/* Write new refcount structures from the references (dirty images). */
+extern int qc_rebuild_refcounts (struct qc_image *img);
 
 /* Give back the clusters of bitmaps nobody trusts any more. */
 extern int qc_bitmaps_release (struct qc_image *img);

@@ -96,6 +96,7 @@ qc_snapshots_read (struct qc_image *img)
     off = (off + 7) & ~7ULL;
     img->nr_snapshots = i + 1;
   }
+  img->snapshots_size = off - h->snapshots_offset;
   return 0;
 
  bad:
@@ -136,9 +137,15 @@ qc_snapshot_view (struct qc_image *img, uint32_t i)
   uint64_t *l1;
   char *name = NULL;
 
-  pthread_mutex_lock (&img->lock);
+  pthread_mutex_lock (&img->snap_lock);
   if (s->view)
     goto out;
+  if (s->disk_size > INT64_MAX) {
+    qc_error ("%s: snapshot '%s' claims an invalid disk size %" PRIu64,
+              img->name, s->name, s->disk_size);
+    errno = EINVAL;
+    goto out;
+  }
   if (s->l1_size > QCOW2_MAX_L1_BYTES / 8 ||
       (s->l1_size > 0 &&
        ((s->l1_table_offset & (cs - 1)) || s->l1_table_offset == 0 ||
@@ -165,6 +172,6 @@ qc_snapshot_view (struct qc_image *img, uint32_t i)
   s->view = v;
  out:
   v = s->view;
-  pthread_mutex_unlock (&img->lock);
+  pthread_mutex_unlock (&img->snap_lock);
   return v;
 }

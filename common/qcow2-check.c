@@ -1,0 +1,293 @@
+/* Counting references to host clusters, and rebuilding the refcount
+ * structures from them.  A dirty image (lazy refcounts, not closed
+ * cleanly) has stale refcounts: before writing, we rebuild them, which
+ * is what qemu-img check -r all does.
+ *
+ * Memory is one counter per cluster of the file: bounded by the file's
+ * real size, not by what the header claims.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+#define BITMAP_OFFSET_MASK 0x00fffffffffffe00ULL
+
+/* Count one reference to every cluster in [offset, offset+bytes). */
+static void
+ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
+           uint64_t bytes)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t c, first, last;
+
+  if (bytes == 0)
+    return;
+  first = offset / cs;
+  last = (offset + bytes - 1) / cs;
+  for (c = first; c <= last; c++) {
+    if (c >= r->nr_clusters)
+      r->out_of_range++;
+    else if (r->count[c] < UINT32_MAX)
+      r->count[c]++;
+  }
+}
+
+static void
+ref_compressed (const struct qc_image *img, struct qc_refs *r, uint64_t e)
+{
+  unsigned x = 62 - (img->h.cluster_bits - 8);
+  uint64_t desc = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
+  uint64_t coff = desc & ((1ULL << x) - 1);
+  uint64_t nsect = (desc >> x) & ((1ULL << (img->h.cluster_bits - 8)) - 1);
+
+  ref_range (img, r, coff, (nsect + 1) * 512 - (coff & 511));
+}
+
+/* An L1 table and everything it points to. */
+static int
+ref_l1 (struct qc_image *img, struct qc_refs *r, const uint64_t *l1,
+        uint32_t l1_size)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const uint64_t entries = 1ULL << h->l2_bits;
+  bool external = img->data != img->file;
+  uint32_t i;
+  uint64_t j;
+
+  for (i = 0; i < l1_size; i++) {
+    uint64_t l2off = __atomic_load_n (&l1[i], __ATOMIC_RELAXED) &
+      QCOW2_OFFSET_MASK;
+    struct l2cache_entry *pin;
+    uint8_t *t;
+
+    if (l2off == 0)
+      continue;
+    ref_range (img, r, l2off, cs);
+    if ((l2off & (cs - 1)) || l2off / cs >= r->nr_clusters)
+      continue;                 /* counted as out of range or unaligned */
+    t = l2cache_get (img->cache, img->file, l2off, &pin);
+    if (!t)
+      return -1;
+    for (j = 0; j < entries; j++) {
+      uint64_t e, bm;
+      qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
+      if (e & QCOW2_OFLAG_COMPRESSED)
+        ref_compressed (img, r, e);
+      else if ((e & QCOW2_OFFSET_MASK) && !external)
+        ref_range (img, r, e & QCOW2_OFFSET_MASK, cs);
+    }
+    l2cache_put (img->cache, pin);
+  }
+  return 0;
+}
+
+static int
+ref_bitmaps (struct qc_image *img, struct qc_refs *r)
+{
+  const struct qcow2_header *h = &img->h;
+  uint64_t size = h->bitmap_directory_size, pos = 0;
+  uint8_t *dir;
+  uint32_t i;
+
+  if (!h->has_bitmaps_ext || h->nb_bitmaps == 0 ||
+      !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
+      size > img->file->size)
+    return 0;
+  dir = malloc (size + 1);
+  if (!dir) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  if (blkdev_pread (img->file, dir, size, h->bitmap_directory_offset) == -1) {
+    free (dir);
+    return -1;
+  }
+  ref_range (img, r, h->bitmap_directory_offset, size);
+  for (i = 0; i < h->nb_bitmaps && pos + 24 <= size; i++) {
+    uint64_t toff = get_be64 (dir + pos);
+    uint32_t tsize = get_be32 (dir + pos + 8);
+    uint64_t *table, k;
+
+    pos += (24 + get_be32 (dir + pos + 20) + get_be16 (dir + pos + 18) + 7)
+      & ~7ULL;
+    if ((uint64_t) tsize * 8 > img->file->size)
+      continue;
+    ref_range (img, r, toff, (uint64_t) tsize * 8);
+    table = malloc ((size_t) tsize * 8 + 1);
+    if (!table) {
+      free (dir);
+      qc_error ("%s: %m", img->name);
+      return -1;
+    }
+    if (blkdev_pread (img->file, table, (size_t) tsize * 8, toff) == 0)
+      for (k = 0; k < tsize; k++) {
+        uint64_t off = be64toh (table[k]) & BITMAP_OFFSET_MASK;
+        if (off)
+          ref_range (img, r, off, h->cluster_size);
+      }
+    free (table);
+  }
+  free (dir);
+  return 0;
+}
+
+int
+qc_count_refs (struct qc_image *img, bool refcount_structures,
+               struct qc_refs *r)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  uint64_t end = img->file->size > img->alloc_end ?
+    img->file->size : img->alloc_end;
+  uint32_t i;
+
+  memset (r, 0, sizeof *r);
+  r->nr_clusters = (end + cs - 1) / cs;
+  r->count = calloc (r->nr_clusters ? r->nr_clusters : 1, sizeof *r->count);
+  if (!r->count) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  ref_range (img, r, 0, cs);                    /* header */
+  ref_range (img, r, h->l1_table_offset, (uint64_t) h->l1_size * 8);
+  if (ref_l1 (img, r, img->active.l1, img->active.l1_size) == -1)
+    goto err;
+  if (h->nb_snapshots)
+    ref_range (img, r, h->snapshots_offset, img->snapshots_size);
+  for (i = 0; i < img->nr_snapshots; i++) {
+    struct qc_view *v = qc_snapshot_view (img, i);
+    if (!v)
+      goto err;
+    ref_range (img, r, img->snapshots[i].l1_table_offset,
+               (uint64_t) img->snapshots[i].l1_size * 8);
+    if (ref_l1 (img, r, v->l1, v->l1_size) == -1)
+      goto err;
+  }
+  if (h->has_crypto_ext)
+    ref_range (img, r, h->crypto_offset, h->crypto_length);
+  if (ref_bitmaps (img, r) == -1)
+    goto err;
+  if (refcount_structures) {
+    uint64_t k;
+    ref_range (img, r, h->refcount_table_offset,
+               (uint64_t) h->refcount_table_clusters * cs);
+    for (k = 0; k < img->reftable_entries; k++)
+      if (img->reftable[k])
+        ref_range (img, r, img->reftable[k], cs);
+  }
+  return 0;
+ err:
+  qc_refs_free (r);
+  return -1;
+}
+
+void
+qc_refs_free (struct qc_refs *r)
+{
+  free (r->count);
+  r->count = NULL;
+}
+
+static void
+set_refcount (uint8_t *block, uint64_t index, uint32_t order, uint64_t v)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: put_be64 (block + index * 8, v); break;
+  case 32: put_be32 (block + index * 4, v); break;
+  case 16: put_be16 (block + index * 2, v); break;
+  case 8: block[index] = v; break;
+  default:
+    block[index * bits / 8] |= v << (index * bits % 8);
+  }
+}
+
+int
+qc_rebuild_refcounts (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const uint64_t per_block = (cs * 8) >> h->refcount_order;
+  const uint64_t max = h->refcount_order == 6 ? INT64_MAX :
+    (1ULL << (1U << h->refcount_order)) - 1;
+  struct qc_refs r;
+  uint64_t start, nb = 0, t = 0, b, c, *table = NULL;
+  uint8_t *block = NULL, hdr[12];
+  int ret = -1;
+
+  /* The old refcount structures are not counted: they become free. */
+  if (qc_count_refs (img, false, &r) == -1)
+    return -1;
+  for (c = 0; c < r.nr_clusters; c++)
+    if (r.count[c] > max) {
+      qc_error ("%s: cluster %" PRIu64 " has %" PRIu32 " references, more "
+                "than the image's refcounts can hold", img->name, c,
+                r.count[c]);
+      errno = EOVERFLOW;
+      goto out;
+    }
+
+  /* New table and blocks at the end, covering themselves. */
+  start = r.nr_clusters;
+  for (;;) {
+    uint64_t nb2 = (start + t + nb + per_block - 1) / per_block;
+    uint64_t t2 = (nb2 * 8 + cs - 1) / cs;
+    if (nb2 == nb && t2 == t)
+      break;
+    nb = nb2;
+    t = t2;
+  }
+  if (t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+    qc_error ("%s: the image is too large for a refcount table", img->name);
+    errno = EFBIG;
+    goto out;
+  }
+  table = calloc (t * cs / 8, sizeof *table);
+  block = malloc (cs);
+  if (!table || !block) {
+    qc_error ("%s: %m", img->name);
+    goto out;
+  }
+  for (b = 0; b < nb; b++) {
+    memset (block, 0, cs);
+    for (c = b * per_block; c < (b + 1) * per_block; c++) {
+      uint64_t v = 0;
+      if (c < r.nr_clusters)
+        v = r.count[c];
+      else if (c >= start && c < start + t + nb)
+        v = 1;                  /* the new table and blocks */
+      if (v)
+        set_refcount (block, c - b * per_block, h->refcount_order, v);
+    }
+    table[b] = htobe64 ((start + t + b) * cs);
+    if (blkdev_pwrite (img->file, block, cs, (start + t + b) * cs, 0) == -1)
+      goto out;
+  }
+  if (blkdev_pwrite (img->file, table, t * cs, start * cs, 0) == -1 ||
+      blkdev_flush (img->file) == -1)
+    goto out;
+  put_be64 (hdr, start * cs);
+  put_be32 (hdr + 8, t);
+  if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
+      blkdev_flush (img->file) == -1)
+    goto out;
+  img->h.refcount_table_offset = start * cs;
+  img->h.refcount_table_clusters = t;
+  qc_debug ("%s: refcounts rebuilt: table at 0x%" PRIx64 ", %" PRIu64
+            " blocks", img->name, start * cs, nb);
+  ret = 0;
+ out:
+  free (table);
+  free (block);
+  qc_refs_free (&r);
+  return ret;
+}
