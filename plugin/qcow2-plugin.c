@@ -119,28 +119,29 @@ qcow2_open (int readonly)
 {
   struct handle *h;
   const char *name = nbdkit_export_name ();
-  struct blkdev *view = qc_image_view (img, name ? name : "");
+  struct blkdev *view;
 
+  if (!name)
+    name = "";
+  /* The first writable connection to the default export makes the image
+   * writable: until then (and always with nbdkit -r) it is open
+   * read-only, with read locks only.  Like nbdkit-file-plugin, an image
+   * that cannot be written (a read-only file, a corrupt image, qemu
+   * holding it) is then served read-only, with the reason in the log.
+   */
+  if (!readonly && !opts.snapshot && *name == '\0' &&
+      qc_image_make_writable (img) == -1)
+    nbdkit_debug ("serving %s read-only", qc_image_description (img));
+  view = qc_image_view (img, name);
   if (!view)
     return NULL;
-  /* The first writable connection makes the image writable: until
-   * then (and always with nbdkit -r) it is open read-only, with read
-   * locks only.
-   */
-  if (!readonly && !opts.snapshot && view == qc_image_default_view (img) &&
-      qc_image_make_writable (img) == -1)
-    /* Like nbdkit-file-plugin: an image that cannot be written (a
-     * read-only file, a dirty or corrupt image, qemu holding it) is
-     * served read-only, and the reason is in the log.
-     */
-    nbdkit_debug ("serving %s read-only", qc_image_description (img));
   h = malloc (sizeof *h);
   if (!h) {
     nbdkit_error ("malloc: %m");
     return NULL;
   }
   h->view = view;
-  h->export = name && *name ? nbdkit_strdup_intern (name) : NULL;
+  h->export = *name ? nbdkit_strdup_intern (name) : NULL;
   return h;
 }
 
