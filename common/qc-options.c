@@ -34,6 +34,8 @@ qc_options_free (struct qc_options *opts)
   free (opts->backing);
   free (opts->backing_format);
   free (opts->snapshot);
+  free (opts->backing_file);
+  free (opts->data_file);
   qc_options_init (opts);
 }
 
@@ -136,6 +138,83 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
   if (strcmp (key, "locking") == 0)
     return parse_bool (key, value, &opts->locking);
 
+  if (strcmp (key, "create") == 0) {
+    bool b;
+    if (strcmp (value, "force") == 0) {
+      opts->create = QC_CREATE_FORCE;
+      return 0;
+    }
+    if (parse_bool (key, value, &b) == -1) {
+      qc_error ("create=%s: expected true, false or force", value);
+      return -1;
+    }
+    opts->create = b ? QC_CREATE_IF_MISSING : QC_CREATE_NO;
+    return 0;
+  }
+  if (strcmp (key, "size") == 0)
+    return parse_size (key, value, &opts->size);
+  if (strcmp (key, "cluster-size") == 0)
+    return parse_size (key, value, &opts->cluster_size);
+  if (strcmp (key, "refcount-bits") == 0) {
+    uint64_t v;
+    if (parse_size (key, value, &v) == -1)
+      return -1;
+    if (v == 0 || v > 64 || (v & (v - 1))) {
+      qc_error ("refcount-bits=%s: must be a power of two up to 64", value);
+      errno = EINVAL;
+      return -1;
+    }
+    opts->refcount_bits = v;
+    return 0;
+  }
+  if (strcmp (key, "compat") == 0) {
+    if (strcmp (value, "0.10") == 0 || strcmp (value, "v2") == 0)
+      opts->compat = 2;
+    else if (strcmp (value, "1.1") == 0 || strcmp (value, "v3") == 0)
+      opts->compat = 3;
+    else {
+      qc_error ("compat=%s: expected 0.10 or 1.1", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "lazy-refcounts") == 0)
+    return parse_bool (key, value, &opts->lazy_refcounts);
+  if (strcmp (key, "extended-l2") == 0)
+    return parse_bool (key, value, &opts->extended_l2);
+  if (strcmp (key, "data-file-raw") == 0)
+    return parse_bool (key, value, &opts->data_file_raw);
+  if (strcmp (key, "compression-type") == 0) {
+    if (strcmp (value, "zlib") == 0)
+      opts->compression_type = 0;
+    else if (strcmp (value, "zstd") == 0)
+      opts->compression_type = 1;
+    else {
+      qc_error ("compression-type=%s: expected zlib or zstd", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "preallocation") == 0) {
+    if (strcmp (value, "off") == 0)
+      opts->preallocate_metadata = false;
+    else if (strcmp (value, "metadata") == 0)
+      opts->preallocate_metadata = true;
+    else {
+      qc_error ("preallocation=%s: expected off or metadata (falloc and "
+                "full are not supported)", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "backing-file") == 0)
+    return set_string (&opts->backing_file, value);
+  if (strcmp (key, "data-file") == 0)
+    return set_string (&opts->data_file, value);
+
   qc_error ("unknown parameter '%s'", key);
   errno = EINVAL;
   return -1;
@@ -149,11 +228,13 @@ qc_options_check (const struct qc_options *opts)
     errno = EINVAL;
     return -1;
   }
-  if (opts->backing_format && !opts->backing) {
-    qc_error ("backing-format= needs backing=");
+  if (opts->backing_format && !opts->backing && !opts->backing_file) {
+    qc_error ("backing-format= needs backing= or backing-file=");
     errno = EINVAL;
     return -1;
   }
+  if (opts->create != QC_CREATE_NO && qc_create_check (opts) == -1)
+    return -1;
   if (opts->format && strcmp (opts->format, "raw") == 0 &&
       (opts->backing || opts->snapshot)) {
     qc_error ("backing= and snapshot= apply only to format=qcow2");

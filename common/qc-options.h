@@ -27,7 +27,31 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
      "L2 table cache size (suffixes k, M, G).")                         \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
-     "Take qemu-compatible image locks.")
+     "Take qemu-compatible image locks.")                               \
+  X ("create", QC_OPT_STRING, "true|false|force", "false",              \
+     "Create the image if missing (true) or replace it (force).")       \
+  X ("size", QC_OPT_SIZE, "SIZE", NULL,                                 \
+     "Virtual size of a created image.")                                \
+  X ("cluster-size", QC_OPT_SIZE, "SIZE", "64k",                        \
+     "Cluster size of a created image (512 to 2M, a power of 2).")      \
+  X ("compat", QC_OPT_STRING, "0.10|1.1", "1.1",                        \
+     "qcow2 version of a created image (0.10 = v2, 1.1 = v3).")         \
+  X ("refcount-bits", QC_OPT_SIZE, "1|2|4|8|16|32|64", "16",            \
+     "Refcount width of a created image.")                              \
+  X ("lazy-refcounts", QC_OPT_BOOL, "on|off", "off",                    \
+     "Set the lazy refcounts bit in a created image.")                  \
+  X ("extended-l2", QC_OPT_BOOL, "on|off", "off",                       \
+     "Extended L2 entries (32 subclusters) in a created image.")        \
+  X ("compression-type", QC_OPT_STRING, "zlib|zstd", "zlib",            \
+     "Compression type of a created image.")                            \
+  X ("preallocation", QC_OPT_STRING, "off|metadata", "off",             \
+     "Preallocate the metadata (L2 tables and clusters) when creating.")\
+  X ("backing-file", QC_OPT_STRING, "PATH", NULL,                       \
+     "Backing file recorded in a created image.")                       \
+  X ("data-file", QC_OPT_STRING, "PATH", NULL,                          \
+     "External data file of a created image.")                          \
+  X ("data-file-raw", QC_OPT_BOOL, "on|off", "off",                     \
+     "Keep the external data file a valid raw image.")
 
 #define QC_OPTION_HELP_LINE(prefix, key, type, syntax, def, help)       \
   "\n" prefix key "=" syntax "\n    " help
@@ -58,6 +82,9 @@ extern void qc_options_free (struct qc_options *opts);
  */
 extern int qc_options_set (struct qc_options *opts,
                            const char *key, const char *value);
+
+/* The creation options' rules, as qemu-img applies them. */
+extern int qc_create_check (const struct qc_options *opts);
 
 /* Check the combination once all keys are set (-1 after qc_error). */
 extern int qc_options_check (const struct qc_options *opts);

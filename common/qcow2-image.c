@@ -328,7 +328,8 @@ qc_image_close (struct qc_image *img)
     qc_image_close (img->backing_img);
   if (img->data && img->data != img->file)
     blkdev_close (img->data);
-  blkdev_close (img->file);
+  if (!img->borrowed)
+    blkdev_close (img->file);
   if (img->ro_data && img->ro_data != img->ro_file)
     blkdev_close (img->ro_data);
   blkdev_close (img->ro_file);

@@ -59,6 +59,7 @@ struct qc_image {
   char *name;
   bool is_raw;
   bool locking;
+  bool borrowed;                /* file belongs to the caller */
   struct blkdev *file;          /* the image (owned) */
   struct blkdev *data;          /* external data file (owned), or file */
   struct blkdev *backing;       /* backing device, or NULL */
@@ -215,6 +216,9 @@ extern int qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
 extern int qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
                          unsigned flags);
 extern int qc_view_flush (struct qc_view *v);
+
+/* Allocate every cluster of the disk (preallocation=metadata). */
+extern int qc_preallocate (struct qc_image *img);
 
 /* Header changes due before the first write (autoclear bits). */
 extern int qc_before_first_write (struct qc_image *img);

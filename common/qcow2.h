@@ -22,6 +22,22 @@ struct qc_options {
   uint64_t cache_size;          /* L2 cache bytes, 0 = default */
   bool locking;                 /* qemu-compatible image locks */
   bool readonly;
+
+  /* Creation: create=true makes the image if it does not exist,
+   * create=force replaces it.
+   */
+  enum { QC_CREATE_NO, QC_CREATE_IF_MISSING, QC_CREATE_FORCE } create;
+  uint64_t size;                /* virtual size (required to create) */
+  uint64_t cluster_size;        /* 0 = 64 KiB */
+  int compat;                   /* 2 (0.10) or 3 (1.1, default) */
+  uint32_t refcount_bits;       /* 0 = 16 */
+  bool lazy_refcounts;
+  bool extended_l2;
+  int compression_type;         /* 0 zlib, 1 zstd */
+  bool preallocate_metadata;
+  char *backing_file;           /* recorded in the new image */
+  char *data_file;              /* external data file of the new image */
+  bool data_file_raw;
 };
 
 struct qc_image;
@@ -33,6 +49,14 @@ struct qc_image;
 extern struct qc_image *qc_image_open (const struct qc_options *opts,
                                        struct blkdev *dev);
 extern void qc_image_close (struct qc_image *img);
+
+/* Create a new qcow2 image as opts say (size, cluster size, ...): in
+ * the file opts->file (dev NULL), or over the start of dev (a fixed-size
+ * container; dev stays the caller's).  qemu-img's defaults and rules.
+ * -1 after qc_error.
+ */
+extern int qc_image_create (const struct qc_options *opts,
+                            struct blkdev *dev);
 
 /* Make the image writable (reopening its files read-write and taking
  * qemu's write locks), once; later calls do nothing.  Refused for images

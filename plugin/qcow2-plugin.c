@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <inttypes.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -46,7 +48,9 @@ static int
 qcow2_config (const char *key, const char *value)
 {
   if (strcmp (key, "file") == 0) {
-    char *path = nbdkit_realpath (value);
+    /* A file to be created does not exist yet: no realpath for it. */
+    char *path = access (value, F_OK) == 0 ? nbdkit_realpath (value)
+                                           : nbdkit_absolute_path (value);
     int r;
     if (!path)
       return -1;
@@ -79,9 +83,23 @@ qcow2_get_ready (void)
   /* Opened once, before serving: all connections share the image, its
    * metadata cache and its locks.
    */
+  if (opts.create == QC_CREATE_FORCE ||
+      (opts.create == QC_CREATE_IF_MISSING && access (opts.file, F_OK) != 0)) {
+    if (qc_image_create (&opts, NULL) == -1)
+      return -1;
+    nbdkit_debug ("created %s", opts.file);
+  }
   img = qc_image_open (&opts, NULL);
   if (!img)
     return -1;
+  /* create=true over an existing image: it must be what was asked for. */
+  if (opts.create == QC_CREATE_IF_MISSING && opts.size &&
+      qc_image_default_view (img)->size != opts.size) {
+    nbdkit_error ("%s exists with size %" PRIu64 ", not the size=%" PRIu64
+                  " asked for; use create=force to replace it", opts.file,
+                  qc_image_default_view (img)->size, opts.size);
+    return -1;
+  }
   nbdkit_debug ("%s", qc_image_description (img));
   return 0;
 }
