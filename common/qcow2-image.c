@@ -95,6 +95,10 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   const char *name, *format;
   char *path;
 
+  if (opts->backing_dev) {
+    img->backing = opts->backing_dev;
+    return 0;
+  }
   if (opts->backing && strcmp (opts->backing, "none") == 0)
     return 0;
   if (opts->backing) {          /* given by the user: taken as it is */

@@ -19,6 +19,9 @@ struct qc_options {
                                  * backing; else a path overriding it */
   char *backing_format;         /* format of an overriding backing file */
   char *snapshot;               /* serve this snapshot by default */
+  struct blkdev *backing_dev;   /* if set: the backing device (raw guest
+                                 * bytes), instead of any backing file;
+                                 * stays the caller's (overlay filter) */
   uint64_t cache_size;          /* L2 cache bytes, 0 = default */
   bool locking;                 /* qemu-compatible image locks */
   bool readonly;
