@@ -24,6 +24,8 @@ qc_options_init (struct qc_options *opts)
 {
   memset (opts, 0, sizeof *opts);
   opts->locking = true;
+  opts->compress = -1;
+  opts->compression_type = -1;
 }
 
 void
@@ -210,6 +212,37 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "compress") == 0) {
+    if (strcmp (value, "zlib") == 0)
+      opts->compress = 0;
+    else if (strcmp (value, "zstd") == 0)
+      opts->compress = 1;
+    else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
+      opts->compress = -1;
+    else {
+      qc_error ("compress=%s: expected zlib, zstd or off", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "compress-level") == 0) {
+    uint64_t v;
+    if (strcmp (value, "fast") == 0) {
+      opts->compress_level = -1;
+      return 0;
+    }
+    if (parse_size (key, value, &v) == -1)
+      return -1;
+    if (v < 1 || v > 22) {
+      qc_error ("compress-level=%s: expected 1 to 9 for zlib, 1 to 22 "
+                "for zstd", value);
+      errno = EINVAL;
+      return -1;
+    }
+    opts->compress_level = v;
+    return 0;
+  }
   if (strcmp (key, "backing-file") == 0)
     return set_string (&opts->backing_file, value);
   if (strcmp (key, "data-file") == 0)
@@ -235,6 +268,17 @@ qc_options_check (const struct qc_options *opts)
   }
   if (opts->create != QC_CREATE_NO && qc_create_check (opts) == -1)
     return -1;
+  if (opts->compress == 0 && opts->compress_level > 9) {
+    qc_error ("compress-level=%d: zlib levels are 1 to 9",
+              opts->compress_level);
+    errno = EINVAL;
+    return -1;
+  }
+  if (opts->compress_level != 0 && opts->compress < 0) {
+    qc_error ("compress-level= needs compress=zlib or compress=zstd");
+    errno = EINVAL;
+    return -1;
+  }
   if (opts->format && strcmp (opts->format, "raw") == 0 &&
       (opts->backing || opts->snapshot)) {
     qc_error ("backing= and snapshot= apply only to format=qcow2");

@@ -28,6 +28,10 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "L2 table cache size (suffixes k, M, G).")                         \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
      "Take qemu-compatible image locks.")                               \
+  X ("compress", QC_OPT_STRING, "zlib|zstd|off", "off",                 \
+     "Store every full-cluster write compressed.")                      \
+  X ("compress-level", QC_OPT_STRING, "N|fast", "zlib 6, zstd 3",      \
+     "Compression level (zlib 1-9, zstd 1-22; fast: ISA-L / zstd 1).")  \
   X ("create", QC_OPT_STRING, "true|false|force", "false",              \
      "Create the image if missing (true) or replace it (force).")       \
   X ("size", QC_OPT_SIZE, "SIZE", NULL,                                 \
@@ -85,6 +89,8 @@ extern int qc_options_set (struct qc_options *opts,
 
 /* The creation options' rules, as qemu-img applies them. */
 extern int qc_create_check (const struct qc_options *opts);
+/* The virtual size a created image gets (size= rounded up to 512). */
+extern uint64_t qc_create_size (const struct qc_options *opts);
 
 /* Check the combination once all keys are set (-1 after qc_error). */
 extern int qc_options_check (const struct qc_options *opts);

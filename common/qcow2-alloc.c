@@ -28,8 +28,8 @@ per_block (const struct qc_image *img)
   return (img->h.cluster_size * 8) >> img->h.refcount_order;
 }
 
-static uint64_t
-refcount_max (const struct qc_image *img)
+uint64_t
+qc_refcount_max (const struct qc_image *img)
 {
   unsigned bits = 1U << img->h.refcount_order;
 
@@ -174,7 +174,7 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     return -1;
   }
   nv = v + delta;
-  if (delta > 0 && (nv < v || nv > refcount_max (img))) {
+  if (delta > 0 && (nv < v || nv > qc_refcount_max (img))) {
     qc_error ("%s: refcount of cluster %" PRIu64 " would overflow the "
               "image's %u-bit refcounts", img->name, cluster, 1U << order);
     l2cache_put (img->rcache, pin);
@@ -193,6 +193,11 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     l2cache_drop (img->rcache, off);
     if (cluster < img->free_cursor)
       img->free_cursor = cluster;
+    /* Never pack compressed streams into a freed cluster (qemu 7.2 did,
+     * and corrupted its images).
+     */
+    if (img->zcursor && img->zcursor / img->h.cluster_size == cluster)
+      img->zcursor = 0;
     blkdev_trim (img->file, img->h.cluster_size, off, 0);
   }
   return 0;
@@ -457,6 +462,30 @@ qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
     img->free_cursor = start + n + k;
   *offset = (start + k) * cs;
   return 0;
+}
+
+int
+qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t v, b = cluster / per_block (img);
+
+  /* Only where a refcount block exists already (no layout changes). */
+  if (b >= img->reftable_entries || img->reftable[b] == 0)
+    return 0;
+  if (qc_refcount_get (img, cluster, &v) == -1)
+    return -1;
+  if (v != 0)
+    return 0;
+  if (img->file->fixed_size && (cluster + 1) * cs > img->file->size)
+    return 0;
+  if (qc_refcount_add (img, cluster, 1) == -1)
+    return -1;
+  if ((cluster + 1) * cs > img->alloc_end)
+    __atomic_store_n (&img->alloc_end, (cluster + 1) * cs, __ATOMIC_RELEASE);
+  if (img->free_cursor == cluster)
+    img->free_cursor = cluster + 1;
+  return 1;
 }
 
 static int

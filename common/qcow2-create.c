@@ -26,12 +26,27 @@
 #define REFUSE(...) \
   do { qc_error (__VA_ARGS__); errno = EINVAL; return -1; } while (0)
 
+/* qemu-img rounds the virtual size up to whole 512-byte sectors (and
+ * qemu reads only whole sectors): so do we.
+ */
+uint64_t
+qc_create_size (const struct qc_options *o)
+{
+  return (o->size + 511) & ~511ULL;
+}
+
 int
 qc_create_check (const struct qc_options *o)
 {
   uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
   int compat = o->compat ? o->compat : 3;
 
+  if (o->compress >= 0 && o->compression_type >= 0 &&
+      o->compress != o->compression_type)
+    REFUSE ("compress=%s needs compression-type=%s",
+            o->compress ? "zstd" : "zlib", o->compress ? "zstd" : "zlib");
+  if (o->compress >= 0 && o->data_file)
+    REFUSE ("compress= cannot be used with an external data file");
   if (o->format && strcmp (o->format, "raw") == 0)
     REFUSE ("create= makes qcow2 images only (not format=raw)");
   if (o->size == 0 && o->create == QC_CREATE_FORCE)
@@ -44,7 +59,7 @@ qc_create_check (const struct qc_options *o)
       REFUSE ("lazy-refcounts needs compat=1.1");
     if (o->refcount_bits && o->refcount_bits != 16)
       REFUSE ("refcount widths other than 16 bits need compat=1.1");
-    if (o->compression_type)
+    if (o->compression_type > 0 || o->compress > 0)
       REFUSE ("compression-type=zstd needs compat=1.1");
     if (o->data_file)
       REFUSE ("data-file needs compat=1.1");
@@ -98,6 +113,9 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   int compat = o->compat ? o->compat : 3;
   uint32_t refcount_bits = o->refcount_bits ? o->refcount_bits : 16;
   uint64_t incompat = 0, autoclear = 0;
+  /* compress=zstd without compression-type= makes a zstd image. */
+  int ctype = o->compression_type >= 0 ? o->compression_type :
+    o->compress > 0 ? 1 : 0;
   size_t pos;
   unsigned order = 0, i;
 
@@ -107,7 +125,7 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   put_be32 (buf, QCOW2_MAGIC);
   put_be32 (buf + 4, compat);
   put_be32 (buf + 20, __builtin_ctzll (cs));
-  put_be64 (buf + 24, o->size);
+  put_be64 (buf + 24, qc_create_size (o));
   put_be32 (buf + 36, l1_size);
   put_be64 (buf + 40, l1_off);
   put_be64 (buf + 48, reftable_off);
@@ -117,7 +135,7 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   }
   else {
     if (o->data_file) incompat |= QCOW2_INCOMPAT_DATA_FILE;
-    if (o->compression_type) incompat |= QCOW2_INCOMPAT_COMPRESSION;
+    if (ctype) incompat |= QCOW2_INCOMPAT_COMPRESSION;
     if (o->extended_l2) incompat |= QCOW2_INCOMPAT_EXTL2;
     if (o->data_file_raw) autoclear |= QCOW2_AUTOCLEAR_DATA_RAW;
     put_be64 (buf + 72, incompat);
@@ -125,7 +143,7 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     put_be64 (buf + 88, autoclear);
     put_be32 (buf + 96, order);
     put_be32 (buf + 100, HEADER_LENGTH);
-    buf[104] = o->compression_type;
+    buf[104] = ctype;
     pos = HEADER_LENGTH;
   }
 
@@ -171,12 +189,13 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   uint32_t refcount_bits = o->refcount_bits ? o->refcount_bits : 16;
   const uint64_t per_block = cs * 8 / refcount_bits;
   const uint64_t l2_entries = cs / (o->extended_l2 ? 16 : 8);
+  const uint64_t size = qc_create_size (o);
   uint64_t l1_size, l1_clusters, t = 1, b = 1, n, i;
   uint8_t *buf;
   int r = -1;
 
   /* Virtual size: as large as a 32 MiB L1 table allows. */
-  l1_size = o->size / (cs * l2_entries) + (o->size % (cs * l2_entries) != 0);
+  l1_size = size / (cs * l2_entries) + (size % (cs * l2_entries) != 0);
   if (l1_size > QCOW2_MAX_L1_BYTES / 8)
     REFUSE ("size=%" PRIu64 " is too large for cluster-size=%" PRIu64,
             o->size, cs);
@@ -267,7 +286,7 @@ create_data_file (const struct qc_options *o)
   fd = open (path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
   if (fd == -1)
     qc_error ("%s: %m", path);
-  else if (ftruncate (fd, o->size) == -1)
+  else if (ftruncate (fd, qc_create_size (o)) == -1)
     qc_error ("%s: truncate: %m", path);
   else
     r = 0;
@@ -287,6 +306,8 @@ qc_image_create (const struct qc_options *o, struct blkdev *dev)
     return -1;
   if (o->size == 0)
     REFUSE ("creating an image needs size=");
+  if (o->size > INT64_MAX - 511)
+    REFUSE ("size=%" PRIu64 " is too large", o->size);
   if (!dev) {
     int fd = open (o->file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd == -1) {

@@ -12,6 +12,7 @@
 
 #include "qc-error.h"
 #include "qc-lock.h"
+#include "qc-options.h"
 #include "byteorder.h"
 #include "qcow2-int.h"
 
@@ -136,7 +137,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
     return -1;
   }
 
-  memset (&bopts, 0, sizeof bopts);
+  qc_options_init (&bopts);
   bopts.file = path;
   bopts.format = (char *) format;   /* NULL: probe */
   bopts.readonly = true;
@@ -159,6 +160,10 @@ make_description (struct qc_image *img)
 
   if (img->is_raw)
     r = asprintf (&s, "raw image %s", img->name);
+  else if (img->compress >= 0)
+    r = asprintf (&s, "qcow2 v%" PRIu32 " %s, %" PRIu64 " KiB clusters, "
+                  "writing %s-compressed clusters", h->version, img->name,
+                  h->cluster_size / 1024, img->compress ? "zstd" : "zlib");
   else {
     uint64_t cs = h->cluster_size;
     r = asprintf (&s, "qcow2 v%" PRIu32 " (compat %s) %s, %" PRIu64 " %s "
@@ -274,6 +279,23 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
 
   if (open_data_file (img) == -1)
     goto err;
+  img->compress = opts->compress;
+  img->compress_level = opts->compress_level;
+  if (img->compress >= 0 && img->compress != img->h.compression_type) {
+    qc_error ("%s: the image's compression type is %s: compress=%s needs "
+              "an image created with compression-type=%s", img->name,
+              img->h.compression_type ? "zstd" : "zlib",
+              img->compress ? "zstd" : "zlib",
+              img->compress ? "zstd" : "zlib");
+    errno = EINVAL;
+    goto err;
+  }
+  if (img->compress >= 0 && img->data != img->file) {
+    qc_error ("%s: compress= cannot be used with an external data file",
+              img->name);
+    errno = EINVAL;
+    goto err;
+  }
   if (open_backing (img, opts, depth) == -1)
     goto err;
   l1 = qc_load_l1 (img, img->h.l1_table_offset, img->h.l1_size, "L1 table");

@@ -60,6 +60,9 @@ struct qc_image {
   bool is_raw;
   bool locking;
   bool borrowed;                /* file belongs to the caller */
+  int compress;                 /* -1, or the type full clusters are
+                                 * written compressed with */
+  int compress_level;
   struct blkdev *file;          /* the image (owned) */
   struct blkdev *data;          /* external data file (owned), or file */
   struct blkdev *backing;       /* backing device, or NULL */
@@ -90,6 +93,8 @@ struct qc_image {
   uint64_t reftable_dirty_lo, reftable_dirty_hi;  /* entries */
   uint64_t l1_dirty_lo, l1_dirty_hi;    /* entries, lo == hi: clean */
   uint64_t free_cursor;                 /* first cluster that may be free */
+  uint64_t zcursor;                     /* where the next compressed
+                                         * stream is packed, 0 = none */
   uint64_t alloc_end;                   /* atomic: end of allocated host
                                          * clusters, may pass the file end */
   uint64_t dirty_limit;                 /* tables before an early writeback */
@@ -151,9 +156,14 @@ extern int qc_refcount_get (struct qc_image *img, uint64_t cluster,
                             uint64_t *value);
 extern int qc_refcount_add (struct qc_image *img, uint64_t cluster,
                             int64_t delta);
+extern uint64_t qc_refcount_max (const struct qc_image *img);
 /* n contiguous new clusters with refcount 1; *offset their host offset. */
 extern int qc_alloc_clusters (struct qc_image *img, uint64_t n,
                               uint64_t *offset);
+/* Allocate exactly this cluster if it is free (1), or say it is not
+ * (0); -1 on error.
+ */
+extern int qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster);
 /* Drop one reference to each host cluster once the metadata that no
  * longer points to it is on disk and no older I/O may still use it.
  */

@@ -16,10 +16,14 @@
 #include <string.h>
 
 #include "byteorder.h"
+#include "codec.h"
 #include "qc-error.h"
 #include "qcow2-int.h"
 
 #define ALL_ZERO_BITS 0xffffffff00000000ULL
+
+static int reads_as_zero (struct qc_view *v, uint64_t offset, uint64_t len,
+                          bool *ret);
 
 static uint64_t
 l2_span (const struct qc_image *img)
@@ -364,6 +368,187 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
   return ret;
 }
 
+/* Reserve len bytes for a compressed stream, packed after the previous
+ * one like qemu does: in the current cluster, or crossing into the next
+ * cluster when it is free; each host cluster a stream touches gets one
+ * more reference.  meta_lock held.
+ */
+static int
+reserve_compressed (struct qc_image *img, uint64_t len, uint64_t *off)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t z = img->zcursor;
+
+  if (z && z % cs) {
+    uint64_t cluster = z / cs, space = cs - z % cs, v;
+    int r;
+
+    /* The cluster must still be ours and have room for one more
+     * reference (narrow refcounts fill up quickly).
+     */
+    if (qc_refcount_get (img, cluster, &v) == -1)
+      return -1;
+    if (v > 0 && v < qc_refcount_max (img)) {
+      if (len <= space) {
+        if (qc_refcount_add (img, cluster, 1) == -1)
+          return -1;
+        *off = z;
+        img->zcursor = (z + len) % cs ? z + len : 0;
+        return 0;
+      }
+      r = qc_alloc_cluster_at (img, cluster + 1);
+      if (r == -1)
+        return -1;
+      if (r == 1) {
+        if (qc_refcount_add (img, cluster, 1) == -1)
+          return -1;
+        *off = z;
+        img->zcursor = (z + len) % cs ? z + len : 0;
+        return 0;
+      }
+    }
+  }
+  if (qc_alloc_clusters (img, 1, off) == -1)
+    return -1;
+  img->zcursor = len < cs ? *off + len : 0;
+  return 0;
+}
+
+/* Write one whole guest cluster compressed.  Returns 1 if done, 0 if it
+ * does not compress (the caller writes it normally), -1 on error.
+ */
+/* Does the cluster entry (e, bm) read as zeros as a whole? */
+static bool
+entry_reads_zero (const struct qc_image *img, uint64_t e, uint64_t bm)
+{
+  if (e & QCOW2_OFLAG_COMPRESSED)
+    return false;
+  if (!img->h.extended_l2)
+    return (e & QCOW2_OFLAG_ZERO) ||
+      ((e & QCOW2_OFFSET_MASK) == 0 && !img->backing &&
+       !(img->data != img->file && (e & QCOW2_OFLAG_COPIED)));
+  return (bm & 0xffffffffULL) == 0 &&
+    (!img->backing || (bm >> 32) == 0xffffffffULL);
+}
+
+static int
+write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
+                  bool padded)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const unsigned x = 62 - (h->cluster_bits - 8);
+  uint8_t *out = malloc (cs);
+  struct l2cache_entry *pin = NULL;
+  struct qc_inflight f;
+  uint8_t *table;
+  uint64_t idx = (offset % l2_span (img)) / cs, e, bm, off, nsect;
+  long len;
+  int r = -1;
+
+  if (!out) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  /* Compress outside any lock. */
+  len = codec_compress (img->compress, img->compress_level, data, cs,
+                        out, cs - 1);
+  if (len <= 0) {
+    free (out);
+    if (len == -1)
+      qc_error ("%s: compressing a cluster: %m", img->name);
+    return len == 0 ? 0 : -1;
+  }
+
+  pthread_mutex_lock (&img->meta_lock);
+  wait_inflight (img, offset, offset + cs);
+  if (l2_for_write (img, offset / l2_span (img), true, &table, &pin) == -1 ||
+      reserve_compressed (img, len, &off) == -1)
+    goto out_unlock;
+  qc_load_entry (img, table + idx * h->l2_entry_size, &e, &bm);
+  /* A padded cluster is only right while the rest of it reads as zeros:
+   * check again now that no allocation of it is in flight.
+   */
+  if (padded && !entry_reads_zero (img, e, bm)) {
+    uint64_t c;
+    for (c = off / cs; c <= (off + len - 1) / cs; c++)
+      qc_refcount_add (img, c, -1);
+    r = 0;
+    goto out_unlock;
+  }
+  claim (img, &f, offset, offset + cs);
+  pthread_mutex_unlock (&img->meta_lock);
+
+  r = blkdev_pwrite (img->file, out, len, off, 0);
+
+  pthread_mutex_lock (&img->meta_lock);
+  release (img, &f);
+  if (r == -1) {
+    /* Nothing points to the stream: give its references back now. */
+    uint64_t c;
+    for (c = off / cs; c <= (off + len - 1) / cs; c++)
+      qc_refcount_add (img, c, -1);
+    goto out_unlock;
+  }
+  nsect = (off + len - 1) / 512 - off / 512;
+  store_entry (img, table, pin, idx,
+               QCOW2_OFLAG_COMPRESSED | off | (nsect << x), 0);
+  r = drop_host (img, e);
+  if (r == 0)
+    r = maybe_writeback (img);
+  if (r == 0)
+    r = 1;
+ out_unlock:
+  l2cache_put (img->cache, pin);
+  pthread_mutex_unlock (&img->meta_lock);
+  free (out);
+  return r;
+}
+
+/* With compress=, whole clusters (and the partial last cluster of the
+ * disk) are written compressed; returns bytes done, or 0 if the request
+ * does not start with such a cluster.
+ */
+static int64_t
+try_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
+                uint64_t count)
+{
+  struct qc_image *img = v->img;
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t size = v->dev.size;
+  uint8_t *padded;
+  int r;
+
+  if (img->compress < 0 || offset % cs)
+    return 0;
+  if (count >= cs)
+    r = write_compressed (v, p, offset, false);
+  else {
+    /* A partial cluster whose rest reads as zeros (the end of a copy)
+     * is compressed with the zeros.
+     */
+    uint64_t end = offset + cs < size ? offset + cs : size;
+    bool zero;
+
+    if (reads_as_zero (v, offset + count, end - offset - count, &zero) == -1)
+      return -1;
+    if (!zero)
+      return 0;
+    padded = calloc (1, cs);
+    if (!padded) {
+      qc_error ("%s: %m", img->name);
+      return -1;
+    }
+    memcpy (padded, p, count);
+    r = write_compressed (v, padded, offset, true);
+    free (padded);
+  }
+  if (r <= 0)
+    return r;
+  return count < cs ? count : cs;
+}
+
 int
 qc_view_write (struct qc_view *v, const void *buf, size_t count,
                uint64_t offset, unsigned flags)
@@ -374,11 +559,28 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
 
   while (count > 0) {
     struct qc_run run;
-    unsigned epoch = qc_io_begin (img);
-    uint64_t in_l2;
-    int64_t n;
+    unsigned epoch;
+    uint64_t in_l2, piece;
+    int64_t n = try_compressed (v, p, offset, count);
 
-    if (qc_map (v, offset, count, &run) == -1) {
+    if (n == -1)
+      return -1;
+    if (n > 0) {
+      p += n;
+      offset += n;
+      count -= n;
+      continue;
+    }
+    /* With compression, whole clusters must come back here. */
+    piece = count;
+    if (img->compress >= 0) {
+      uint64_t cs = img->h.cluster_size;
+      if (piece > cs - offset % cs)
+        piece = cs - offset % cs;
+    }
+
+    epoch = qc_io_begin (img);
+    if (qc_map (v, offset, piece, &run) == -1) {
       qc_io_end (img, epoch);
       return -1;
     }
@@ -395,7 +597,7 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
     qc_io_end (img, epoch);
 
     in_l2 = l2_span (img) - offset % l2_span (img);
-    n = write_slow (v, p, offset, count < in_l2 ? count : in_l2);
+    n = write_slow (v, p, offset, piece < in_l2 ? piece : in_l2);
     if (n == -1)
       return -1;
     p += n;

@@ -25,6 +25,9 @@ struct qc_options {
   uint64_t cache_size;          /* L2 cache bytes, 0 = default */
   bool locking;                 /* qemu-compatible image locks */
   bool readonly;
+  int compress;                 /* -1 off, else store full-cluster
+                                 * writes compressed: 0 zlib, 1 zstd */
+  int compress_level;           /* 0 = the codec's default */
 
   /* Creation: create=true makes the image if it does not exist,
    * create=force replaces it.
@@ -36,7 +39,8 @@ struct qc_options {
   uint32_t refcount_bits;       /* 0 = 16 */
   bool lazy_refcounts;
   bool extended_l2;
-  int compression_type;         /* 0 zlib, 1 zstd */
+  int compression_type;         /* 0 zlib, 1 zstd, -1 unset (zlib, or
+                                 * zstd if compress=zstd) */
   bool preallocate_metadata;
   char *backing_file;           /* recorded in the new image */
   char *data_file;              /* external data file of the new image */

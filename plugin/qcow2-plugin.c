@@ -94,10 +94,10 @@ qcow2_get_ready (void)
     return -1;
   /* create=true over an existing image: it must be what was asked for. */
   if (opts.create == QC_CREATE_IF_MISSING && opts.size &&
-      qc_image_default_view (img)->size != opts.size) {
+      qc_image_default_view (img)->size != qc_create_size (&opts)) {
     nbdkit_error ("%s exists with size %" PRIu64 ", not the size=%" PRIu64
                   " asked for; use create=force to replace it", opts.file,
-                  qc_image_default_view (img)->size, opts.size);
+                  qc_image_default_view (img)->size, qc_create_size (&opts));
     return -1;
   }
   nbdkit_debug ("%s", qc_image_description (img));
