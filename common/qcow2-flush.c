@@ -4,7 +4,7 @@
  *   1. refcount blocks (and the data they count) reach the disk before
  *      any L2 or L1 entry points to a newly counted cluster; new blocks
  *      are durable before the refcount table points to them;
- *   2. then the L2 tables and the L1 table;
+ *   2. then the L2 tables, and once they are durable the L1 table;
  *   3. only then are clusters they no longer reference freed.
  *
  * A crash between the steps can leak clusters, never corrupt the image.
@@ -100,7 +100,9 @@ qc_flush_locked (struct qc_image *img)
   if (tables_dirty) {
     if (l2cache_writeback (img->cache, img->file) == -1)
       return -1;
-    if (img->l1_dirty_lo != img->l1_dirty_hi && write_l1 (img) == -1)
+    /* New L2 tables are durable before the L1 table points to them. */
+    if (img->l1_dirty_lo != img->l1_dirty_hi &&
+        (blkdev_flush (img->file) == -1 || write_l1 (img) == -1))
       return -1;
     if (blkdev_flush (img->file) == -1)
       return -1;
