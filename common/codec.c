@@ -90,23 +90,9 @@ get_state (void)
  * does.
  */
 static int
-inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
-                 void *out, size_t out_len)
+zlib_inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
+                      void *out, size_t out_len)
 {
-#ifdef HAVE_LIBDEFLATE
-  enum libdeflate_result r;
-  size_t in_used, out_got;
-
-  if (!s->deflate && !(s->deflate = libdeflate_alloc_decompressor ()))
-    return -1;
-  r = libdeflate_deflate_decompress_ex (s->deflate, in, in_len, out, out_len,
-                                        &in_used, &out_got);
-  if (r == LIBDEFLATE_INSUFFICIENT_SPACE ||
-      (r == LIBDEFLATE_SUCCESS && out_got == out_len))
-    return 0;
-  errno = EIO;
-  return -1;
-#else
   z_stream *z = &s->inflater;
   int r;
 
@@ -128,6 +114,31 @@ inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
     return 0;
   errno = EIO;
   return -1;
+}
+
+static int
+inflate_cluster (struct codec_state *s, const void *in, size_t in_len,
+                 void *out, size_t out_len)
+{
+#ifdef HAVE_LIBDEFLATE
+  enum libdeflate_result r;
+  size_t in_used, out_got;
+
+  if (!s->deflate && !(s->deflate = libdeflate_alloc_decompressor ()))
+    return -1;
+  r = libdeflate_deflate_decompress_ex (s->deflate, in, in_len, out, out_len,
+                                        &in_used, &out_got);
+  if (r == LIBDEFLATE_SUCCESS && out_got == out_len)
+    return 0;
+  /* A stream longer than a cluster: libdeflate stops short of filling
+   * the cluster, zlib fills it; qemu reads the first cluster's worth.
+   */
+  if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
+    return zlib_inflate_cluster (s, in, in_len, out, out_len);
+  errno = EIO;
+  return -1;
+#else
+  return zlib_inflate_cluster (s, in, in_len, out, out_len);
 #endif
 }
 

@@ -87,6 +87,9 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
 {
   uint64_t off = h->version == 2 ? 72 : h->header_length;
 
+  /* A header that fills cluster 0 leaves no room for extensions. */
+  if (off + 8 > cs)
+    return 0;
   /* Each step moves on by at least 8 bytes inside cluster 0, so the loop
    * is bounded by the cluster size.
    */

@@ -245,7 +245,11 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
    */
   if (blkdev_pread (dev, magic, sizeof magic, 0) == -1)
     goto err;
-  probe_raw = !opts->format && !(dev->size >= 4 && qcow2_has_magic (magic));
+  /* Only backing files are probed: the image itself is qcow2 unless
+   * format=raw says otherwise.
+   */
+  probe_raw = depth > 0 && !opts->format &&
+    !(dev->size >= 4 && qcow2_has_magic (magic));
   if ((opts->format && strcmp (opts->format, "raw") == 0) || probe_raw) {
     img->is_raw = true;
     img->data = dev;
@@ -550,7 +554,7 @@ qc_image_view (struct qc_image *img, const char *name)
 
   if (!name || *name == '\0')
     return img->default_view;
-  /* By name first, then by ID, as qemu-img snapshot does. */
+  /* By name first (export names are names), then by ID. */
   for (i = 0; i < img->nr_snapshots; i++)
     if (strcmp (img->snapshots[i].name, name) == 0)
       goto found;

@@ -42,24 +42,25 @@ requires ()
 _nbdkit_n=0
 start_nbdkit ()
 {
-  local var="$1"; shift
+  # Locals carry a prefix so that they cannot hide the caller's variable.
+  local _sn_var="$1"; shift
   _nbdkit_n=$((_nbdkit_n + 1))
-  local sock="$tmpdir/nbdkit$_nbdkit_n.sock"
-  local pid="$tmpdir/nbdkit$_nbdkit_n.pid"
-  local log="$tmpdir/nbdkit$_nbdkit_n.log"
-  "$NBDKIT" -U "$sock" -P "$pid" "$@" 2>"$log" &
-  local i
-  for i in $(seq 1 100); do
-    [ -S "$sock" ] && [ -s "$pid" ] && break
-    if ! jobs %% >/dev/null 2>&1 && ! [ -s "$pid" ]; then break; fi
+  local _sn_sock="$tmpdir/nbdkit$_nbdkit_n.sock"
+  local _sn_pid="$tmpdir/nbdkit$_nbdkit_n.pid"
+  local _sn_log="$tmpdir/nbdkit$_nbdkit_n.log"
+  "$NBDKIT" -U "$_sn_sock" -P "$_sn_pid" "$@" 2>"$_sn_log" &
+  local _sn_i
+  for _sn_i in $(seq 1 100); do
+    [ -S "$_sn_sock" ] && [ -s "$_sn_pid" ] && break
+    if ! jobs %% >/dev/null 2>&1 && ! [ -s "$_sn_pid" ]; then break; fi
     sleep 0.1
   done
-  if ! [ -S "$sock" ]; then
-    cat "$log" >&2
+  if ! [ -S "$_sn_sock" ]; then
+    cat "$_sn_log" >&2
     fail "nbdkit $* did not start"
   fi
-  on_exit "kill \$(cat '$pid') 2>/dev/null; wait \$(cat '$pid') 2>/dev/null"
-  printf -v "$var" '%s' "$sock"
+  on_exit "kill \$(cat '$_sn_pid') 2>/dev/null; wait \$(cat '$_sn_pid') 2>/dev/null"
+  printf -v "$_sn_var" '%s' "$_sn_sock"
 }
 
 # nbd_uri SOCK [EXPORT]: an NBD URI for a Unix socket.
