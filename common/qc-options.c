@@ -38,6 +38,12 @@ qc_options_free (struct qc_options *opts)
   free (opts->snapshot);
   free (opts->backing_file);
   free (opts->data_file);
+  {
+    size_t i;
+    for (i = 0; i < opts->nr_ops; i++)
+      free (opts->ops[i].name);
+    free (opts->ops);
+  }
   qc_options_init (opts);
 }
 
@@ -212,6 +218,47 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
     }
     return 0;
   }
+  if (strcmp (key, "snapshot-create") == 0 ||
+      strcmp (key, "snapshot-apply") == 0 ||
+      strcmp (key, "snapshot-delete") == 0) {
+    struct qc_maint_op *ops;
+    if (*value == '\0') {
+      qc_error ("%s=: empty snapshot name", key);
+      errno = EINVAL;
+      return -1;
+    }
+    ops = realloc (opts->ops, (opts->nr_ops + 1) * sizeof *ops);
+    if (!ops) {
+      qc_error ("%m");
+      return -1;
+    }
+    opts->ops = ops;
+    ops[opts->nr_ops].op = key[9] == 'c' ? QC_SNAPSHOT_CREATE :
+      key[9] == 'a' ? QC_SNAPSHOT_APPLY : QC_SNAPSHOT_DELETE;
+    ops[opts->nr_ops].name = strdup (value);
+    if (!ops[opts->nr_ops].name) {
+      qc_error ("%m");
+      return -1;
+    }
+    opts->nr_ops++;
+    return 0;
+  }
+  if (strcmp (key, "check") == 0)
+    return parse_bool (key, value, &opts->check);
+  if (strcmp (key, "repair") == 0) {
+    if (strcmp (value, "leaks") == 0)
+      opts->repair = QC_REPAIR_LEAKS;
+    else if (strcmp (value, "all") == 0)
+      opts->repair = QC_REPAIR_ALL;
+    else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
+      opts->repair = QC_REPAIR_NONE;
+    else {
+      qc_error ("repair=%s: expected leaks or all", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "compress") == 0) {
     if (strcmp (value, "zlib") == 0)
       opts->compress = 0;
@@ -276,6 +323,13 @@ qc_options_check (const struct qc_options *opts)
   }
   if (opts->compress_level != 0 && opts->compress < 0) {
     qc_error ("compress-level= needs compress=zlib or compress=zstd");
+    errno = EINVAL;
+    return -1;
+  }
+  if (opts->format && strcmp (opts->format, "raw") == 0 &&
+      (opts->nr_ops || opts->check || opts->repair || opts->compress >= 0)) {
+    qc_error ("snapshot, check, repair and compress options apply only to "
+              "format=qcow2");
     errno = EINVAL;
     return -1;
   }

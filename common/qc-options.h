@@ -28,6 +28,16 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "L2 table cache size (suffixes k, M, G).")                         \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
      "Take qemu-compatible image locks.")                               \
+  X ("snapshot-create", QC_OPT_STRING, "NAME", NULL,                    \
+     "Take an internal snapshot before serving (repeatable, in order).")\
+  X ("snapshot-apply", QC_OPT_STRING, "NAME", NULL,                     \
+     "Revert the image to an internal snapshot before serving.")        \
+  X ("snapshot-delete", QC_OPT_STRING, "NAME", NULL,                    \
+     "Delete an internal snapshot before serving.")                     \
+  X ("check", QC_OPT_BOOL, "on|off", "off",                             \
+     "Check the image's refcounts at open, as qemu-img check does.")    \
+  X ("repair", QC_OPT_STRING, "leaks|all", NULL,                        \
+     "Repair leaks, or everything (rebuilding refcounts), at open.")    \
   X ("compress", QC_OPT_STRING, "zlib|zstd|off", "off",                 \
      "Store every full-cluster write compressed.")                      \
   X ("compress-level", QC_OPT_STRING, "N|fast", "zlib 6, zstd 3",      \

@@ -424,6 +424,12 @@ qc_image_make_writable (struct qc_image *img)
     errno = EROFS;
     goto out;
   }
+  if (img->force_readonly) {
+    qc_error ("%s: the check found corruptions: serving read-only",
+              img->name);
+    errno = EROFS;
+    goto out;
+  }
   if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
     qc_error ("%s: the image is marked corrupt: it can only be served "
               "read-only (nbdkit -r) until it is repaired (qemu-img check "

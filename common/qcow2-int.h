@@ -52,6 +52,11 @@ struct qcow2_snapshot {
   char *id;
   char *name;
   uint64_t disk_size;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint32_t vm_state_size;
+  uint32_t extra_size;
+  uint8_t *extra;               /* extra data as stored, kept on rewrite */
   struct qc_view *view;         /* loaded on first use */
 };
 
@@ -81,6 +86,7 @@ struct qc_image {
    * of it is guarded by meta_lock, except the I/O epoch counters.
    */
   bool writable;
+  bool force_readonly;                  /* found corrupt by a check */
   bool written;                         /* atomic: first write done */
   struct blkdev *ro_file, *ro_data;     /* read-only devices replaced
                                          * when the image became writable */
@@ -229,6 +235,13 @@ extern int qc_view_flush (struct qc_view *v);
 
 /* Allocate every cluster of the disk (preallocation=metadata). */
 extern int qc_preallocate (struct qc_image *img);
+
+/* Store an L2 entry (and bitmap) in a pinned table, marking it dirty
+ * (meta_lock held).
+ */
+extern void qc_store_entry (struct qc_image *img, uint8_t *table,
+                            struct l2cache_entry *pin, uint64_t index,
+                            uint64_t e, uint64_t bm);
 
 /* Header changes due before the first write (autoclear bits). */
 extern int qc_before_first_write (struct qc_image *img);

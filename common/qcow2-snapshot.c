@@ -84,6 +84,17 @@ qc_snapshots_read (struct qc_image *img)
     if (blkdev_pread (img->file, var, var_len, off + SNAPSHOT_FIXED) == -1)
       goto err;
     s->disk_size = extra >= 16 ? get_be64 (var + 8) : h->size;
+    s->date_sec = get_be32 (fixed + 16);
+    s->date_nsec = get_be32 (fixed + 20);
+    s->vm_clock_nsec = get_be64 (fixed + 24);
+    s->vm_state_size = get_be32 (fixed + 32);
+    s->extra_size = extra;
+    s->extra = malloc (extra + 1);
+    if (!s->extra) {
+      qc_error ("%s: %m", img->name);
+      goto err;
+    }
+    memcpy (s->extra, var, extra);
     s->id = dup_name (var + extra, id_len);
     s->name = dup_name (var + extra + id_len, name_len);
     free (var);
@@ -120,6 +131,7 @@ qc_snapshots_free (struct qc_image *img)
     }
     free (s->id);
     free (s->name);
+    free (s->extra);
   }
   free (img->snapshots);
   img->snapshots = NULL;

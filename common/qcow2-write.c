@@ -86,8 +86,8 @@ seq_end (struct qc_image *img)
 }
 
 /* Store an entry (and bitmap) and mark it dirty. */
-static void
-store_entry (struct qc_image *img, uint8_t *table,
+void
+qc_store_entry (struct qc_image *img, uint8_t *table,
              struct l2cache_entry *pin, uint64_t index, uint64_t e,
              uint64_t bm)
 {
@@ -341,7 +341,7 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
       else
         nbm = (old_bm[i] | touched) & ~(touched << 32);
     }
-    store_entry (img, table, pin, idx + i, ne, nbm);
+    qc_store_entry (img, table, pin, idx + i, ne, nbm);
     if (!reuse && drop_host (img, old_e[i]) == -1)
       ret = -1;
   }
@@ -492,7 +492,7 @@ write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
     goto out_unlock;
   }
   nsect = (off + len - 1) / 512 - off / 512;
-  store_entry (img, table, pin, idx,
+  qc_store_entry (img, table, pin, idx,
                QCOW2_OFLAG_COMPRESSED | off | (nsect << x), 0);
   r = drop_host (img, e);
   if (r == 0)
@@ -745,7 +745,7 @@ zero_units (struct qc_view *v, uint64_t offset, uint64_t end,
     if ((ne & QCOW2_OFFSET_MASK) != (e & QCOW2_OFFSET_MASK) ||
         (e & QCOW2_OFLAG_COMPRESSED))
       r = drop_host (img, e);
-    store_entry (img, table, pin, idx, ne, nbm);
+    qc_store_entry (img, table, pin, idx, ne, nbm);
   }
   if (r == 0)
     r = maybe_writeback (img);
@@ -900,7 +900,7 @@ qc_preallocate (struct qc_image *img)
      * (sparse, zero) host clusters.
      */
     for (i = 0; i < n; i++)
-      store_entry (img, table, pin, c % per_table + i,
+      qc_store_entry (img, table, pin, c % per_table + i,
                    (host + i * cs) |
                    QCOW2_OFLAG_COPIED, 0);
     l2cache_put (img->cache, pin);

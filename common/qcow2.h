@@ -11,6 +11,15 @@
 
 #include "blkdev.h"
 
+enum qc_snapshot_op { QC_SNAPSHOT_CREATE, QC_SNAPSHOT_APPLY,
+                      QC_SNAPSHOT_DELETE };
+enum qc_repair { QC_REPAIR_NONE, QC_REPAIR_LEAKS, QC_REPAIR_ALL };
+
+struct qc_maint_op {
+  enum qc_snapshot_op op;
+  char *name;
+};
+
 /* Engine options, filled from the option table (qc-options.h). */
 struct qc_options {
   char *file;                   /* image path (plugin) */
@@ -28,6 +37,14 @@ struct qc_options {
   int compress;                 /* -1 off, else store full-cluster
                                  * writes compressed: 0 zlib, 1 zstd */
   int compress_level;           /* 0 = the codec's default */
+
+  /* Maintenance before serving, in this order: check/repair, then the
+   * snapshot operations as given.
+   */
+  bool check;
+  enum qc_repair repair;
+  struct qc_maint_op *ops;
+  size_t nr_ops;
 
   /* Creation: create=true makes the image if it does not exist,
    * create=force replaces it.
@@ -70,6 +87,31 @@ extern int qc_image_create (const struct qc_options *opts,
  * marked corrupt or dirty.  -1 after qc_error.
  */
 extern int qc_image_make_writable (struct qc_image *img);
+
+/* Internal snapshot operations (the image must be writable and not yet
+ * serving): -1 after qc_error, without touching the image when refused
+ * (unknown name, refcount overflow).
+ */
+extern int qc_image_snapshot_op (struct qc_image *img,
+                                 enum qc_snapshot_op op, const char *name);
+
+/* Check the image as qemu-img check does (references against
+ * refcounts, COPIED flags), optionally repairing.
+ */
+struct qc_check_result {
+  uint64_t leaks, leaks_fixed;
+  uint64_t corruptions, corruptions_fixed;
+  uint64_t copied_fixed;
+};
+extern int qc_image_check (struct qc_image *img, enum qc_repair repair,
+                           struct qc_check_result *res);
+
+/* Run the maintenance opts asks for (check, repair, snapshot
+ * operations), reporting through qc_debug / qc_error.  An image found
+ * corrupt and not repaired is kept read-only.  -1 after qc_error.
+ */
+extern int qc_image_maintain (struct qc_image *img,
+                              const struct qc_options *opts);
 
 /* The export served by default: the active image, or the snapshot
  * chosen with opts->snapshot.

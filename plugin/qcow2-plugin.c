@@ -92,6 +92,8 @@ qcow2_get_ready (void)
   img = qc_image_open (&opts, NULL);
   if (!img)
     return -1;
+  if (qc_image_maintain (img, &opts) == -1)
+    return -1;
   /* create=true over an existing image: it must be what was asked for. */
   if (opts.create == QC_CREATE_IF_MISSING && opts.size &&
       qc_image_default_view (img)->size != qc_create_size (&opts)) {

@@ -1,0 +1,679 @@
+/* Image maintenance before serving: internal snapshots (create, apply,
+ * delete) and check/repair.  These run with the image writable and no
+ * I/O in flight, under the metadata lock, with the same write ordering
+ * as guest writes: references are counted up and made durable before
+ * anything points to them, and counted down only once nothing on disk
+ * points to them any more.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "byteorder.h"
+#include "qc-error.h"
+#include "qcow2-int.h"
+
+#define SNAPSHOT_FIXED 40
+#define EXTRA_DATA_SIZE 24      /* what qemu 7.2 writes */
+
+/* Count references of one L1 tree into r (allocated by the caller). */
+static int
+tree_refs (struct qc_image *img, const uint64_t *l1, uint32_t l1_size,
+           struct qc_refs *r)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  bool external = img->data != img->file;
+  uint32_t i;
+  uint64_t j;
+
+  for (i = 0; i < l1_size; i++) {
+    uint64_t l2off = l1[i] & QCOW2_OFFSET_MASK;
+    struct l2cache_entry *pin;
+    uint8_t *t;
+
+    if (!l2off)
+      continue;
+    if (l2off / cs >= r->nr_clusters || (l2off & (cs - 1))) {
+      r->out_of_range++;
+      continue;
+    }
+    r->count[l2off / cs]++;
+    t = l2cache_get (img->cache, img->file, l2off, &pin);
+    if (!t)
+      return -1;
+    for (j = 0; j < (1ULL << h->l2_bits); j++) {
+      uint64_t e, bm, first, last, c;
+      qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
+      if (e & QCOW2_OFLAG_COMPRESSED) {
+        unsigned x = 62 - (h->cluster_bits - 8);
+        uint64_t d = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
+        uint64_t off = d & ((1ULL << x) - 1);
+        uint64_t ns = (d >> x) & ((1ULL << (h->cluster_bits - 8)) - 1);
+        first = off / cs;
+        last = (off + (ns + 1) * 512 - (off & 511) - 1) / cs;
+      }
+      else if ((e & QCOW2_OFFSET_MASK) && !external)
+        first = last = (e & QCOW2_OFFSET_MASK) / cs;
+      else
+        continue;
+      for (c = first; c <= last; c++) {
+        if (c >= r->nr_clusters)
+          r->out_of_range++;
+        else
+          r->count[c]++;
+      }
+    }
+    l2cache_put (img->cache, pin);
+  }
+  return 0;
+}
+
+static int
+new_refs (struct qc_image *img, struct qc_refs *r)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t end = img->alloc_end > img->file->size ?
+    img->alloc_end : img->file->size;
+
+  memset (r, 0, sizeof *r);
+  r->nr_clusters = (end + cs - 1) / cs;
+  r->count = calloc (r->nr_clusters ? r->nr_clusters : 1, sizeof *r->count);
+  if (!r->count) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  return 0;
+}
+
+/* Add sign * r to the refcounts; with check, refuse (touching nothing)
+ * if any would overflow.
+ */
+static int
+apply_refs (struct qc_image *img, const struct qc_refs *r, int sign,
+            bool check)
+{
+  uint64_t c, v, max = qc_refcount_max (img);
+
+  if (r->out_of_range) {
+    qc_error ("%s: the image references clusters past its end; repair it "
+              "first (repair=all)", img->name);
+    errno = EINVAL;
+    return -1;
+  }
+  if (check && sign > 0)
+    for (c = 0; c < r->nr_clusters; c++) {
+      if (!r->count[c])
+        continue;
+      if (qc_refcount_get (img, c, &v) == -1)
+        return -1;
+      if (v + r->count[c] > max) {
+        qc_error ("%s: cluster %" PRIu64 " would need refcount %" PRIu64
+                  ", more than the image's %u-bit refcounts hold; widen "
+                  "them first (qemu-img amend -o refcount_bits=16) or "
+                  "delete a snapshot", img->name, c, v + r->count[c],
+                  1U << img->h.refcount_order);
+        errno = EOVERFLOW;
+        return -1;
+      }
+    }
+  for (c = 0; c < r->nr_clusters; c++)
+    if (r->count[c] &&
+        qc_refcount_add (img, c, sign * (int64_t) r->count[c]) == -1)
+      return -1;
+  return 0;
+}
+
+/* Set COPIED exactly where the refcount is 1, in the active tree. */
+static int
+fix_copied (struct qc_image *img, uint64_t *fixed)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  bool external = img->data != img->file;
+  uint32_t i;
+  uint64_t j, v;
+
+  for (i = 0; i < img->active.l1_size; i++) {
+    uint64_t l1e = img->active.l1[i], l2off = l1e & QCOW2_OFFSET_MASK, ne;
+    struct l2cache_entry *pin;
+    uint8_t *t;
+
+    if (!l2off)
+      continue;
+    if (qc_refcount_get (img, l2off / cs, &v) == -1)
+      return -1;
+    ne = v == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
+    if (ne != l1e) {
+      __atomic_store_n (&img->active.l1[i], ne, __ATOMIC_RELEASE);
+      if (img->l1_dirty_lo == img->l1_dirty_hi) {
+        img->l1_dirty_lo = i;
+        img->l1_dirty_hi = i + 1;
+      }
+      if (i < img->l1_dirty_lo) img->l1_dirty_lo = i;
+      if (i + 1 > img->l1_dirty_hi) img->l1_dirty_hi = i + 1;
+      (*fixed)++;
+    }
+    t = l2cache_get (img->cache, img->file, l2off, &pin);
+    if (!t)
+      return -1;
+    for (j = 0; j < (1ULL << h->l2_bits); j++) {
+      uint64_t e, bm, want;
+      qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
+      if (e & QCOW2_OFLAG_COMPRESSED)
+        want = e & ~QCOW2_OFLAG_COPIED;
+      else if ((e & QCOW2_OFFSET_MASK) && !external) {
+        if (qc_refcount_get (img, (e & QCOW2_OFFSET_MASK) / cs, &v) == -1) {
+          l2cache_put (img->cache, pin);
+          return -1;
+        }
+        want = v == 1 ? e | QCOW2_OFLAG_COPIED : e & ~QCOW2_OFLAG_COPIED;
+      }
+      else
+        continue;
+      if (want != e) {
+        qc_store_entry (img, t, pin, j, want, bm);
+        (*fixed)++;
+      }
+    }
+    l2cache_put (img->cache, pin);
+  }
+  return 0;
+}
+
+/* Write a table of bytes to newly allocated clusters. */
+static int
+write_new (struct qc_image *img, const void *buf, uint64_t len,
+           uint64_t *offset)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t n = (len + cs - 1) / cs;
+
+  if (n == 0)
+    n = 1;
+  if (qc_alloc_clusters (img, n, offset) == -1)
+    return -1;
+  return blkdev_pwrite (img->file, buf, len, *offset, 0);
+}
+
+static void
+free_clusters (struct qc_image *img, uint64_t offset, uint64_t len)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t c;
+
+  for (c = offset / cs; len && c <= (offset + len - 1) / cs; c++)
+    qc_refcount_add (img, c, -1);
+}
+
+/* Serialize the snapshot table (all entries but skip, if any) and
+ * switch the header to it; the old table's clusters are freed.
+ */
+static int
+rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
+                        *extra, int64_t skip)
+{
+  uint64_t n = img->nr_snapshots + (extra ? 1 : 0) - (skip >= 0 ? 1 : 0);
+  uint64_t size = 0, pos = 0, i, off = 0;
+  uint64_t old_off = img->h.snapshots_offset, old_size = img->snapshots_size;
+  uint8_t *buf, hdr[12];
+  int r = -1;
+
+  for (i = 0; i <= img->nr_snapshots; i++) {
+    const struct qcow2_snapshot *s =
+      i < img->nr_snapshots ? &img->snapshots[i] : extra;
+    if (!s || (int64_t) i == skip)
+      continue;
+    size += (SNAPSHOT_FIXED + s->extra_size + strlen (s->id) +
+             strlen (s->name) + 7) & ~7ULL;
+  }
+  buf = calloc (1, size ? size : 1);
+  if (!buf) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (i = 0; i <= img->nr_snapshots; i++) {
+    const struct qcow2_snapshot *s =
+      i < img->nr_snapshots ? &img->snapshots[i] : extra;
+    uint8_t *p = buf + pos;
+    size_t il, nl;
+    if (!s || (int64_t) i == skip)
+      continue;
+    il = strlen (s->id);
+    nl = strlen (s->name);
+    put_be64 (p, s->l1_table_offset);
+    put_be32 (p + 8, s->l1_size);
+    put_be16 (p + 12, il);
+    put_be16 (p + 14, nl);
+    put_be32 (p + 16, s->date_sec);
+    put_be32 (p + 20, s->date_nsec);
+    put_be64 (p + 24, s->vm_clock_nsec);
+    put_be32 (p + 32, s->vm_state_size);
+    put_be32 (p + 36, s->extra_size);
+    memcpy (p + 40, s->extra, s->extra_size);
+    memcpy (p + 40 + s->extra_size, s->id, il);
+    memcpy (p + 40 + s->extra_size + il, s->name, nl);
+    pos += (SNAPSHOT_FIXED + s->extra_size + il + nl + 7) & ~7ULL;
+  }
+  if (n > 0 && (write_new (img, buf, size, &off) == -1 ||
+                qc_flush_locked (img) == -1))
+    goto out;
+  /* nb_snapshots and snapshots_offset are adjacent: one write. */
+  put_be32 (hdr, n);
+  put_be64 (hdr + 4, off);
+  if (qc_write_header_field (img, 60, hdr, 12) == -1 ||
+      blkdev_flush (img->file) == -1)
+    goto out;
+  if (img->h.nb_snapshots)
+    free_clusters (img, old_off, old_size);
+  img->h.nb_snapshots = n;
+  img->h.snapshots_offset = off;
+  img->snapshots_size = size;
+  r = 0;
+ out:
+  free (buf);
+  return r;
+}
+
+static int
+find_snapshot (struct qc_image *img, const char *name)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].name, name) == 0)
+      return i;
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].id, name) == 0)
+      return i;
+  return -1;
+}
+
+static int
+snapshot_create (struct qc_image *img, const char *name)
+{
+  const struct qcow2_header *h = &img->h;
+  struct qcow2_snapshot s, *arr;
+  struct qc_refs r;
+  uint64_t *l1be = NULL, fixed = 0, max_id = 0;
+  struct timespec ts;
+  uint32_t i;
+  char idbuf[32];
+  int ret = -1;
+
+  if (*name == '\0' || strlen (name) > 65535) {
+    qc_error ("snapshot-create: invalid snapshot name");
+    errno = EINVAL;
+    return -1;
+  }
+  if (find_snapshot (img, name) >= 0 &&
+      strcmp (img->snapshots[find_snapshot (img, name)].name, name) == 0) {
+    qc_error ("%s: a snapshot named '%s' exists already", img->name, name);
+    errno = EEXIST;
+    return -1;
+  }
+  if (img->nr_snapshots >= QCOW2_MAX_SNAPSHOTS) {
+    qc_error ("%s: too many snapshots", img->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  memset (&s, 0, sizeof s);
+  if (qc_flush_locked (img) == -1 || new_refs (img, &r) == -1)
+    return -1;
+  /* Every cluster of the active tree gains a reference. */
+  if (tree_refs (img, img->active.l1, img->active.l1_size, &r) == -1 ||
+      apply_refs (img, &r, 1, true) == -1)
+    goto out;
+  l1be = malloc ((size_t) img->active.l1_size * 8 + 8);
+  s.extra = calloc (1, EXTRA_DATA_SIZE);
+  if (!l1be || !s.extra) {
+    qc_error ("%s: %m", img->name);
+    goto out;
+  }
+  for (i = 0; i < img->active.l1_size; i++)
+    l1be[i] = htobe64 (img->active.l1[i] & ~QCOW2_OFLAG_COPIED);
+  if (write_new (img, l1be, (uint64_t) img->active.l1_size * 8,
+                 &s.l1_table_offset) == -1)
+    goto out;
+  s.l1_size = img->active.l1_size;
+  /* The active tree is shared now: no COPIED flags. */
+  if (fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+    goto out;
+
+  for (i = 0; i < img->nr_snapshots; i++) {
+    uint64_t id = strtoull (img->snapshots[i].id, NULL, 10);
+    if (id > max_id)
+      max_id = id;
+  }
+  snprintf (idbuf, sizeof idbuf, "%" PRIu64, max_id + 1);
+  s.id = idbuf;
+  s.name = (char *) name;
+  clock_gettime (CLOCK_REALTIME, &ts);
+  s.date_sec = ts.tv_sec;
+  s.date_nsec = ts.tv_nsec;
+  s.extra_size = EXTRA_DATA_SIZE;
+  s.disk_size = h->size;
+  put_be64 (s.extra + 8, h->size);           /* disk size */
+  put_be64 (s.extra + 16, UINT64_MAX);       /* icount: not recorded */
+  if (rewrite_snapshot_table (img, &s, -1) == -1)
+    goto out;
+
+  arr = realloc (img->snapshots, (img->nr_snapshots + 1) * sizeof *arr);
+  if (!arr) {
+    qc_error ("%s: %m", img->name);
+    goto out;
+  }
+  img->snapshots = arr;
+  s.id = strdup (idbuf);
+  s.name = strdup (name);
+  arr[img->nr_snapshots++] = s;
+  s.extra = NULL;
+  qc_debug ("%s: created snapshot '%s' (id %s)", img->name, name, idbuf);
+  ret = 0;
+ out:
+  free (s.extra);
+  free (l1be);
+  qc_refs_free (&r);
+  return ret;
+}
+
+/* Replace the active L1 table by a new one (entries in host order) of
+ * l1_size entries for a disk of size bytes.
+ */
+static int
+switch_active_l1 (struct qc_image *img, uint64_t *l1, uint32_t l1_size,
+                  uint64_t size)
+{
+  uint64_t off, *be, old_off = img->h.l1_table_offset;
+  uint64_t old_len = (uint64_t) img->h.l1_size * 8;
+  uint8_t hdr[12];
+  uint32_t i;
+  int r;
+
+  be = malloc ((size_t) l1_size * 8 + 8);
+  if (!be) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (i = 0; i < l1_size; i++)
+    be[i] = htobe64 (l1[i]);
+  r = write_new (img, be, (uint64_t) l1_size * 8, &off);
+  free (be);
+  if (r == -1 || qc_flush_locked (img) == -1)
+    return -1;
+  /* The L1 table always covers the size: grow the table first, shrink
+   * the size first.
+   */
+  if (size < img->h.size) {
+    put_be64 (hdr, size);
+    if (qc_write_header_field (img, 24, hdr, 8) == -1 ||
+        blkdev_flush (img->file) == -1)
+      return -1;
+  }
+  put_be32 (hdr, l1_size);
+  put_be64 (hdr + 4, off);
+  if (qc_write_header_field (img, 36, hdr, 12) == -1 ||
+      blkdev_flush (img->file) == -1)
+    return -1;
+  if (size > img->h.size) {
+    put_be64 (hdr, size);
+    if (qc_write_header_field (img, 24, hdr, 8) == -1 ||
+        blkdev_flush (img->file) == -1)
+      return -1;
+  }
+  free_clusters (img, old_off, old_len);
+  free (img->active.l1);
+  img->active.l1 = l1;
+  img->active.l1_size = l1_size;
+  img->active.dev.size = size;
+  img->h.l1_table_offset = off;
+  img->h.l1_size = l1_size;
+  img->h.size = size;
+  img->l1_dirty_lo = img->l1_dirty_hi = 0;
+  return 0;
+}
+
+static int
+snapshot_apply (struct qc_image *img, const char *name)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t span = h->cluster_size << h->l2_bits;
+  int i = find_snapshot (img, name);
+  struct qcow2_snapshot *s;
+  struct qc_view *v;
+  struct qc_refs up, down;
+  uint64_t *l1, fixed = 0, need;
+  uint32_t l1_size, k;
+  int ret = -1;
+
+  if (i < 0) {
+    qc_error ("%s: snapshot-apply: no snapshot named '%s'", img->name, name);
+    errno = ENOENT;
+    return -1;
+  }
+  s = &img->snapshots[i];
+  v = qc_snapshot_view (img, i);
+  if (!v)
+    return -1;
+  need = s->disk_size / span + (s->disk_size % span != 0);
+  l1_size = v->l1_size > need ? v->l1_size : need;
+  if ((uint64_t) l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+    qc_error ("%s: snapshot '%s' is too large", img->name, name);
+    errno = EINVAL;
+    return -1;
+  }
+  if (qc_flush_locked (img) == -1)
+    return -1;
+  if (new_refs (img, &up) == -1)
+    return -1;
+  if (new_refs (img, &down) == -1) {
+    qc_refs_free (&up);
+    return -1;
+  }
+  /* The snapshot's tree gains a reference (durable first), the old
+   * active tree loses one once the header points to the new table.
+   */
+  if (tree_refs (img, v->l1, v->l1_size, &up) == -1 ||
+      tree_refs (img, img->active.l1, img->active.l1_size, &down) == -1 ||
+      apply_refs (img, &up, 1, true) == -1)
+    goto out;
+  l1 = calloc (l1_size ? l1_size : 1, sizeof *l1);
+  if (!l1) {
+    qc_error ("%s: %m", img->name);
+    goto out;
+  }
+  for (k = 0; k < v->l1_size; k++)
+    l1[k] = v->l1[k] & ~QCOW2_OFLAG_COPIED;
+  if (switch_active_l1 (img, l1, l1_size, s->disk_size) == -1) {
+    free (l1);
+    goto out;
+  }
+  if (apply_refs (img, &down, -1, false) == -1 ||
+      fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+    goto out;
+  qc_debug ("%s: applied snapshot '%s'", img->name, name);
+  ret = 0;
+ out:
+  qc_refs_free (&up);
+  qc_refs_free (&down);
+  return ret;
+}
+
+static int
+snapshot_delete (struct qc_image *img, const char *name)
+{
+  int i = find_snapshot (img, name);
+  struct qcow2_snapshot s;
+  struct qc_view *v;
+  struct qc_refs down;
+  uint64_t fixed = 0;
+  int ret = -1;
+
+  if (i < 0) {
+    qc_error ("%s: snapshot-delete: no snapshot named '%s'", img->name,
+              name);
+    errno = ENOENT;
+    return -1;
+  }
+  v = qc_snapshot_view (img, i);
+  if (!v || qc_flush_locked (img) == -1 || new_refs (img, &down) == -1)
+    return -1;
+  if (tree_refs (img, v->l1, v->l1_size, &down) == -1)
+    goto out;
+  /* Gone from the table first; then its clusters lose a reference. */
+  if (rewrite_snapshot_table (img, NULL, i) == -1)
+    goto out;
+  s = img->snapshots[i];
+  memmove (&img->snapshots[i], &img->snapshots[i + 1],
+           (img->nr_snapshots - i - 1) * sizeof s);
+  img->nr_snapshots--;
+  free_clusters (img, s.l1_table_offset, (uint64_t) s.l1_size * 8);
+  if (apply_refs (img, &down, -1, false) == -1 ||
+      fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+    goto free_s;
+  qc_debug ("%s: deleted snapshot '%s'", img->name, name);
+  ret = 0;
+ free_s:
+  if (s.view) {
+    free (s.view->l1);
+    free (s.view->dev.name);
+    free (s.view);
+  }
+  free (s.id);
+  free (s.name);
+  free (s.extra);
+ out:
+  qc_refs_free (&down);
+  return ret;
+}
+
+int
+qc_image_check (struct qc_image *img, enum qc_repair repair,
+                struct qc_check_result *res)
+{
+  const uint64_t cs = img->h.cluster_size;
+  struct qc_refs r;
+  uint64_t c, v, n;
+  int ret = -1;
+
+  memset (res, 0, sizeof *res);
+  pthread_mutex_lock (&img->meta_lock);
+  if (qc_flush_locked (img) == -1 || qc_count_refs (img, true, &r) == -1)
+    goto unlock;
+  res->corruptions += r.out_of_range;
+  n = r.nr_clusters;
+  for (c = 0; c < n; c++) {
+    if (qc_refcount_get (img, c, &v) == -1)
+      goto out;
+    if (v > r.count[c]) {
+      res->leaks++;
+      if (repair != QC_REPAIR_NONE &&
+          qc_refcount_add (img, c, (int64_t) r.count[c] - (int64_t) v) == -1)
+        goto out;
+      if (repair != QC_REPAIR_NONE)
+        res->leaks_fixed++;
+    }
+    else if (v < r.count[c]) {
+      res->corruptions++;
+      qc_debug ("%s: cluster %" PRIu64 " has refcount %" PRIu64 " but %"
+                PRIu32 " references", img->name, c, v, r.count[c]);
+    }
+  }
+  {
+    /* COPIED flags that disagree with the refcounts are corruptions. */
+    uint64_t before = 0;
+    if (repair == QC_REPAIR_ALL) {
+      if (res->corruptions) {
+        /* Stale cached refcount blocks go with the old structures. */
+        if (qc_rebuild_refcounts (img) == -1)
+          goto out;
+        l2cache_free (img->rcache);
+        img->rcache = NULL;
+        free (img->reftable);
+        img->reftable = NULL;
+        if (qc_refcount_open (img) == -1)
+          goto out;
+        res->corruptions_fixed = res->corruptions;
+      }
+      if (fix_copied (img, &before) == -1)
+        goto out;
+      res->copied_fixed = before;
+    }
+  }
+  if (qc_flush_locked (img) == -1)
+    goto out;
+  (void) cs;
+  ret = 0;
+ out:
+  qc_refs_free (&r);
+ unlock:
+  pthread_mutex_unlock (&img->meta_lock);
+  return ret;
+}
+
+int
+qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
+                      const char *name)
+{
+  int r;
+
+  if (!img->writable) {
+    qc_error ("%s: snapshot operations need the image writable",
+              img->name);
+    errno = EROFS;
+    return -1;
+  }
+  if (qc_before_first_write (img) == -1)
+    return -1;
+  pthread_mutex_lock (&img->meta_lock);
+  switch (op) {
+  case QC_SNAPSHOT_CREATE: r = snapshot_create (img, name); break;
+  case QC_SNAPSHOT_APPLY: r = snapshot_apply (img, name); break;
+  case QC_SNAPSHOT_DELETE: r = snapshot_delete (img, name); break;
+  default: errno = EINVAL; r = -1;
+  }
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
+int
+qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
+{
+  struct qc_check_result res;
+  size_t i;
+
+  if (img->is_raw || (!opts->check && !opts->repair && !opts->nr_ops))
+    return 0;
+  if (opts->repair || opts->nr_ops) {
+    if (qc_image_make_writable (img) == -1)
+      return -1;
+  }
+  else if (!img->reftable && qc_refcount_open (img) == -1)
+    return -1;
+  if (opts->check || opts->repair) {
+    if (qc_image_check (img, opts->repair, &res) == -1)
+      return -1;
+    if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
+      qc_error ("%s: check: %" PRIu64 " corruptions and %" PRIu64 " leaked "
+                "clusters: the image is served read-only; repair=all "
+                "rebuilds its refcounts", img->name, res.corruptions,
+                res.leaks);
+      img->force_readonly = true;
+    }
+    else
+      qc_debug ("%s: check: %" PRIu64 " leaked clusters (%" PRIu64
+                " repaired), %" PRIu64 " corruptions (%" PRIu64 " repaired), %"
+                PRIu64 " COPIED flags fixed", img->name, res.leaks,
+                res.leaks_fixed, res.corruptions, res.corruptions_fixed,
+                res.copied_fixed);
+  }
+  for (i = 0; i < opts->nr_ops; i++)
+    if (qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
+      return -1;
+  return 0;
+}
