@@ -1,0 +1,237 @@
+/* The plugin below a filter as a block device: see next-blkdev.h.
+ * nbdkit requests carry 32-bit lengths, so long requests are split.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nbdkit-filter.h>
+
+#include "next-blkdev.h"
+#include "qc-error.h"
+
+#define MAX_REQUEST (32U << 20)
+
+struct next_dev {
+  struct blkdev dev;
+  nbdkit_next *next;
+  bool can_fua, can_extents, can_trim, can_flush;
+};
+
+static int
+fail (struct blkdev *dev, const char *what, uint64_t offset, int err)
+{
+  errno = err ? err : EIO;
+  qc_error ("%s: %s at offset %" PRIu64 " failed: %m", dev->name, what,
+            offset);
+  return -1;
+}
+
+static int
+next_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  char *p = buf;
+  int err = 0;
+
+  while (count > 0) {
+    uint32_t n = count < MAX_REQUEST ? count : MAX_REQUEST;
+    if (d->next->pread (d->next, p, n, offset, 0, &err) == -1)
+      return fail (dev, "read", offset, err);
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+next_pwrite (struct blkdev *dev, const void *buf, size_t count,
+             uint64_t offset, unsigned flags)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  const char *p = buf;
+  uint32_t f = (flags & BLKDEV_FUA) && d->can_fua ? NBDKIT_FLAG_FUA : 0;
+
+  /* nbdkit asserts on requests the plugin below did not advertise:
+   * FUA, trim and flush are only passed on when it can do them.
+   */
+  int err = 0;
+
+  if (offset > dev->size || count > dev->size - offset) {
+    qc_error ("%s: write past the end of the container (offset %" PRIu64
+              ")", dev->name, offset);
+    errno = ENOSPC;
+    return -1;
+  }
+  while (count > 0) {
+    uint32_t n = count < MAX_REQUEST ? count : MAX_REQUEST;
+    if (d->next->pwrite (d->next, p, n, offset, f, &err) == -1)
+      return fail (dev, "write", offset, err);
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  if ((flags & BLKDEV_FUA) && !d->can_fua && d->can_flush &&
+      d->next->flush (d->next, 0, &err) == -1)
+    return fail (dev, "flush", offset, err);
+  return 0;
+}
+
+static int
+next_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  uint32_t f = (flags & BLKDEV_MAY_TRIM ? NBDKIT_FLAG_MAY_TRIM : 0) |
+    (flags & BLKDEV_FAST_ZERO ? NBDKIT_FLAG_FAST_ZERO : 0);
+  int err = 0;
+
+  while (count > 0) {
+    uint32_t n = count < MAX_REQUEST ? count : MAX_REQUEST;
+    if (d->next->zero (d->next, n, offset, f, &err) == -1)
+      return fail (dev, "zero", offset, err);
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+next_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
+           unsigned flags)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  int err = 0;
+
+  if (!d->can_trim)
+    return 0;
+  while (count > 0) {
+    uint32_t n = count < MAX_REQUEST ? count : MAX_REQUEST;
+    /* Trim is advisory: a failure is not the client's problem. */
+    if (d->next->trim (d->next, n, offset, 0, &err) == -1)
+      qc_debug ("%s: trim at offset %" PRIu64 " failed (ignored)",
+                dev->name, offset);
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+next_flush (struct blkdev *dev)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  int err = 0;
+
+  if (!d->can_flush)
+    return 0;
+  if (d->next->flush (d->next, 0, &err) == -1)
+    return fail (dev, "flush", 0, err);
+  return 0;
+}
+
+static int
+next_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
+              blkdev_extent_fn fn, void *opaque)
+{
+  struct next_dev *d = (struct next_dev *) dev;
+  struct nbdkit_extents *exts;
+  uint32_t n = count < MAX_REQUEST ? count : MAX_REQUEST;
+  size_t i;
+  int err = 0, r = 0;
+
+  if (!d->can_extents)
+    return fn (opaque, offset, count, 0);
+  exts = nbdkit_extents_new (offset, offset + n);
+  if (!exts)
+    return -1;
+  if (d->next->extents (d->next, n, offset, 0, exts, &err) == -1) {
+    nbdkit_extents_free (exts);
+    return fail (dev, "block status", offset, err);
+  }
+  for (i = 0; i < nbdkit_extents_count (exts) && r == 0; i++) {
+    struct nbdkit_extent e = nbdkit_get_extent (exts, i);
+    uint32_t flags = 0;
+    if (e.type & NBDKIT_EXTENT_HOLE) flags |= BLKDEV_EXTENT_HOLE;
+    if (e.type & NBDKIT_EXTENT_ZERO) flags |= BLKDEV_EXTENT_ZERO;
+    r = fn (opaque, e.offset, e.length, flags);
+  }
+  nbdkit_extents_free (exts);
+  return r;
+}
+
+static void
+next_close (struct blkdev *dev)
+{
+  free (dev->name);
+  free (dev);
+}
+
+static const struct blkdev_ops next_ops_rw = {
+  .pread = next_pread,
+  .pwrite = next_pwrite,
+  .zero = next_zero,
+  .trim = next_trim,
+  .flush = next_flush,
+  .extents = next_extents,
+  .close = next_close,
+};
+
+static const struct blkdev_ops next_ops_rw_nozero = {
+  .pread = next_pread,
+  .pwrite = next_pwrite,
+  .trim = next_trim,
+  .flush = next_flush,
+  .extents = next_extents,
+  .close = next_close,
+};
+
+static const struct blkdev_ops next_ops_ro = {
+  .pread = next_pread,
+  .extents = next_extents,
+  .close = next_close,
+};
+
+struct blkdev *
+next_blkdev_new (nbdkit_next *next, const char *name, bool readonly)
+{
+  struct next_dev *d = calloc (1, sizeof *d);
+  int64_t size = next->get_size (next);
+  int w;
+
+  if (!d || !(d->dev.name = strdup (name))) {
+    nbdkit_error ("malloc: %m");
+    free (d);
+    return NULL;
+  }
+  if (size == -1) {
+    free (d->dev.name);
+    free (d);
+    return NULL;
+  }
+  w = readonly ? 0 : next->can_write (next);
+  if (w == -1) {
+    free (d->dev.name);
+    free (d);
+    return NULL;
+  }
+  d->next = next;
+  d->dev.size = size;
+  d->dev.fixed_size = true;
+  d->dev.readonly = !w;
+  d->can_fua = w && next->can_fua (next) > NBDKIT_FUA_NONE;
+  d->can_flush = w && next->can_flush (next) == 1;
+  d->can_trim = w && next->can_trim (next) == 1;
+  d->can_extents = next->can_extents (next) == 1;
+  if (!w)
+    d->dev.ops = &next_ops_ro;
+  else if (next->can_zero (next) == 1)
+    d->dev.ops = &next_ops_rw;
+  else
+    d->dev.ops = &next_ops_rw_nozero;
+  return &d->dev;
+}
