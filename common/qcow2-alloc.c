@@ -245,13 +245,19 @@ find_free_run (struct qc_image *img, uint64_t len, uint64_t *start)
   return 0;
 }
 
-static int
-check_space (struct qc_image *img, uint64_t end_cluster)
+static bool
+have_space (struct qc_image *img, uint64_t end_cluster)
 {
   uint64_t end = end_cluster * img->h.cluster_size;
 
-  if (end_cluster > MAX_HOST_OFFSET / img->h.cluster_size ||
-      (img->file->fixed_size && end > img->file->size)) {
+  return end_cluster <= MAX_HOST_OFFSET / img->h.cluster_size &&
+    !(img->file->fixed_size && end > img->file->size);
+}
+
+static int
+check_space (struct qc_image *img, uint64_t end_cluster)
+{
+  if (!have_space (img, end_cluster)) {
     qc_error ("%s: no space left in the image container", img->name);
     errno = ENOSPC;
     return -1;
@@ -411,18 +417,17 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   return -1;
 }
 
-int
-qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
+/* Where n clusters (and k new refcount blocks) would go: *start. */
+static int
+find_place (struct qc_image *img, uint64_t n, uint64_t *start, uint64_t *kp)
 {
-  const uint64_t cs = img->h.cluster_size;
-  uint64_t start, k = 0, m, maxb, c, next;
-  uint64_t lo = img->reftable_dirty_lo, hi = img->reftable_dirty_hi;
+  uint64_t k = 0, m, maxb;
 
   for (;;) {
-    if (find_free_run (img, n + k, &start) == -1)
+    if (find_free_run (img, n + k, start) == -1)
       return -1;
     m = missing_blocks (img, img->reftable, img->reftable_entries,
-                        start, start + n + k, &maxb);
+                        *start, *start + n + k, &maxb);
     if (m > 0 && maxb >= img->reftable_entries) {
       if (grow_reftable (img, maxb + 1) == -1)
         return -1;
@@ -433,6 +438,32 @@ qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
       break;
     k = m;
   }
+  *kp = k;
+  return 0;
+}
+
+int
+qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t start, k, c, next;
+  uint64_t lo, hi;
+  int tries;
+
+  /* In a full container, clusters freed earlier may only be waiting for
+   * their unreferencing metadata to be written: write it and retry.
+   */
+  for (tries = 0; ; tries++) {
+    if (find_place (img, n, &start, &k) == -1)
+      return -1;
+    if (have_space (img, start + n + k) || tries == 2 ||
+        (img->pending.len + img->waiting[0].len + img->waiting[1].len) == 0)
+      break;
+    if (qc_flush_locked (img) == -1)
+      return -1;
+  }
+  lo = img->reftable_dirty_lo;
+  hi = img->reftable_dirty_hi;
   if (check_space (img, start + n + k) == -1)
     return -1;
 
