@@ -114,7 +114,8 @@ build_help (void)
                 "\n" PREFIX "backing-name=NAME\n"
                 "    Backing file name recorded in a new overlay, for qemu."
                 "\n" PREFIX "backing-format=raw|qcow2\n"
-                "    Format recorded with overlay-backing-name (default raw).");
+                "    Format recorded with overlay-backing-name "
+                "(default raw).");
   if (n < 0 || (size_t) n >= sizeof help - len)
     return;
   len += n;
@@ -167,6 +168,7 @@ teardown (void)
   if (backing_dev && backing_dev != base_dev)
     blkdev_close (backing_dev);
   backing_dev = NULL;
+  opts.backing_dev = NULL;
   blkdev_close (base_dev);
   base_dev = NULL;
   if (base_next) {
