@@ -36,25 +36,6 @@ qc_refcount_max (const struct qc_image *img)
   return bits == 64 ? INT64_MAX : (1ULL << bits) - 1;
 }
 
-static void
-entry_set (uint8_t *block, uint64_t index, uint32_t order, uint64_t v)
-{
-  unsigned bits = 1U << order;
-
-  switch (bits) {
-  case 64: put_be64 (block + index * 8, v); break;
-  case 32: put_be32 (block + index * 4, v); break;
-  case 16: put_be16 (block + index * 2, v); break;
-  case 8: block[index] = v; break;
-  default: {
-    uint8_t *b = &block[index * bits / 8];
-    unsigned shift = index * bits % 8;
-    uint8_t mask = ((1U << bits) - 1) << shift;
-    *b = (*b & ~mask) | ((v << shift) & mask);
-  }
-  }
-}
-
 /* Byte range of an entry inside its block, for dirty tracking. */
 static void
 entry_bytes (uint64_t index, uint32_t order, uint32_t *lo, uint32_t *hi)
@@ -181,7 +162,7 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     errno = EOVERFLOW;
     return -1;
   }
-  entry_set (block, index, order, nv);
+  qc_refcount_entry_set (block, index, order, nv);
   entry_bytes (index, order, &lo, &hi);
   l2cache_mark_dirty (img->rcache, pin, lo, hi);
   l2cache_put (img->rcache, pin);
@@ -291,30 +272,6 @@ place_blocks (struct qc_image *img, uint64_t *table, uint64_t entries,
   return 0;
 }
 
-static int
-write_reftable (struct qc_image *img, const uint64_t *table,
-                uint64_t lo, uint64_t hi, uint64_t offset)
-{
-  uint64_t *buf, i;
-  int r;
-
-  /* Whole 512-byte sectors. */
-  lo &= ~63ULL;
-  hi = (hi + 63) & ~63ULL;
-  if (hi > img->reftable_entries && table == img->reftable)
-    hi = img->reftable_entries;
-  buf = malloc ((hi - lo) * 8);
-  if (!buf) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  for (i = lo; i < hi; i++)
-    buf[i - lo] = htobe64 (table[i]);
-  r = blkdev_pwrite (img->file, buf, (hi - lo) * 8, offset + lo * 8, 0);
-  free (buf);
-  return r;
-}
-
 /* Replace the refcount table by one with at least min_entries entries,
  * written at the end of the image with its own refcount blocks.
  */
@@ -385,7 +342,8 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
 
   /* Blocks, then the table, durable before the header points to it. */
   if (l2cache_writeback (img->rcache, img->file) == -1 ||
-      write_reftable (img, table, 0, entries, start * cs) == -1 ||
+      qc_write_table_range (img, table, entries, 0, entries,
+                            start * cs) == -1 ||
       blkdev_flush (img->file) == -1)
     goto err;
   put_be64 (hdr, start * cs);

@@ -21,65 +21,20 @@
 #define DIR_ENTRY_FIXED 24
 #define TABLE_OFFSET_MASK 0x00fffffffffffe00ULL
 
-/* Drop one reference to a cluster, if it has one. */
-static int
-release_cluster (struct qc_image *img, uint64_t offset)
-{
-  uint64_t cluster = offset / img->h.cluster_size, v;
-
-  if (offset == 0 || (offset & (img->h.cluster_size - 1)))
-    return -1;
-  if (qc_refcount_get (img, cluster, &v) == -1 || v == 0)
-    return -1;
-  return qc_refcount_add (img, cluster, -1);
-}
-
-static int
-release_range (struct qc_image *img, uint64_t offset, uint64_t bytes)
-{
-  const uint64_t cs = img->h.cluster_size;
-  uint64_t c;
-
-  for (c = 0; c < (bytes + cs - 1) / cs; c++)
-    if (release_cluster (img, offset + c * cs) == -1)
-      return -1;
-  return 0;
-}
-
-static int
-release_bitmap (struct qc_image *img, uint64_t table_offset,
-                uint32_t table_size)
-{
-  const uint64_t cs = img->h.cluster_size;
-  uint64_t *table, i;
-  int r = 0;
-
-  if ((table_offset & (cs - 1)) || table_offset == 0 ||
-      (uint64_t) table_size * 8 > img->file->size)
-    return -1;
-  table = malloc ((size_t) table_size * 8 + 1);
-  if (!table)
-    return -1;
-  if (blkdev_pread (img->file, table, (size_t) table_size * 8,
-                    table_offset) == -1) {
-    free (table);
-    return -1;
-  }
-  for (i = 0; i < table_size && r == 0; i++) {
-    uint64_t off = be64toh (table[i]) & TABLE_OFFSET_MASK;
-    if (off)
-      r = release_cluster (img, off);
-  }
-  free (table);
-  if (r == 0)
-    r = release_range (img, table_offset, (uint64_t) table_size * 8);
-  return r;
-}
-
+/* Call fn for every range of clusters the bitmaps occupy: the
+ * directory, each bitmap table and each bitmap data cluster.  Stops at
+ * the first fn error or inconsistency (returns 1 then, -1 on an I/O or
+ * memory error, 0 when done).  Bounded by the file: the directory and
+ * the tables must fit in it.
+ */
 int
-qc_bitmaps_release (struct qc_image *img)
+qc_bitmaps_walk (struct qc_image *img,
+                 int (*fn) (struct qc_image *img, uint64_t offset,
+                            uint64_t bytes, void *opaque),
+                 void *opaque)
 {
   const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
   uint64_t size = h->bitmap_directory_size, pos = 0;
   uint8_t *dir;
   uint32_t i;
@@ -88,11 +43,8 @@ qc_bitmaps_release (struct qc_image *img)
   if (!h->has_bitmaps_ext || h->nb_bitmaps == 0)
     return 0;
   if (size > MAX_DIRECTORY_BYTES || size > img->file->size ||
-      (h->bitmap_directory_offset & (h->cluster_size - 1))) {
-    qc_debug ("%s: bitmap directory is invalid; its clusters stay leaked",
-              img->name);
-    return 0;
-  }
+      (h->bitmap_directory_offset & (cs - 1)))
+    return 1;
   dir = malloc (size + 1);
   if (!dir) {
     qc_error ("%s: %m", img->name);
@@ -102,21 +54,73 @@ qc_bitmaps_release (struct qc_image *img)
     free (dir);
     return -1;
   }
+  if (fn (img, h->bitmap_directory_offset, size, opaque) != 0)
+    r = 1;
   for (i = 0; i < h->nb_bitmaps && r == 0; i++) {
-    uint64_t entry;
+    uint64_t toff, k, *table;
+    uint32_t tsize;
+
     if (pos + DIR_ENTRY_FIXED > size) {
+      r = 1;
+      break;
+    }
+    toff = get_be64 (dir + pos);
+    tsize = get_be32 (dir + pos + 8);
+    pos += (DIR_ENTRY_FIXED + get_be32 (dir + pos + 20) +
+            get_be16 (dir + pos + 18) + 7) & ~7ULL;
+    if ((toff & (cs - 1)) || toff == 0 ||
+        (uint64_t) tsize * 8 > img->file->size) {
+      r = 1;
+      break;
+    }
+    table = malloc ((size_t) tsize * 8 + 1);
+    if (!table) {
+      qc_error ("%s: %m", img->name);
       r = -1;
       break;
     }
-    entry = DIR_ENTRY_FIXED + get_be32 (dir + pos + 20) +
-      get_be16 (dir + pos + 18);
-    r = release_bitmap (img, get_be64 (dir + pos), get_be32 (dir + pos + 8));
-    pos += (entry + 7) & ~7ULL;
+    if (blkdev_pread (img->file, table, (size_t) tsize * 8, toff) == -1)
+      r = -1;
+    for (k = 0; k < tsize && r == 0; k++) {
+      uint64_t off = be64toh (table[k]) & TABLE_OFFSET_MASK;
+      if (off && fn (img, off, cs, opaque) != 0)
+        r = 1;
+    }
+    free (table);
+    if (r == 0 && fn (img, toff, (uint64_t) tsize * 8, opaque) != 0)
+      r = 1;
   }
   free (dir);
-  if (r == 0)
-    r = release_range (img, h->bitmap_directory_offset, size);
+  return r;
+}
+
+/* Drop one reference to each cluster of a range, if it has one. */
+static int
+release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
+               void *opaque)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t c, v;
+
+  if (offset == 0 || (offset & (cs - 1)))
+    return -1;
+  for (c = offset / cs; bytes && c <= (offset + bytes - 1) / cs; c++) {
+    if (qc_refcount_get (img, c, &v) == -1 || v == 0)
+      return -1;
+    if (qc_refcount_add (img, c, -1) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int
+qc_bitmaps_release (struct qc_image *img)
+{
+  int r = qc_bitmaps_walk (img, release_range, NULL);
+
   if (r == -1)
+    return -1;
+  if (r == 1)
     qc_debug ("%s: bitmap metadata is inconsistent; some of its clusters "
               "stay leaked", img->name);
   return 0;

@@ -17,8 +17,6 @@
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-#define BITMAP_OFFSET_MASK 0x00fffffffffffe00ULL
-
 /* Count one reference to every cluster in [offset, offset+bytes). */
 static void
 ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
@@ -90,53 +88,22 @@ ref_l1 (struct qc_image *img, struct qc_refs *r, const uint64_t *l1,
 }
 
 static int
+ref_bitmap_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
+                  void *opaque)
+{
+  ref_range (img, opaque, offset, bytes);
+  return 0;
+}
+
+/* Bitmap clusters count only while the bitmaps bit says they are valid
+ * (we clear it, and give them back, before our first write).
+ */
+static int
 ref_bitmaps (struct qc_image *img, struct qc_refs *r)
 {
-  const struct qcow2_header *h = &img->h;
-  uint64_t size = h->bitmap_directory_size, pos = 0;
-  uint8_t *dir;
-  uint32_t i;
-
-  if (!h->has_bitmaps_ext || h->nb_bitmaps == 0 ||
-      !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
-      size > img->file->size)
+  if (!(img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
     return 0;
-  dir = malloc (size + 1);
-  if (!dir) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  if (blkdev_pread (img->file, dir, size, h->bitmap_directory_offset) == -1) {
-    free (dir);
-    return -1;
-  }
-  ref_range (img, r, h->bitmap_directory_offset, size);
-  for (i = 0; i < h->nb_bitmaps && pos + 24 <= size; i++) {
-    uint64_t toff = get_be64 (dir + pos);
-    uint32_t tsize = get_be32 (dir + pos + 8);
-    uint64_t *table, k;
-
-    pos += (24 + get_be32 (dir + pos + 20) + get_be16 (dir + pos + 18) + 7)
-      & ~7ULL;
-    if ((uint64_t) tsize * 8 > img->file->size)
-      continue;
-    ref_range (img, r, toff, (uint64_t) tsize * 8);
-    table = malloc ((size_t) tsize * 8 + 1);
-    if (!table) {
-      free (dir);
-      qc_error ("%s: %m", img->name);
-      return -1;
-    }
-    if (blkdev_pread (img->file, table, (size_t) tsize * 8, toff) == 0)
-      for (k = 0; k < tsize; k++) {
-        uint64_t off = be64toh (table[k]) & BITMAP_OFFSET_MASK;
-        if (off)
-          ref_range (img, r, off, h->cluster_size);
-      }
-    free (table);
-  }
-  free (dir);
-  return 0;
+  return qc_bitmaps_walk (img, ref_bitmap_range, r) == -1 ? -1 : 0;
 }
 
 int
@@ -196,21 +163,6 @@ qc_refs_free (struct qc_refs *r)
   r->count = NULL;
 }
 
-static void
-set_refcount (uint8_t *block, uint64_t index, uint32_t order, uint64_t v)
-{
-  unsigned bits = 1U << order;
-
-  switch (bits) {
-  case 64: put_be64 (block + index * 8, v); break;
-  case 32: put_be32 (block + index * 4, v); break;
-  case 16: put_be16 (block + index * 2, v); break;
-  case 8: block[index] = v; break;
-  default:
-    block[index * bits / 8] |= v << (index * bits % 8);
-  }
-}
-
 int
 qc_rebuild_refcounts (struct qc_image *img)
 {
@@ -266,7 +218,7 @@ qc_rebuild_refcounts (struct qc_image *img)
       else if (c >= start && c < start + t + nb)
         v = 1;                  /* the new table and blocks */
       if (v)
-        set_refcount (block, c - b * per_block, h->refcount_order, v);
+        qc_refcount_entry_set (block, c - b * per_block, h->refcount_order, v);
     }
     table[b] = htobe64 ((start + t + b) * cs);
     if (blkdev_pwrite (img->file, block, cs, (start + t + b) * cs, 0) == -1)

@@ -19,55 +19,53 @@
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-static int
-write_l1 (struct qc_image *img)
+int
+qc_write_table_range (struct qc_image *img, const uint64_t *table,
+                      uint64_t entries, uint64_t lo, uint64_t hi,
+                      uint64_t offset)
 {
-  uint64_t lo = img->l1_dirty_lo & ~63ULL;
-  uint64_t hi = (img->l1_dirty_hi + 63) & ~63ULL;
   uint64_t *buf, i;
   int r;
 
-  if (hi > img->active.l1_size)
-    hi = img->active.l1_size;
+  /* Whole 512-byte sectors of the table. */
+  lo &= ~63ULL;
+  hi = (hi + 63) & ~63ULL;
+  if (hi > entries)
+    hi = entries;
+  if (lo >= hi)
+    return 0;
   buf = malloc ((hi - lo) * 8);
   if (!buf) {
     qc_error ("%s: %m", img->name);
     return -1;
   }
   for (i = lo; i < hi; i++)
-    buf[i - lo] = htobe64 (__atomic_load_n (&img->active.l1[i],
-                                            __ATOMIC_RELAXED));
-  r = blkdev_pwrite (img->file, buf, (hi - lo) * 8,
-                     img->h.l1_table_offset + lo * 8, 0);
+    buf[i - lo] = htobe64 (__atomic_load_n (&table[i], __ATOMIC_RELAXED));
+  r = blkdev_pwrite (img->file, buf, (hi - lo) * 8, offset + lo * 8, 0);
   free (buf);
-  if (r == 0)
-    img->l1_dirty_lo = img->l1_dirty_hi = 0;
   return r;
+}
+
+static int
+write_l1 (struct qc_image *img)
+{
+  if (qc_write_table_range (img, img->active.l1, img->active.l1_size,
+                            img->l1_dirty_lo, img->l1_dirty_hi,
+                            img->h.l1_table_offset) == -1)
+    return -1;
+  img->l1_dirty_lo = img->l1_dirty_hi = 0;
+  return 0;
 }
 
 static int
 write_reftable_entries (struct qc_image *img)
 {
-  uint64_t lo = img->reftable_dirty_lo & ~63ULL;
-  uint64_t hi = (img->reftable_dirty_hi + 63) & ~63ULL;
-  uint64_t *buf, i;
-  int r;
-
-  if (hi > img->reftable_entries)
-    hi = img->reftable_entries;
-  buf = malloc ((hi - lo) * 8);
-  if (!buf) {
-    qc_error ("%s: %m", img->name);
+  if (qc_write_table_range (img, img->reftable, img->reftable_entries,
+                            img->reftable_dirty_lo, img->reftable_dirty_hi,
+                            img->h.refcount_table_offset) == -1)
     return -1;
-  }
-  for (i = lo; i < hi; i++)
-    buf[i - lo] = htobe64 (img->reftable[i]);
-  r = blkdev_pwrite (img->file, buf, (hi - lo) * 8,
-                     img->h.refcount_table_offset + lo * 8, 0);
-  free (buf);
-  if (r == 0)
-    img->reftable_dirty_lo = img->reftable_dirty_hi = 0;
-  return r;
+  img->reftable_dirty_lo = img->reftable_dirty_hi = 0;
+  return 0;
 }
 
 int

@@ -153,6 +153,8 @@ extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
 /* Refcounts. */
 extern uint64_t qc_refcount_entry_get (const uint8_t *block, uint64_t index,
                                        uint32_t order);
+extern void qc_refcount_entry_set (uint8_t *block, uint64_t index,
+                                   uint32_t order, uint64_t v);
 extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
 
 /* Writable refcounts and the allocator (meta_lock held). */
@@ -258,11 +260,23 @@ extern void qc_refs_free (struct qc_refs *refs);
 /* Write new refcount structures from the references (dirty images). */
 extern int qc_rebuild_refcounts (struct qc_image *img);
 
+/* Every cluster range the persistent bitmaps occupy (qcow2-bitmaps.c). */
+extern int qc_bitmaps_walk (struct qc_image *img,
+                            int (*fn) (struct qc_image *img, uint64_t offset,
+                                       uint64_t bytes, void *opaque),
+                            void *opaque);
 /* Give back the clusters of bitmaps nobody trusts any more. */
 extern int qc_bitmaps_release (struct qc_image *img);
 
 /* Apply every pending free (no I/O may be in flight: at close). */
 extern int qc_free_all (struct qc_image *img);
+
+/* Write entries [lo, hi) of a host-order table of 8-byte entries (whole
+ * sectors around them) to the image at offset.
+ */
+extern int qc_write_table_range (struct qc_image *img, const uint64_t *table,
+                                 uint64_t entries, uint64_t lo, uint64_t hi,
+                                 uint64_t offset);
 
 /* Metadata writeback in the safe order (meta_lock held). */
 extern int qc_flush_locked (struct qc_image *img);

@@ -30,6 +30,26 @@ qc_refcount_entry_get (const uint8_t *block, uint64_t index, uint32_t order)
   }
 }
 
+void
+qc_refcount_entry_set (uint8_t *block, uint64_t index, uint32_t order,
+                       uint64_t v)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: put_be64 (block + index * 8, v); break;
+  case 32: put_be32 (block + index * 4, v); break;
+  case 16: put_be16 (block + index * 2, v); break;
+  case 8: block[index] = v; break;
+  default: {
+    uint8_t *b = &block[index * bits / 8];
+    unsigned shift = index * bits % 8;
+    uint8_t mask = ((1U << bits) - 1) << shift;
+    *b = (*b & ~mask) | ((v << shift) & mask);
+  }
+  }
+}
+
 /* Count clusters of the file with a non-zero refcount, stopping at
  * limit.  Reads the refcount table and blocks one at a time.
  */
