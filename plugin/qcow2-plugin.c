@@ -14,6 +14,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
+#include "glue.h"
 #include "qc-error.h"
 #include "qc-options.h"
 #include "qcow2.h"
@@ -22,18 +23,9 @@ static struct qc_options opts;
 static struct qc_image *img;    /* shared by all connections */
 
 static void
-log_to_nbdkit (enum qc_log_level level, const char *msg)
-{
-  if (level == QC_LOG_ERROR)
-    nbdkit_error ("%s", msg);
-  else
-    nbdkit_debug ("%s", msg);
-}
-
-static void
 qcow2_load (void)
 {
-  qc_set_log_handler (log_to_nbdkit);
+  qc_set_log_handler (glue_log);
   qc_options_init (&opts);
 }
 
@@ -238,21 +230,13 @@ qcow2_can_flush (void *handle)
   return 1;
 }
 
-static unsigned
-blkdev_flags (uint32_t flags)
-{
-  return (flags & NBDKIT_FLAG_FUA ? BLKDEV_FUA : 0) |
-    (flags & NBDKIT_FLAG_MAY_TRIM ? BLKDEV_MAY_TRIM : 0) |
-    (flags & NBDKIT_FLAG_FAST_ZERO ? BLKDEV_FAST_ZERO : 0);
-}
-
 static int
 qcow2_pwrite (void *handle, const void *buf, uint32_t count,
               uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
 
-  return blkdev_pwrite (h->view, buf, count, offset, blkdev_flags (flags));
+  return blkdev_pwrite (h->view, buf, count, offset, glue_blkdev_flags (flags));
 }
 
 static int
@@ -260,7 +244,7 @@ qcow2_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
 
-  return blkdev_zero (h->view, count, offset, blkdev_flags (flags));
+  return blkdev_zero (h->view, count, offset, glue_blkdev_flags (flags));
 }
 
 static int
@@ -268,7 +252,7 @@ qcow2_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct handle *h = handle;
 
-  return blkdev_trim (h->view, count, offset, blkdev_flags (flags));
+  return blkdev_trim (h->view, count, offset, glue_blkdev_flags (flags));
 }
 
 static int
@@ -294,40 +278,13 @@ qcow2_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   return blkdev_pread (h->view, buf, count, offset);
 }
 
-struct extents_ctx {
-  struct nbdkit_extents *extents;
-  bool req_one;
-  bool got_one;
-};
-
-static int
-add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
-{
-  struct extents_ctx *ctx = opaque;
-  uint32_t type = 0;
-
-  if (ctx->req_one && ctx->got_one) {
-    errno = 0;
-    return -1;                  /* enough: stop quietly */
-  }
-  if (flags & BLKDEV_EXTENT_HOLE) type |= NBDKIT_EXTENT_HOLE;
-  if (flags & BLKDEV_EXTENT_ZERO) type |= NBDKIT_EXTENT_ZERO;
-  ctx->got_one = true;
-  return nbdkit_add_extent (ctx->extents, offset, length, type);
-}
-
 static int
 qcow2_extents (void *handle, uint32_t count, uint64_t offset,
                uint32_t flags, struct nbdkit_extents *extents)
 {
   struct handle *h = handle;
-  struct extents_ctx ctx = { extents, flags & NBDKIT_FLAG_REQ_ONE, false };
-  int r;
 
-  r = blkdev_extents (h->view, offset, count, add_extent, &ctx);
-  if (r == -1 && ctx.req_one && ctx.got_one && errno == 0)
-    return 0;
-  return r;
+  return glue_extents (h->view, count, offset, flags, extents);
 }
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL

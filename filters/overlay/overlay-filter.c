@@ -34,6 +34,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 
+#include "glue.h"
 #include "next-blkdev.h"
 #include "qc-error.h"
 #include "qc-options.h"
@@ -135,18 +136,9 @@ build_help (void)
 }
 
 static void
-log_to_nbdkit (enum qc_log_level level, const char *msg)
-{
-  if (level == QC_LOG_ERROR)
-    nbdkit_error ("%s", msg);
-  else
-    nbdkit_debug ("%s", msg);
-}
-
-static void
 overlay_load (void)
 {
-  qc_set_log_handler (log_to_nbdkit);
+  qc_set_log_handler (glue_log);
   qc_options_init (&opts);
   /* Overlay defaults: small copy-on-write writes copy a 2K subcluster,
    * not a 64K cluster.
@@ -644,14 +636,6 @@ overlay_can_cache (nbdkit_next *next, void *handle)
   return NBDKIT_CACHE_NONE;
 }
 
-static unsigned
-blkdev_flags (uint32_t flags)
-{
-  return (flags & NBDKIT_FLAG_FUA ? BLKDEV_FUA : 0) |
-    (flags & NBDKIT_FLAG_MAY_TRIM ? BLKDEV_MAY_TRIM : 0) |
-    (flags & NBDKIT_FLAG_FAST_ZERO ? BLKDEV_FAST_ZERO : 0);
-}
-
 /* nbdkit needs a positive errno for every failure. */
 static int
 failed (int *err)
@@ -679,7 +663,7 @@ overlay_pwrite (nbdkit_next *next, void *handle, const void *buf,
 
   h->written = true;
   if (blkdev_pwrite (h->view, buf, count, offset,
-                     blkdev_flags (flags)) == -1)
+                     glue_blkdev_flags (flags)) == -1)
     return failed (err);
   return 0;
 }
@@ -691,7 +675,7 @@ overlay_zero (nbdkit_next *next, void *handle, uint32_t count,
   struct handle *h = handle;
 
   h->written = true;
-  if (blkdev_zero (h->view, count, offset, blkdev_flags (flags)) == -1) {
+  if (blkdev_zero (h->view, count, offset, glue_blkdev_flags (flags)) == -1) {
     failed (err);
     /* nbdkit asserts that only a fast zero fails with ENOTSUP. */
     if (!(flags & NBDKIT_FLAG_FAST_ZERO) &&
@@ -709,7 +693,7 @@ overlay_trim (nbdkit_next *next, void *handle, uint32_t count,
   struct handle *h = handle;
 
   h->written = true;
-  if (blkdev_trim (h->view, count, offset, blkdev_flags (flags)) == -1)
+  if (blkdev_trim (h->view, count, offset, glue_blkdev_flags (flags)) == -1)
     return failed (err);
   return 0;
 }
@@ -724,42 +708,15 @@ overlay_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return 0;
 }
 
-struct extents_ctx {
-  struct nbdkit_extents *extents;
-  bool req_one;
-  bool got_one;
-};
-
-static int
-add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
-{
-  struct extents_ctx *ctx = opaque;
-  uint32_t type = 0;
-
-  if (ctx->req_one && ctx->got_one) {
-    errno = 0;
-    return -1;                  /* enough: stop quietly */
-  }
-  if (flags & BLKDEV_EXTENT_HOLE) type |= NBDKIT_EXTENT_HOLE;
-  if (flags & BLKDEV_EXTENT_ZERO) type |= NBDKIT_EXTENT_ZERO;
-  ctx->got_one = true;
-  return nbdkit_add_extent (ctx->extents, offset, length, type);
-}
-
 static int
 overlay_extents (nbdkit_next *next, void *handle, uint32_t count,
                  uint64_t offset, uint32_t flags,
                  struct nbdkit_extents *extents, int *err)
 {
   struct handle *h = handle;
-  struct extents_ctx ctx = { extents, flags & NBDKIT_FLAG_REQ_ONE, false };
 
-  errno = 0;
-  if (blkdev_extents (h->view, offset, count, add_extent, &ctx) == -1) {
-    if (ctx.req_one && ctx.got_one && errno == 0)
-      return 0;
+  if (glue_extents (h->view, count, offset, flags, extents) == -1)
     return failed (err);
-  }
   return 0;
 }
 

@@ -23,6 +23,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 
+#include "glue.h"
 #include "next-blkdev.h"
 #include "qc-error.h"
 #include "qc-options.h"
@@ -40,18 +41,9 @@ static bool container_readonly; /* opened read-only, or cannot write */
 static struct qc_image *img;
 
 static void
-log_to_nbdkit (enum qc_log_level level, const char *msg)
-{
-  if (level == QC_LOG_ERROR)
-    nbdkit_error ("%s", msg);
-  else
-    nbdkit_debug ("%s", msg);
-}
-
-static void
 qcow2_load (void)
 {
-  qc_set_log_handler (log_to_nbdkit);
+  qc_set_log_handler (glue_log);
   qc_options_init (&opts);
 }
 
@@ -642,14 +634,6 @@ qcow2_can_cache (nbdkit_next *next, void *handle)
   return NBDKIT_CACHE_NONE;
 }
 
-static unsigned
-blkdev_flags (uint32_t flags)
-{
-  return (flags & NBDKIT_FLAG_FUA ? BLKDEV_FUA : 0) |
-    (flags & NBDKIT_FLAG_MAY_TRIM ? BLKDEV_MAY_TRIM : 0) |
-    (flags & NBDKIT_FLAG_FAST_ZERO ? BLKDEV_FAST_ZERO : 0);
-}
-
 static int
 ret (int r, int *err)
 {
@@ -675,7 +659,7 @@ qcow2_pwrite (nbdkit_next *next, void *handle, const void *buf,
 
   h->written = true;
   return ret (blkdev_pwrite (h->view, buf, count, offset,
-                             blkdev_flags (flags)), err);
+                             glue_blkdev_flags (flags)), err);
 }
 
 static int
@@ -685,7 +669,7 @@ qcow2_zero (nbdkit_next *next, void *handle, uint32_t count,
   struct handle *h = handle;
 
   h->written = true;
-  return ret (blkdev_zero (h->view, count, offset, blkdev_flags (flags)),
+  return ret (blkdev_zero (h->view, count, offset, glue_blkdev_flags (flags)),
               err);
 }
 
@@ -696,7 +680,7 @@ qcow2_trim (nbdkit_next *next, void *handle, uint32_t count,
   struct handle *h = handle;
 
   h->written = true;
-  return ret (blkdev_trim (h->view, count, offset, blkdev_flags (flags)),
+  return ret (blkdev_trim (h->view, count, offset, glue_blkdev_flags (flags)),
               err);
 }
 
@@ -708,41 +692,14 @@ qcow2_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
   return ret (blkdev_flush (h->view), err);
 }
 
-struct extents_ctx {
-  struct nbdkit_extents *extents;
-  bool req_one;
-  bool got_one;
-};
-
-static int
-add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
-{
-  struct extents_ctx *ctx = opaque;
-  uint32_t type = 0;
-
-  if (ctx->req_one && ctx->got_one) {
-    errno = 0;
-    return -1;                  /* enough: stop quietly */
-  }
-  if (flags & BLKDEV_EXTENT_HOLE) type |= NBDKIT_EXTENT_HOLE;
-  if (flags & BLKDEV_EXTENT_ZERO) type |= NBDKIT_EXTENT_ZERO;
-  ctx->got_one = true;
-  return nbdkit_add_extent (ctx->extents, offset, length, type);
-}
-
 static int
 qcow2_extents (nbdkit_next *next, void *handle, uint32_t count,
                uint64_t offset, uint32_t flags,
                struct nbdkit_extents *extents, int *err)
 {
   struct handle *h = handle;
-  struct extents_ctx ctx = { extents, flags & NBDKIT_FLAG_REQ_ONE, false };
-  int r;
 
-  r = blkdev_extents (h->view, offset, count, add_extent, &ctx);
-  if (r == -1 && ctx.req_one && ctx.got_one && errno == 0)
-    return 0;
-  return ret (r, err);
+  return ret (glue_extents (h->view, count, offset, flags, extents), err);
 }
 
 static struct nbdkit_filter filter = {

@@ -1,0 +1,62 @@
+/* nbdkit glue shared by the modules: see glue.h. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdbool.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "glue.h"
+
+void
+glue_log (enum qc_log_level level, const char *msg)
+{
+  if (level == QC_LOG_ERROR)
+    nbdkit_error ("%s", msg);
+  else
+    nbdkit_debug ("%s", msg);
+}
+
+unsigned
+glue_blkdev_flags (uint32_t flags)
+{
+  return (flags & NBDKIT_FLAG_FUA ? BLKDEV_FUA : 0) |
+    (flags & NBDKIT_FLAG_MAY_TRIM ? BLKDEV_MAY_TRIM : 0) |
+    (flags & NBDKIT_FLAG_FAST_ZERO ? BLKDEV_FAST_ZERO : 0);
+}
+
+struct extents_ctx {
+  struct nbdkit_extents *extents;
+  bool req_one;
+  bool got_one;
+};
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, uint32_t flags)
+{
+  struct extents_ctx *ctx = opaque;
+  uint32_t type = 0;
+
+  if (ctx->req_one && ctx->got_one) {
+    errno = 0;
+    return -1;                  /* enough: stop quietly */
+  }
+  if (flags & BLKDEV_EXTENT_HOLE) type |= NBDKIT_EXTENT_HOLE;
+  if (flags & BLKDEV_EXTENT_ZERO) type |= NBDKIT_EXTENT_ZERO;
+  ctx->got_one = true;
+  return nbdkit_add_extent (ctx->extents, offset, length, type);
+}
+
+int
+glue_extents (struct blkdev *view, uint32_t count, uint64_t offset,
+              uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct extents_ctx ctx = { extents, flags & NBDKIT_FLAG_REQ_ONE, false };
+  int r;
+
+  r = blkdev_extents (view, offset, count, add_extent, &ctx);
+  if (r == -1 && ctx.req_one && ctx.got_one && errno == 0)
+    return 0;
+  return r;
+}

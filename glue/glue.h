@@ -1,0 +1,28 @@
+/* nbdkit glue shared by the plugin and the filters: logging, request
+ * flags and extents between nbdkit and the format core.  (The core itself
+ * has no nbdkit types; this is the thin layer on top of it.)
+ */
+#ifndef QC_GLUE_H
+#define QC_GLUE_H
+
+#include <stdint.h>
+
+#include "blkdev.h"
+#include "qc-error.h"
+
+struct nbdkit_extents;
+
+/* Send the core's messages to nbdkit_error / nbdkit_debug. */
+extern void glue_log (enum qc_log_level level, const char *msg);
+
+/* NBDKIT_FLAG_FUA / MAY_TRIM / FAST_ZERO as BLKDEV_* flags. */
+extern unsigned glue_blkdev_flags (uint32_t flags);
+
+/* Extents of a view for an nbdkit extents request (flags may hold
+ * NBDKIT_FLAG_REQ_ONE).  -1 with errno set on error.
+ */
+extern int glue_extents (struct blkdev *view, uint32_t count,
+                         uint64_t offset, uint32_t flags,
+                         struct nbdkit_extents *extents);
+
+#endif /* QC_GLUE_H */
