@@ -474,7 +474,7 @@ qc_image_make_writable (struct qc_image *img)
   if ((img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
       rebuild_dirty (img) == -1)
     goto out;
-  if (qc_refcount_open (img) == -1)
+  if (!img->reftable && qc_refcount_open (img) == -1)
     goto out;
   img->dirty_limit = (32ULL << 20) / img->h.cluster_size;
   if (img->dirty_limit < 64)

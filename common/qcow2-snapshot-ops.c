@@ -129,9 +129,11 @@ apply_refs (struct qc_image *img, const struct qc_refs *r, int sign,
   return 0;
 }
 
-/* Set COPIED exactly where the refcount is 1, in the active tree. */
+/* Set COPIED exactly where the refcount is 1, in the active tree; or
+ * (!apply) only count where it is wrong.
+ */
 static int
-fix_copied (struct qc_image *img, uint64_t *fixed)
+copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
@@ -149,7 +151,9 @@ fix_copied (struct qc_image *img, uint64_t *fixed)
     if (qc_refcount_get (img, l2off / cs, &v) == -1)
       return -1;
     ne = v == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
-    if (ne != l1e) {
+    if (ne != l1e && !apply)
+      (*fixed)++;
+    else if (ne != l1e) {
       __atomic_store_n (&img->active.l1[i], ne, __ATOMIC_RELEASE);
       if (img->l1_dirty_lo == img->l1_dirty_hi) {
         img->l1_dirty_lo = i;
@@ -177,7 +181,8 @@ fix_copied (struct qc_image *img, uint64_t *fixed)
       else
         continue;
       if (want != e) {
-        qc_store_entry (img, t, pin, j, want, bm);
+        if (apply)
+          qc_store_entry (img, t, pin, j, want, bm);
         (*fixed)++;
       }
     }
@@ -342,7 +347,7 @@ snapshot_create (struct qc_image *img, const char *name)
     goto out;
   s.l1_size = img->active.l1_size;
   /* The active tree is shared now: no COPIED flags. */
-  if (fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+  if (copied_flags (img, true, &fixed) == -1 || qc_flush_locked (img) == -1)
     goto out;
 
   for (i = 0; i < img->nr_snapshots; i++) {
@@ -359,7 +364,7 @@ snapshot_create (struct qc_image *img, const char *name)
   s.extra_size = EXTRA_DATA_SIZE;
   s.disk_size = h->size;
   put_be64 (s.extra + 8, h->size);           /* disk size */
-  put_be64 (s.extra + 16, UINT64_MAX);       /* icount: not recorded */
+  put_be64 (s.extra + 16, 0);                /* icount, as qemu-img */
   if (rewrite_snapshot_table (img, &s, -1) == -1)
     goto out;
 
@@ -373,6 +378,8 @@ snapshot_create (struct qc_image *img, const char *name)
   s.name = strdup (name);
   arr[img->nr_snapshots++] = s;
   s.extra = NULL;
+  if (qc_flush_locked (img) == -1)
+    goto out;
   qc_debug ("%s: created snapshot '%s' (id %s)", img->name, name, idbuf);
   ret = 0;
  out:
@@ -494,7 +501,7 @@ snapshot_apply (struct qc_image *img, const char *name)
     goto out;
   }
   if (apply_refs (img, &down, -1, false) == -1 ||
-      fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+      copied_flags (img, true, &fixed) == -1 || qc_flush_locked (img) == -1)
     goto out;
   qc_debug ("%s: applied snapshot '%s'", img->name, name);
   ret = 0;
@@ -534,7 +541,7 @@ snapshot_delete (struct qc_image *img, const char *name)
   img->nr_snapshots--;
   free_clusters (img, s.l1_table_offset, (uint64_t) s.l1_size * 8);
   if (apply_refs (img, &down, -1, false) == -1 ||
-      fix_copied (img, &fixed) == -1 || qc_flush_locked (img) == -1)
+      copied_flags (img, true, &fixed) == -1 || qc_flush_locked (img) == -1)
     goto free_s;
   qc_debug ("%s: deleted snapshot '%s'", img->name, name);
   ret = 0;
@@ -556,9 +563,8 @@ int
 qc_image_check (struct qc_image *img, enum qc_repair repair,
                 struct qc_check_result *res)
 {
-  const uint64_t cs = img->h.cluster_size;
   struct qc_refs r;
-  uint64_t c, v, n;
+  uint64_t c, v, copied = 0;
   int ret = -1;
 
   memset (res, 0, sizeof *res);
@@ -566,48 +572,60 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
   if (qc_flush_locked (img) == -1 || qc_count_refs (img, true, &r) == -1)
     goto unlock;
   res->corruptions += r.out_of_range;
-  n = r.nr_clusters;
-  for (c = 0; c < n; c++) {
+  for (c = 0; c < r.nr_clusters; c++) {
     if (qc_refcount_get (img, c, &v) == -1)
       goto out;
-    if (v > r.count[c]) {
+    if (v > r.count[c])
       res->leaks++;
-      if (repair != QC_REPAIR_NONE &&
-          qc_refcount_add (img, c, (int64_t) r.count[c] - (int64_t) v) == -1)
-        goto out;
-      if (repair != QC_REPAIR_NONE)
-        res->leaks_fixed++;
-    }
     else if (v < r.count[c]) {
       res->corruptions++;
       qc_debug ("%s: cluster %" PRIu64 " has refcount %" PRIu64 " but %"
                 PRIu32 " references", img->name, c, v, r.count[c]);
     }
   }
-  {
-    /* COPIED flags that disagree with the refcounts are corruptions. */
-    uint64_t before = 0;
-    if (repair == QC_REPAIR_ALL) {
-      if (res->corruptions) {
-        /* Stale cached refcount blocks go with the old structures. */
-        if (qc_rebuild_refcounts (img) == -1)
-          goto out;
-        l2cache_free (img->rcache);
-        img->rcache = NULL;
-        free (img->reftable);
-        img->reftable = NULL;
-        if (qc_refcount_open (img) == -1)
-          goto out;
-        res->corruptions_fixed = res->corruptions;
-      }
-      if (fix_copied (img, &before) == -1)
+  /* COPIED flags that disagree with the refcounts are corruptions too:
+   * a write would go in place into a shared cluster.
+   */
+  if (copied_flags (img, false, &copied) == -1)
+    goto out;
+  res->corruptions += copied;
+
+  /* Repairs: leaks alone with repair=leaks; everything with repair=all.
+   * A corrupt image is not touched by repair=leaks.
+   */
+  if (repair == QC_REPAIR_ALL && res->corruptions - copied > 0) {
+    /* Stale cached refcount blocks go with the old structures. */
+    if (qc_rebuild_refcounts (img) == -1)
+      goto out;
+    l2cache_free (img->rcache);
+    img->rcache = NULL;
+    free (img->reftable);
+    img->reftable = NULL;
+    if (qc_refcount_open (img) == -1)
+      goto out;
+    res->corruptions_fixed = res->corruptions - copied;
+    res->leaks_fixed = res->leaks;
+  }
+  else if (repair != QC_REPAIR_NONE &&
+           (repair == QC_REPAIR_ALL || res->corruptions == 0)) {
+    for (c = 0; c < r.nr_clusters; c++) {
+      if (qc_refcount_get (img, c, &v) == -1)
         goto out;
-      res->copied_fixed = before;
+      if (v > r.count[c] &&
+          qc_refcount_add (img, c, (int64_t) r.count[c] - (int64_t) v) == -1)
+        goto out;
     }
+    res->leaks_fixed = res->leaks;
+  }
+  if (repair == QC_REPAIR_ALL) {
+    uint64_t fixed = 0;
+    if (copied_flags (img, true, &fixed) == -1)
+      goto out;
+    res->copied_fixed = fixed;
+    res->corruptions_fixed += copied;
   }
   if (qc_flush_locked (img) == -1)
     goto out;
-  (void) cs;
   ret = 0;
  out:
   qc_refs_free (&r);
@@ -641,6 +659,15 @@ qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
   return r;
 }
 
+static void
+report (struct qc_image *img, const struct qc_check_result *res)
+{
+  qc_debug ("%s: check: %" PRIu64 " leaked clusters (%" PRIu64 " repaired), %"
+            PRIu64 " corruptions (%" PRIu64 " repaired)", img->name,
+            res->leaks, res->leaks_fixed, res->corruptions,
+            res->corruptions_fixed);
+}
+
 int
 qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 {
@@ -649,14 +676,19 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 
   if (img->is_raw || (!opts->check && !opts->repair && !opts->nr_ops))
     return 0;
-  if (opts->repair || opts->nr_ops) {
+  /* A dirty image's refcounts are stale until rebuilt (which making it
+   * writable does); checking them before would only report that.
+   */
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
     if (qc_image_make_writable (img) == -1)
       return -1;
   }
   else if (!img->reftable && qc_refcount_open (img) == -1)
     return -1;
+
   if (opts->check || opts->repair) {
-    if (qc_image_check (img, opts->repair, &res) == -1)
+    /* First look, changing nothing. */
+    if (qc_image_check (img, QC_REPAIR_NONE, &res) == -1)
       return -1;
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
       qc_error ("%s: check: %" PRIu64 " corruptions and %" PRIu64 " leaked "
@@ -664,16 +696,25 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
                 "rebuilds its refcounts", img->name, res.corruptions,
                 res.leaks);
       img->force_readonly = true;
+      img->active.dev.readonly = true;
+      if (opts->nr_ops) {
+        qc_error ("%s: snapshot operations refused on a corrupt image",
+                  img->name);
+        errno = EROFS;
+        return -1;
+      }
+      return 0;
     }
-    else
-      qc_debug ("%s: check: %" PRIu64 " leaked clusters (%" PRIu64
-                " repaired), %" PRIu64 " corruptions (%" PRIu64 " repaired), %"
-                PRIu64 " COPIED flags fixed", img->name, res.leaks,
-                res.leaks_fixed, res.corruptions, res.corruptions_fixed,
-                res.copied_fixed);
+    if (opts->repair && (res.leaks || res.corruptions)) {
+      if (qc_image_make_writable (img) == -1 ||
+          qc_image_check (img, opts->repair, &res) == -1)
+        return -1;
+    }
+    report (img, &res);
   }
   for (i = 0; i < opts->nr_ops; i++)
-    if (qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
+    if (qc_image_make_writable (img) == -1 ||
+        qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
       return -1;
   return 0;
 }
