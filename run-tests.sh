@@ -27,6 +27,7 @@ packages=(
   nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd qemu-utils check
   zlib1g-dev libzstd-dev libdeflate-dev libisal-dev libgnutls28-dev
   autoconf automake libtool pkg-config make gcc
+  nginx xz-utils clang
 )
 
 section () { printf '\n===== %s =====\n' "$*"; }
