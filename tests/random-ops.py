@@ -8,6 +8,7 @@
 #
 # Exit status 1 (with the first differing offset) if the servers read
 # back differently afterwards.
+import errno
 import os
 import random
 import sys
@@ -26,6 +27,13 @@ for h in handles[1:]:
         sys.exit("size mismatch: %d != %d" % (h.get_size(), size))
 
 rng = random.Random(seed)
+# FAST_ZERO is chosen by a generator of its own, so that the main stream
+# (offsets, lengths, data of every op for a given seed) does not depend
+# on it.  A server may refuse a fast zero with ENOTSUP; that handle then
+# gets the plain zero a real client would fall back to.
+frng = random.Random(seed ^ 0xFA57)
+fast_done = [0] * len(uris)
+fast_refused = [0] * len(uris)
 # Lengths that hit sub-cluster, cluster and multi-cluster cases for any
 # cluster size, at offsets that are often unaligned.
 units = [1, 512, 4096, 65536, 2 << 20]
@@ -47,8 +55,11 @@ debug = os.environ.get("RANDOM_OPS_DEBUG")
 for i in range(nops):
     op = rng.random()
     off, length = pick_range()
+    kind = ("write" if op < 0.55 else "zero" if op < 0.75 else
+            "trim" if op < 0.9 else "flush")
     if debug:
-        print("op %d: %.2f off=%d len=%d" % (i, op, off, length))
+        print("op %d: %.2f %s off=%d len=%d" % (i, op, kind, off, length),
+              end="")
     if op < 0.55:
         byte = rng.randrange(1, 256)
         if rng.random() < 0.3:
@@ -56,13 +67,32 @@ for i in range(nops):
         else:
             buf = bytes([byte]) * length
         fua = nbd.CMD_FLAG_FUA if rng.random() < 0.05 else 0
+        if debug:
+            print(" %s byte=%d%s" % ("random" if len(set(buf)) > 1 else
+                                     "fill", buf[0], " FUA" if fua else ""),
+                  end="")
         for h in handles:
             h.pwrite(buf, off, fua)
     elif op < 0.75:
         flags = 0
         if rng.random() < 0.5:
             flags |= nbd.CMD_FLAG_NO_HOLE
-        for h in handles:
+        fast = frng.random() < 0.3
+        if debug:
+            print("%s%s" % (" NO_HOLE" if flags else "",
+                            " FAST_ZERO" if fast else ""), end="")
+        for j, h in enumerate(handles):
+            if fast and h.can_fast_zero():
+                try:
+                    h.zero(length, off, flags | nbd.CMD_FLAG_FAST_ZERO)
+                    fast_done[j] += 1
+                    continue
+                except nbd.Error as e:
+                    if e.errnum != errno.ENOTSUP:
+                        raise
+                    fast_refused[j] += 1
+                    if debug:
+                        print(" (fast zero refused by %s)" % uris[j], end="")
             h.zero(length, off, flags)
     elif op < 0.9:
         for h in handles:
@@ -72,6 +102,7 @@ for i in range(nops):
         for h in handles:
             h.flush()
     if debug:
+        print()
         a = handles[0].pread(length, off)
         for h in handles[1:]:
             if h.pread(length, off) != a:
@@ -91,4 +122,6 @@ for off in range(0, size, chunk):
 for h in handles:
     h.flush()
     h.shutdown()
-print("seed %d: %d operations, %d bytes compared" % (seed, nops, size))
+print("seed %d: %d operations, %d bytes compared; fast zeroes done/refused: %s"
+      % (seed, nops, size,
+         ", ".join("%d/%d" % x for x in zip(fast_done, fast_refused))))
