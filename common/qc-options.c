@@ -28,6 +28,16 @@ qc_options_init (struct qc_options *opts)
   opts->compression_type = -1;
 }
 
+/* Secrets do not stay in freed memory. */
+static void
+wipe_string (char *s)
+{
+  if (s) {
+    explicit_bzero (s, strlen (s));
+    free (s);
+  }
+}
+
 void
 qc_options_free (struct qc_options *opts)
 {
@@ -38,6 +48,8 @@ qc_options_free (struct qc_options *opts)
   free (opts->snapshot);
   free (opts->backing_file);
   free (opts->data_file);
+  wipe_string (opts->passphrase);
+  wipe_string (opts->backing_passphrase);
   {
     size_t i;
     for (i = 0; i < opts->nr_ops; i++)
@@ -216,6 +228,44 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
       errno = EINVAL;
       return -1;
     }
+    return 0;
+  }
+  if (strcmp (key, "passphrase") == 0 ||
+      strcmp (key, "backing-passphrase") == 0) {
+    char **field = key[0] == 'p' ? &opts->passphrase
+                                 : &opts->backing_passphrase;
+    char *copy = strdup (value);
+    if (!copy) {
+      qc_error ("%m");
+      return -1;
+    }
+    wipe_string (*field);
+    *field = copy;
+    return 0;
+  }
+  if (strcmp (key, "encrypt") == 0) {
+    if (strcmp (value, "luks") == 0)
+      opts->encrypt = true;
+    else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
+      opts->encrypt = false;
+    else {
+      qc_error ("encrypt=%s: expected luks or off (legacy AES images can "
+                "be read and written, not created)", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
+  if (strcmp (key, "encrypt-iter-time") == 0) {
+    uint64_t v;
+    if (parse_size (key, value, &v) == -1)
+      return -1;
+    if (v == 0 || v > 600000) {
+      qc_error ("encrypt-iter-time=%s: expected 1 to 600000 ms", value);
+      errno = EINVAL;
+      return -1;
+    }
+    opts->encrypt_iter_time = v;
     return 0;
   }
   if (strcmp (key, "snapshot-create") == 0 ||

@@ -42,6 +42,14 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Store every full-cluster write compressed.")                      \
   X ("compress-level", QC_OPT_STRING, "N|fast", "zlib 6, zstd 3",      \
      "Compression level (zlib 1-9, zstd 1-22; fast: ISA-L / zstd 1).")  \
+  X ("passphrase", QC_OPT_STRING, "SECRET|-|+FILE|-FD", NULL,          \
+     "Passphrase of an encrypted image (or of a new one: encrypt=luks).")\
+  X ("backing-passphrase", QC_OPT_STRING, "SECRET|-|+FILE|-FD", NULL,  \
+     "Passphrase of an encrypted backing file.")                       \
+  X ("encrypt", QC_OPT_STRING, "luks|off", "off",                       \
+     "Encrypt a created image with LUKS (aes-256-xts, as qemu-img).")   \
+  X ("encrypt-iter-time", QC_OPT_SIZE, "MS", "2000",                    \
+     "PBKDF2 time when creating an encrypted image, in ms.")            \
   X ("create", QC_OPT_STRING, "true|false|force", "false",              \
      "Create the image if missing (true) or replace it (force).")       \
   X ("size", QC_OPT_SIZE, "SIZE", NULL,                                 \

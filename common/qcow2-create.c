@@ -16,11 +16,13 @@
 #include "byteorder.h"
 #include "qc-error.h"
 #include "qc-options.h"
+#include "qcow2-crypto.h"
 #include "qcow2-int.h"
 
 #define EXT_BACKING_FMT   0xe2792acaU
 #define EXT_FEATURE_NAMES 0x6803f857U
 #define EXT_DATA_FILE     0x44415441U
+#define EXT_CRYPTO        0x0537be77U
 #define HEADER_LENGTH     112
 
 #define REFUSE(...) \
@@ -49,6 +51,18 @@ qc_create_check (const struct qc_options *o)
     REFUSE ("compress= cannot be used with an external data file");
   if (o->format && strcmp (o->format, "raw") == 0)
     REFUSE ("create= makes qcow2 images only (not format=raw)");
+  if (o->encrypt) {
+    if (!o->passphrase)
+      REFUSE ("encrypt=luks needs passphrase=");
+    if (compat == 2)
+      REFUSE ("encrypt=luks needs compat=1.1");
+    if (o->compress >= 0)
+      REFUSE ("compress= cannot be used with encryption");
+    if (o->data_file)
+      REFUSE ("data-file= cannot be used with encryption");
+    if (o->preallocate_metadata)
+      REFUSE ("preallocation=metadata cannot be used with encryption");
+  }
   if (o->size == 0 && o->create == QC_CREATE_FORCE)
     REFUSE ("create=force needs size=");
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
@@ -108,7 +122,8 @@ static const struct { uint8_t type, bit; const char *name; } features[] = {
 static int
 build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
               uint64_t reftable_off, uint32_t reftable_clusters,
-              uint64_t l1_off, uint32_t l1_size)
+              uint64_t l1_off, uint32_t l1_size, uint64_t luks_off,
+              uint64_t luks_len)
 {
   int compat = o->compat ? o->compat : 3;
   uint32_t refcount_bits = o->refcount_bits ? o->refcount_bits : 16;
@@ -150,6 +165,13 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   if (o->backing_file && o->backing_format)
     pos += put_ext (buf + pos, EXT_BACKING_FMT, o->backing_format,
                     strlen (o->backing_format));
+  if (luks_len) {
+    uint8_t ext[16];
+    put_be32 (buf + 32, 2);                     /* crypt_method: LUKS */
+    put_be64 (ext, luks_off);
+    put_be64 (ext + 8, luks_len);
+    pos += put_ext (buf + pos, EXT_CRYPTO, ext, sizeof ext);
+  }
   if (o->data_file) {
     if (strlen (o->data_file) > 1023)
       REFUSE ("data-file name is longer than 1023 bytes");
@@ -190,8 +212,9 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   const uint64_t per_block = cs * 8 / refcount_bits;
   const uint64_t l2_entries = cs / (o->extended_l2 ? 16 : 8);
   const uint64_t size = qc_create_size (o);
-  uint64_t l1_size, l1_clusters, t = 1, b = 1, n, i;
-  uint8_t *buf;
+  uint64_t l1_size, l1_clusters, t = 1, b = 1, n, i, luks_clusters = 0;
+  uint8_t *buf = NULL, *luks = NULL;
+  size_t luks_len = 0;
   int r = -1;
 
   /* Virtual size: as large as a 32 MiB L1 table allows. */
@@ -202,10 +225,20 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   l1_clusters = (l1_size * 8 + cs - 1) / cs;
   if (l1_clusters == 0)
     l1_clusters = 1;
-  /* Header, refcount table (t), refcount blocks (b), L1 table. */
+  if (o->encrypt) {
+    if (qc_crypto_luks_format (o->passphrase, strlen (o->passphrase),
+                               o->encrypt_iter_time ? o->encrypt_iter_time
+                                                    : 2000,
+                               NULL, NULL, NULL, &luks, &luks_len) == -1)
+      return -1;
+    luks_clusters = (luks_len + cs - 1) / cs;
+  }
+  /* Header, refcount table (t), refcount blocks (b), L1 table, LUKS
+   * header area.
+   */
   for (;;) {
     uint64_t b2, t2;
-    n = 1 + t + b + l1_clusters;
+    n = 1 + t + b + l1_clusters + luks_clusters;
     b2 = (n + per_block - 1) / per_block;
     t2 = (b2 * 8 + cs - 1) / cs;
     if (b2 == b && t2 == t)
@@ -217,15 +250,19 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
     qc_error ("%s: the container (%" PRIu64 " bytes) is too small for the "
               "image's metadata", dev->name, dev->size);
     errno = ENOSPC;
-    return -1;
+    goto out;
   }
   buf = calloc (1, cs);
   if (!buf) {
     qc_error ("%m");
-    return -1;
+    goto out;
   }
-  if (build_header (o, buf, cs, cs, t, (1 + t + b) * cs, l1_size) == -1 ||
+  if (build_header (o, buf, cs, cs, t, (1 + t + b) * cs, l1_size,
+                    (1 + t + b + l1_clusters) * cs, luks_len) == -1 ||
       blkdev_pwrite (dev, buf, cs, 0, 0) == -1)
+    goto out;
+  if (luks && blkdev_pwrite (dev, luks, luks_len,
+                             (1 + t + b + l1_clusters) * cs, 0) == -1)
     goto out;
   /* Refcount table. */
   for (i = 0; i < t; i++) {
@@ -260,6 +297,10 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   r = blkdev_flush (dev);
  out:
   free (buf);
+  if (luks) {
+    explicit_bzero (luks, luks_len);
+    free (luks);
+  }
   return r;
 }
 

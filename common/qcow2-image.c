@@ -13,6 +13,7 @@
 #include "qc-error.h"
 #include "qc-lock.h"
 #include "qc-options.h"
+#include "qcow2-crypto.h"
 #include "byteorder.h"
 #include "qcow2-int.h"
 
@@ -69,6 +70,43 @@ resolve_name (const char *image_name, const char *name, const char *what)
   if (!ret)
     qc_error ("%m");
   return ret;
+}
+
+/* Unlock an encrypted image with the passphrase. */
+static int
+open_crypto (struct qc_image *img, const struct qc_options *opts)
+{
+  const char *kind = img->h.crypt_method == 1 ? "legacy AES" : "LUKS";
+
+  if (!opts->passphrase) {
+    qc_error ("%s: the image is encrypted (%s): give its passphrase with "
+              "passphrase=", img->name, kind);
+    errno = EPERM;
+    return -1;
+  }
+  if (img->h.crypt_method == 2 && !img->h.has_crypto_ext) {
+    qc_error ("%s: LUKS-encrypted image without its encryption header "
+              "extension", img->name);
+    errno = EINVAL;
+    return -1;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+    qc_error ("%s: encrypted images with an external data file are not "
+              "supported", img->name);
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (opts->compress >= 0) {
+    qc_error ("%s: compress= cannot be used with an encrypted image",
+              img->name);
+    errno = EINVAL;
+    return -1;
+  }
+  img->crypto = qc_crypto_open (img->h.crypt_method, img->file,
+                                img->h.crypto_offset, img->h.crypto_length,
+                                opts->passphrase, strlen (opts->passphrase),
+                                img->name);
+  return img->crypto ? 0 : -1;
 }
 
 static int
@@ -143,6 +181,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.readonly = true;
   bopts.cache_size = opts->cache_size;
   bopts.locking = false;
+  bopts.passphrase = opts->backing_passphrase;
   img->backing_img = image_open (&bopts, NULL, depth + 1);
   free (path);
   if (!img->backing_img)
@@ -222,6 +261,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   pthread_mutex_init (&img->lock, NULL);
   pthread_mutex_init (&img->snap_lock, NULL);
   pthread_mutex_init (&img->meta_lock, NULL);
+  pthread_rwlock_init (&img->rmw_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
   if (!dev)
     dev = blkdev_file_open (opts->file, true);
@@ -267,13 +307,8 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   }
   if (qcow2_header_read (dev, &img->h) == -1)
     goto err;
-  if (img->h.crypt_method != 0) {
-    qc_error ("%s: image is encrypted (%s); encrypted images are not "
-              "supported yet", img->name,
-              img->h.crypt_method == 1 ? "legacy AES" : "LUKS");
-    errno = ENOTSUP;
+  if (img->h.crypt_method != 0 && open_crypto (img, opts) == -1)
     goto err;
-  }
   if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     qc_debug ("%s: image is marked corrupt: serving it read-only",
               img->name);
@@ -351,6 +386,7 @@ qc_image_close (struct qc_image *img)
     pthread_mutex_unlock (&img->meta_lock);
   }
   qc_refcount_close (img);
+  qc_crypto_close (img->crypto);
   qc_snapshots_free (img);
   free (img->active.l1);
   l2cache_free (img->cache);
@@ -367,6 +403,7 @@ qc_image_close (struct qc_image *img)
   pthread_mutex_destroy (&img->lock);
   pthread_mutex_destroy (&img->snap_lock);
   pthread_mutex_destroy (&img->meta_lock);
+  pthread_rwlock_destroy (&img->rmw_lock);
   pthread_cond_destroy (&img->inflight_done);
   free (img->description);
   free (img->name);

@@ -65,6 +65,9 @@ struct qc_image {
   bool is_raw;
   bool locking;
   bool borrowed;                /* file belongs to the caller */
+  struct qc_crypto *crypto;     /* encryption, or NULL */
+  pthread_rwlock_t rmw_lock;    /* partial-sector writes of encrypted
+                                 * images (qcow2-data-io.c) */
   int compress;                 /* -1, or the type full clusters are
                                  * written compressed with */
   int compress_level;
@@ -136,6 +139,14 @@ struct qc_run {
  */
 extern int qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
                    struct qc_run *run);
+
+/* Guest data at a host offset, decrypted / encrypted if the image is
+ * encrypted (qcow2-data-io.c).  guest is the guest offset of the data.
+ */
+extern int qc_data_read (struct qc_image *img, uint64_t host, uint64_t guest,
+                         void *buf, size_t len);
+extern int qc_data_write (struct qc_image *img, uint64_t host,
+                          uint64_t guest, const void *buf, size_t len);
 
 /* Read a compressed cluster (descriptor desc) into out (cluster size). */
 extern int qc_read_compressed (struct qc_image *img, uint64_t desc,

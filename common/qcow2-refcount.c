@@ -113,7 +113,8 @@ qc_detect_metadata_prealloc (struct qc_image *img, bool *ret)
   uint64_t real_clusters, threshold, count;
 
   *ret = false;
-  if (allocated < 0 || img->data != img->file)
+  /* Holes in an encrypted image's clusters do not read as zeros. */
+  if (allocated < 0 || img->data != img->file || img->crypto)
     return 0;
   real_clusters = allocated / cs;
   threshold = real_clusters * 10 / 9;

@@ -68,7 +68,7 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
       memset (p, 0, run.length);
       break;
     case QC_DATA:
-      r = blkdev_pread (img->data, p, run.length, run.host);
+      r = qc_data_read (img, run.host, offset, p, run.length);
       break;
     case QC_COMPRESSED:
       r = read_compressed_part (img, &run, p, offset);

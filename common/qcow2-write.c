@@ -318,8 +318,8 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
       blkdev_pread (&v->dev, wbuf + (wend - wlo), whi - wend, wend) == -1)
     goto out_release;
   memcpy (wbuf + (offset - wlo), buf, wend - offset);
-  if (blkdev_pwrite (img->data, wbuf, whi - wlo, host + (wlo - cstart),
-                     0) == -1)
+  if (qc_data_write (img, host + (wlo - cstart), wlo, wbuf,
+                     whi - wlo) == -1)
     goto out_release;
 
   /* Publish the new entries. */
@@ -585,7 +585,7 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
       return -1;
     }
     if (run.kind == QC_DATA && run.copied) {
-      r = blkdev_pwrite (img->data, p, run.length, run.host, 0);
+      r = qc_data_write (img, run.host, offset, p, run.length);
       qc_io_end (img, epoch);
       if (r == -1)
         return -1;

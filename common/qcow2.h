@@ -37,6 +37,10 @@ struct qc_options {
   int compress;                 /* -1 off, else store full-cluster
                                  * writes compressed: 0 zlib, 1 zstd */
   int compress_level;           /* 0 = the codec's default */
+  char *passphrase;             /* of an encrypted image (wiped on free) */
+  char *backing_passphrase;     /* of an encrypted backing file */
+  bool encrypt;                 /* create: LUKS-encrypt the new image */
+  unsigned encrypt_iter_time;   /* create: PBKDF2 time in ms, 0 = 2000 */
 
   /* Maintenance before serving, in this order: check/repair, then the
    * snapshot operations as given.
