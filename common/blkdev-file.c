@@ -17,6 +17,7 @@
 struct file_dev {
   struct blkdev dev;
   int fd;
+  bool rw_fd;                   /* opened read-write */
 };
 
 static int
@@ -208,8 +209,8 @@ static const struct blkdev_ops file_ops = {
   .close = file_close,
 };
 
-struct blkdev *
-blkdev_file_open (const char *path, bool readonly)
+static struct blkdev *
+file_open (const char *path, int flags, bool readonly)
 {
   struct file_dev *f;
   struct stat st;
@@ -218,7 +219,7 @@ blkdev_file_open (const char *path, bool readonly)
   /* O_NONBLOCK: a FIFO named by a hostile image must not hang us; only
    * regular files and block devices are accepted below.
    */
-  fd = open (path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK);
+  fd = open (path, flags | O_CLOEXEC | O_NONBLOCK);
   if (fd == -1) {
     qc_error ("%s: %m", path);
     return NULL;
@@ -247,6 +248,7 @@ blkdev_file_open (const char *path, bool readonly)
     return NULL;
   }
   f->fd = fd;
+  f->rw_fd = (flags & O_ACCMODE) == O_RDWR;
   f->dev.ops = &file_ops;
   f->dev.readonly = readonly;
   if (S_ISBLK (st.st_mode)) {
@@ -257,6 +259,40 @@ blkdev_file_open (const char *path, bool readonly)
   else
     f->dev.size = st.st_size;
   return &f->dev;
+}
+
+struct blkdev *
+blkdev_file_open (const char *path, bool readonly)
+{
+  return file_open (path, readonly ? O_RDONLY : O_RDWR, readonly);
+}
+
+struct blkdev *
+blkdev_file_open_upgradable (const char *path)
+{
+  int fd = open (path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+
+  /* Quietly fall back to read-only where the file cannot be written. */
+  if (fd >= 0) {
+    close (fd);
+    return file_open (path, O_RDWR, true);
+  }
+  return file_open (path, O_RDONLY, true);
+}
+
+int
+blkdev_make_writable (struct blkdev *dev)
+{
+  if (!__atomic_load_n (&dev->readonly, __ATOMIC_ACQUIRE))
+    return 0;
+  if (dev->ops != &file_ops || !((struct file_dev *) dev)->rw_fd) {
+    qc_error ("%s: cannot be written (read-only file, filesystem or "
+              "device)", dev->name);
+    errno = EROFS;
+    return -1;
+  }
+  __atomic_store_n (&dev->readonly, false, __ATOMIC_RELEASE);
+  return 0;
 }
 
 int

@@ -11,11 +11,12 @@ int
 blkdev_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 {
   size_t n = count;
+  uint64_t size = blkdev_size (dev);
 
-  if (offset >= dev->size)
+  if (offset >= size)
     n = 0;
-  else if (count > dev->size - offset)
-    n = dev->size - offset;
+  else if (count > size - offset)
+    n = size - offset;
   if (n < count)
     memset ((char *) buf + n, 0, count - n);
   if (n == 0)
@@ -26,7 +27,8 @@ blkdev_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 static int
 check_writable (struct blkdev *dev)
 {
-  if (dev->readonly || !dev->ops->pwrite) {
+  if (__atomic_load_n (&dev->readonly, __ATOMIC_ACQUIRE) ||
+      !dev->ops->pwrite) {
     qc_error ("%s: device is read-only", dev->name);
     errno = EROFS;
     return -1;
@@ -90,15 +92,15 @@ int
 blkdev_extents (struct blkdev *dev, uint64_t offset, uint64_t count,
                 blkdev_extent_fn fn, void *opaque)
 {
-  uint64_t end = offset + count;
+  uint64_t end = offset + count, size = blkdev_size (dev);
 
   if (count == 0)
     return 0;
   /* The part past the end of a (shorter) device reads as zeros. */
-  if (offset >= dev->size)
+  if (offset >= size)
     return fn (opaque, offset, count, BLKDEV_EXTENT_HOLE|BLKDEV_EXTENT_ZERO);
-  if (end > dev->size)
-    end = dev->size;
+  if (end > size)
+    end = size;
   if (!dev->ops->extents)
     return fn (opaque, offset, end - offset, 0);
   return dev->ops->extents (dev, offset, end - offset, fn, opaque);

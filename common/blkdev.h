@@ -61,6 +61,13 @@ struct blkdev {
                                  * fails with ENOSPC */
 };
 
+/* The size, which a writer may grow while others read it. */
+static inline uint64_t
+blkdev_size (const struct blkdev *dev)
+{
+  return __atomic_load_n (&dev->size, __ATOMIC_ACQUIRE);
+}
+
 /* Generic wrappers: bounds handling and zero fill past the end. */
 extern int blkdev_pread (struct blkdev *dev, void *buf, size_t count,
                          uint64_t offset);
@@ -83,6 +90,11 @@ extern void blkdev_close (struct blkdev *dev);
 
 /* Local files.  fd is owned by the device afterwards. */
 extern struct blkdev *blkdev_file_open (const char *path, bool readonly);
+/* Read-only for now, but opened read-write where the file allows, so
+ * that blkdev_make_writable can turn it writable without a new device.
+ */
+extern struct blkdev *blkdev_file_open_upgradable (const char *path);
+extern int blkdev_make_writable (struct blkdev *dev);
 extern int blkdev_file_fd (struct blkdev *dev);
 /* Bytes the file occupies on its filesystem, or -1 if not a file. */
 extern int64_t blkdev_file_allocated (struct blkdev *dev);

@@ -52,7 +52,7 @@ qc_refcount_open (struct qc_image *img)
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
   uint64_t i, n = (uint64_t) h->refcount_table_clusters * cs / 8;
-  uint64_t limit = (img->file->size + cs - 1) & ~(cs - 1);
+  uint64_t limit = (blkdev_size (img->file) + cs - 1) & ~(cs - 1);
   uint64_t capacity;
 
   img->reftable = calloc (n, sizeof *img->reftable);
@@ -81,7 +81,7 @@ qc_refcount_open (struct qc_image *img)
   if (!img->rcache)
     return -1;
   img->free_cursor = 0;
-  img->alloc_end = limit;
+  __atomic_store_n (&img->alloc_end, limit, __ATOMIC_RELEASE);
   return 0;
 }
 
@@ -232,7 +232,7 @@ have_space (struct qc_image *img, uint64_t end_cluster)
   uint64_t end = end_cluster * img->h.cluster_size;
 
   return end_cluster <= MAX_HOST_OFFSET / img->h.cluster_size &&
-    !(img->file->fixed_size && end > img->file->size);
+    !(img->file->fixed_size && end > blkdev_size (img->file));
 }
 
 static int
@@ -466,7 +466,7 @@ qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster)
     return -1;
   if (v != 0)
     return 0;
-  if (img->file->fixed_size && (cluster + 1) * cs > img->file->size)
+  if (img->file->fixed_size && (cluster + 1) * cs > blkdev_size (img->file))
     return 0;
   if (qc_refcount_add (img, cluster, 1) == -1)
     return -1;

@@ -42,7 +42,7 @@ qc_bitmaps_walk (struct qc_image *img,
 
   if (!h->has_bitmaps_ext || h->nb_bitmaps == 0)
     return 0;
-  if (size > MAX_DIRECTORY_BYTES || size > img->file->size ||
+  if (size > MAX_DIRECTORY_BYTES || size > blkdev_size (img->file) ||
       (h->bitmap_directory_offset & (cs - 1)))
     return 1;
   dir = malloc (size + 1);
@@ -69,7 +69,7 @@ qc_bitmaps_walk (struct qc_image *img,
     pos += (DIR_ENTRY_FIXED + get_be32 (dir + pos + 20) +
             get_be16 (dir + pos + 18) + 7) & ~7ULL;
     if ((toff & (cs - 1)) || toff == 0 ||
-        (uint64_t) tsize * 8 > img->file->size) {
+        (uint64_t) tsize * 8 > blkdev_size (img->file)) {
       r = 1;
       break;
     }

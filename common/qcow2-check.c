@@ -56,7 +56,7 @@ ref_l1 (struct qc_image *img, struct qc_refs *r, const uint64_t *l1,
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
   const uint64_t entries = 1ULL << h->l2_bits;
-  bool external = img->data != img->file;
+  bool external = img->external_data;
   uint32_t i;
   uint64_t j;
 
@@ -112,8 +112,8 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
-  uint64_t end = img->file->size > img->alloc_end ?
-    img->file->size : img->alloc_end;
+  uint64_t end = blkdev_size (img->file) > img->alloc_end ?
+    blkdev_size (img->file) : img->alloc_end;
   uint32_t i;
 
   memset (r, 0, sizeof *r);

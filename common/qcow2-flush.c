@@ -73,7 +73,7 @@ qc_flush_locked (struct qc_image *img)
 {
   bool refs_dirty, tables_dirty;
 
-  if (!img->writable)
+  if (!__atomic_load_n (&img->writable, __ATOMIC_ACQUIRE))
     return 0;
   refs_dirty = l2cache_nr_dirty (img->rcache) > 0 ||
     img->reftable_dirty_lo != img->reftable_dirty_hi;
@@ -81,7 +81,7 @@ qc_flush_locked (struct qc_image *img)
     img->l1_dirty_lo != img->l1_dirty_hi;
 
   /* 1. Data and refcounts. */
-  if (img->data != img->file && blkdev_flush (img->data) == -1)
+  if (img->external_data && blkdev_flush (img->data) == -1)
     return -1;
   if (refs_dirty) {
     if (l2cache_writeback (img->rcache, img->file) == -1)

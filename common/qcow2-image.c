@@ -121,8 +121,9 @@ open_data_file (struct qc_image *img)
   path = resolve_name (img->name, img->h.data_file, "external data file");
   if (!path)
     return -1;
-  img->data = blkdev_file_open (path, true);
+  img->data = blkdev_file_open_upgradable (path);
   free (path);
+  img->external_data = true;
   return img->data ? 0 : -1;
 }
 
@@ -264,7 +265,8 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   pthread_rwlock_init (&img->rmw_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
   if (!dev)
-    dev = blkdev_file_open (opts->file, true);
+    dev = depth > 0 ? blkdev_file_open (opts->file, true)
+                    : blkdev_file_open_upgradable (opts->file);
   if (!dev)
     goto err;
   img->file = dev;
@@ -294,7 +296,6 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     img->is_raw = true;
     img->data = dev;
     img->default_view = dev;
-    dev->readonly = true;
     if (make_description (img) == -1)
       goto err;
     return img;
@@ -329,7 +330,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     errno = EINVAL;
     goto err;
   }
-  if (img->compress >= 0 && img->data != img->file) {
+  if (img->compress >= 0 && img->external_data) {
     qc_error ("%s: compress= cannot be used with an external data file",
               img->name);
     errno = EINVAL;
@@ -392,13 +393,10 @@ qc_image_close (struct qc_image *img)
   l2cache_free (img->cache);
   if (img->backing_img)
     qc_image_close (img->backing_img);
-  if (img->data && img->data != img->file)
+  if (img->external_data)
     blkdev_close (img->data);
   if (!img->borrowed)
     blkdev_close (img->file);
-  if (img->ro_data && img->ro_data != img->ro_file)
-    blkdev_close (img->ro_data);
-  blkdev_close (img->ro_file);
   qcow2_header_free (&img->h);
   pthread_mutex_destroy (&img->lock);
   pthread_mutex_destroy (&img->snap_lock);
@@ -409,22 +407,6 @@ qc_image_close (struct qc_image *img)
   free (img->name);
   free (img);
   errno = saved_errno;
-}
-
-/* A read-write replacement for a read-only device: the same file opened
- * again.  Devices that are not files must have been opened writable.
- */
-static struct blkdev *
-reopen_rw (struct blkdev *dev)
-{
-  if (!dev->readonly)
-    return dev;
-  if (blkdev_file_fd (dev) < 0) {
-    qc_error ("%s: the device below is read-only", dev->name);
-    errno = EROFS;
-    return NULL;
-  }
-  return blkdev_file_open (dev->name, false);
 }
 
 /* A dirty image's refcounts are stale (lazy refcounts, not closed
@@ -448,7 +430,6 @@ rebuild_dirty (struct qc_image *img)
 int
 qc_image_make_writable (struct qc_image *img)
 {
-  struct blkdev *file = NULL, *data = NULL;
   int r = -1;
 
   pthread_mutex_lock (&img->lock);
@@ -474,37 +455,24 @@ qc_image_make_writable (struct qc_image *img)
     errno = EROFS;
     goto out;
   }
-  file = reopen_rw (img->file);
-  if (!file)
+  /* The same devices, opened read-write from the start where the files
+   * allow it (readers in flight keep using them), and qemu's write locks
+   * on the same open file description.
+   */
+  if ((img->file->readonly && blkdev_make_writable (img->file) == -1) ||
+      (img->external_data && img->data->readonly &&
+       blkdev_make_writable (img->data) == -1))
     goto out;
-  if (img->data != img->file) {
-    data = reopen_rw (img->data);
-    if (!data)
-      goto out;
-  }
-  else
-    data = file;
-  if (file != img->file && blkdev_file_fd (img->file) >= 0) {
-    /* Our read locks would conflict with our own write locks. */
+  if (img->locking && blkdev_file_fd (img->file) >= 0 &&
+      qc_lock_image (blkdev_file_fd (img->file), true, img->name) == -1) {
+    /* Back to what we had: read-only, with read locks. */
     qc_unlock_image (blkdev_file_fd (img->file));
-    if (img->locking && qc_lock_image (blkdev_file_fd (file), true,
-                                       img->name) == -1) {
-      qc_lock_image (blkdev_file_fd (img->file), false, img->name);
-      goto out;
-    }
+    qc_lock_image (blkdev_file_fd (img->file), false, img->name);
+    __atomic_store_n (&img->file->readonly, true, __ATOMIC_RELEASE);
+    goto out;
   }
-  /* Readers in flight may still use the old devices: keep them open. */
-  if (file != img->file)
-    img->ro_file = img->file;
-  if (data != img->data)
-    img->ro_data = img->data;
-  img->file = file;
-  img->data = data;
-  file = data = NULL;
-
   if (img->is_raw) {
-    img->default_view = img->file;
-    img->writable = true;
+    __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
     r = 0;
     goto out;
   }
@@ -517,14 +485,10 @@ qc_image_make_writable (struct qc_image *img)
   if (img->dirty_limit < 64)
     img->dirty_limit = 64;
 
-  img->active.dev.readonly = false;
-  img->writable = true;
+  __atomic_store_n (&img->active.dev.readonly, false, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
   r = 0;
  out:
-  if (data && data != file)
-    blkdev_close (data);
-  if (file)
-    blkdev_close (file);
   pthread_mutex_unlock (&img->lock);
   return r;
 }
@@ -544,7 +508,7 @@ qc_before_first_write (struct qc_image *img)
    * clearing their bits before the first write tells qemu they are stale.
    */
   keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
-  if (img->data == img->file)
+  if (!img->external_data)
     keep = 0;
   if (keep != img->h.autoclear_features) {
     uint64_t be = htobe64 (keep);

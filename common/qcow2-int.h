@@ -73,6 +73,7 @@ struct qc_image {
   int compress_level;
   struct blkdev *file;          /* the image (owned) */
   struct blkdev *data;          /* external data file (owned), or file */
+  bool external_data;           /* data is a file of its own */
   struct blkdev *backing;       /* backing device, or NULL */
   struct qc_image *backing_img; /* owner of backing */
   struct qcow2_header h;
@@ -88,11 +89,9 @@ struct qc_image {
   /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-flush.c).  All
    * of it is guarded by meta_lock, except the I/O epoch counters.
    */
-  bool writable;
+  bool writable;                        /* atomic */
   bool force_readonly;                  /* found corrupt by a check */
   bool written;                         /* atomic: first write done */
-  struct blkdev *ro_file, *ro_data;     /* read-only devices replaced
-                                         * when the image became writable */
   pthread_mutex_t meta_lock;
   pthread_cond_t inflight_done;
   struct qc_inflight *inflight;

@@ -24,7 +24,7 @@ classify (struct qc_image *img, uint64_t e, uint64_t bm, unsigned sc,
 {
   const struct qcow2_header *h = &img->h;
   uint64_t off = e & QCOW2_OFFSET_MASK;
-  bool external = img->data != img->file;
+  bool external = img->external_data;
 
   if (e & QCOW2_OFLAG_COMPRESSED) {
     if (external)
@@ -82,7 +82,9 @@ host_limit (struct qc_image *img)
 {
   uint64_t end = __atomic_load_n (&img->alloc_end, __ATOMIC_ACQUIRE);
 
-  return end > img->file->size ? end : img->file->size;
+  uint64_t size = blkdev_size (img->file);
+
+  return end > size ? end : size;
 }
 
 int
@@ -196,7 +198,7 @@ qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
   uint8_t *in;
   int r;
 
-  if (coff >= img->file->size)
+  if (coff >= blkdev_size (img->file))
     CORRUPT ("%s: compressed cluster at host offset 0x%" PRIx64
              " lies beyond the end of the file", img->name, coff);
   in = malloc (clen);

@@ -80,7 +80,7 @@ count_used_clusters (struct qc_image *img, uint64_t nr_clusters,
     boff = get_be64 (e) & QCOW2_OFFSET_MASK;
     if (boff == 0)
       continue;
-    if ((boff & (cs - 1)) || boff >= img->file->size) {
+    if ((boff & (cs - 1)) || boff >= blkdev_size (img->file)) {
       qc_error ("%s: refcount table entry %" PRIu64 " points to a bad "
                 "refcount block offset 0x%" PRIx64, img->name, i, boff);
       errno = EIO;
@@ -114,13 +114,13 @@ qc_detect_metadata_prealloc (struct qc_image *img, bool *ret)
 
   *ret = false;
   /* Holes in an encrypted image's clusters do not read as zeros. */
-  if (allocated < 0 || img->data != img->file || img->crypto)
+  if (allocated < 0 || img->external_data || img->crypto)
     return 0;
   real_clusters = allocated / cs;
   threshold = real_clusters * 10 / 9;
   if (threshold < real_clusters + 2)
     threshold = real_clusters + 2;
-  if (count_used_clusters (img, (img->file->size + cs - 1) / cs,
+  if (count_used_clusters (img, (blkdev_size (img->file) + cs - 1) / cs,
                            threshold, &count) == -1)
     return -1;
   *ret = count >= threshold;

@@ -28,7 +28,7 @@ tree_refs (struct qc_image *img, const uint64_t *l1, uint32_t l1_size,
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
-  bool external = img->data != img->file;
+  bool external = img->external_data;
   uint32_t i;
   uint64_t j;
 
@@ -78,8 +78,8 @@ static int
 new_refs (struct qc_image *img, struct qc_refs *r)
 {
   const uint64_t cs = img->h.cluster_size;
-  uint64_t end = img->alloc_end > img->file->size ?
-    img->alloc_end : img->file->size;
+  uint64_t end = img->alloc_end > blkdev_size (img->file) ?
+    img->alloc_end : blkdev_size (img->file);
 
   memset (r, 0, sizeof *r);
   r->nr_clusters = (end + cs - 1) / cs;
@@ -137,7 +137,7 @@ copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
-  bool external = img->data != img->file;
+  bool external = img->external_data;
   uint32_t i;
   uint64_t j, v;
 
@@ -696,7 +696,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
                 "rebuilds its refcounts", img->name, res.corruptions,
                 res.leaks);
       img->force_readonly = true;
-      img->active.dev.readonly = true;
+      __atomic_store_n (&img->active.dev.readonly, true, __ATOMIC_RELEASE);
       if (opts->nr_ops) {
         qc_error ("%s: snapshot operations refused on a corrupt image",
                   img->name);

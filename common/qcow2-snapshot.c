@@ -52,8 +52,8 @@ qc_snapshots_read (struct qc_image *img)
     uint32_t extra;
     uint64_t var_len;
 
-    if (off > img->file->size ||
-        img->file->size - off < SNAPSHOT_FIXED) {
+    if (off > blkdev_size (img->file) ||
+        blkdev_size (img->file) - off < SNAPSHOT_FIXED) {
       qc_error ("%s: snapshot table entry %" PRIu32 " at offset 0x%"
                 PRIx64 " lies beyond the end of the file", img->name, i, off);
       goto bad;
@@ -71,7 +71,7 @@ qc_snapshots_read (struct qc_image *img)
       goto bad;
     }
     var_len = (uint64_t) extra + id_len + name_len;
-    if (img->file->size - off - SNAPSHOT_FIXED < var_len) {
+    if (blkdev_size (img->file) - off - SNAPSHOT_FIXED < var_len) {
       qc_error ("%s: snapshot %" PRIu32 " runs past the end of the file",
                 img->name, i);
       goto bad;
@@ -144,7 +144,7 @@ qc_snapshot_view (struct qc_image *img, uint32_t i)
 {
   struct qcow2_snapshot *s = &img->snapshots[i];
   const uint64_t cs = img->h.cluster_size;
-  uint64_t limit = (img->file->size + cs - 1) & ~(cs - 1);
+  uint64_t limit = (blkdev_size (img->file) + cs - 1) & ~(cs - 1);
   struct qc_view *v = NULL;
   uint64_t *l1;
   char *name = NULL;

@@ -34,7 +34,7 @@ l2_span (const struct qc_image *img)
 static bool
 external_data (const struct qc_image *img)
 {
-  return img->data != img->file;
+  return img->external_data;
 }
 
 /* In-flight guest ranges: wait for overlaps, then claim. */
@@ -426,7 +426,7 @@ entry_reads_zero (const struct qc_image *img, uint64_t e, uint64_t bm)
   if (!img->h.extended_l2)
     return (e & QCOW2_OFLAG_ZERO) ||
       ((e & QCOW2_OFFSET_MASK) == 0 && !img->backing &&
-       !(img->data != img->file && (e & QCOW2_OFLAG_COPIED)));
+       !(img->external_data && (e & QCOW2_OFLAG_COPIED)));
   return (bm & 0xffffffffULL) == 0 &&
     (!img->backing || (bm >> 32) == 0xffffffffULL);
 }
@@ -908,9 +908,9 @@ qc_preallocate (struct qc_image *img)
     r = maybe_writeback (img);
   }
   /* The file covers everything allocated, as qemu leaves it. */
-  if (r == 0 && !img->file->fixed_size && img->alloc_end > img->file->size)
-    r = blkdev_zero (img->file, img->alloc_end - img->file->size,
-                     img->file->size, BLKDEV_MAY_TRIM);
+  if (r == 0 && !img->file->fixed_size && img->alloc_end > blkdev_size (img->file))
+    r = blkdev_zero (img->file, img->alloc_end - blkdev_size (img->file),
+                     blkdev_size (img->file), BLKDEV_MAY_TRIM);
   if (r == 0)
     r = qc_flush_locked (img);
   pthread_mutex_unlock (&img->meta_lock);
