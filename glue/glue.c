@@ -3,11 +3,14 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "glue.h"
+#include "qc-options.h"
 
 void
 glue_log (enum qc_log_level level, const char *msg)
@@ -58,5 +61,22 @@ glue_extents (struct blkdev *view, uint32_t count, uint64_t offset,
   r = blkdev_extents (view, offset, count, add_extent, &ctx);
   if (r == -1 && ctx.req_one && ctx.got_one && errno == 0)
     return 0;
+  return r;
+}
+
+int
+glue_set_option (struct qc_options *opts, const char *key, const char *value)
+{
+  char *secret;
+  int r;
+
+  if (strcmp (key, "passphrase") != 0 &&
+      strcmp (key, "backing-passphrase") != 0)
+    return qc_options_set (opts, key, value);
+  if (nbdkit_read_password (value, &secret) == -1)
+    return -1;
+  r = qc_options_set (opts, key, secret);
+  explicit_bzero (secret, strlen (secret));
+  free (secret);
   return r;
 }

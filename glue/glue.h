@@ -11,6 +11,7 @@
 #include "qc-error.h"
 
 struct nbdkit_extents;
+struct qc_options;
 
 /* Send the core's messages to nbdkit_error / nbdkit_debug. */
 extern void glue_log (enum qc_log_level level, const char *msg);
@@ -24,5 +25,12 @@ extern unsigned glue_blkdev_flags (uint32_t flags);
 extern int glue_extents (struct blkdev *view, uint32_t count,
                          uint64_t offset, uint32_t flags,
                          struct nbdkit_extents *extents);
+
+/* qc_options_set, but the passphrases take nbdkit's forms (literal,
+ * "-" to prompt, "+FILE", "-FD"), read with nbdkit_read_password and
+ * wiped after use.  key has no module prefix.
+ */
+extern int glue_set_option (struct qc_options *opts, const char *key,
+                            const char *value);
 
 #endif /* QC_GLUE_H */

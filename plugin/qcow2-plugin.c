@@ -60,19 +60,7 @@ qcow2_config (const char *key, const char *value)
     free (path);
     return r;
   }
-  if (strcmp (key, "passphrase") == 0 ||
-      strcmp (key, "backing-passphrase") == 0) {
-    /* nbdkit's forms: literal, "-" (prompt), "+FILE", "-FD". */
-    char *secret;
-    int r;
-    if (nbdkit_read_password (value, &secret) == -1)
-      return -1;
-    r = qc_options_set (&opts, key, secret);
-    explicit_bzero (secret, strlen (secret));
-    free (secret);
-    return r;
-  }
-  return qc_options_set (&opts, key, value);
+  return glue_set_option (&opts, key, value);
 }
 
 static int

@@ -235,7 +235,7 @@ overlay_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   }
   if (strcmp (k, "extended-l2") == 0)
     extended_l2_set = true;
-  return qc_options_set (&opts, k, value);
+  return glue_set_option (&opts, k, value);
 }
 
 static int
@@ -439,6 +439,9 @@ open_overlay (nbdkit_backend *backend)
                   base_dev->size);
     goto err;
   }
+  /* overlay-check, overlay-repair and overlay-snapshot-* run once. */
+  if (qc_image_maintain (img, &opts) == -1)
+    goto err;
   /* Not interned: this may run inside a connection, whose interned
    * strings go away with it.
    */

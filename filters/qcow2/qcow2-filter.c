@@ -98,8 +98,10 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     nbdkit_error ("qcow2-backing-from=%s: expected file", value);
     return -1;
   }
-  if (qc_options_set (&opts, key, value) == -1) {
-    nbdkit_error ("the option was qcow2-%s=%s", key, value);
+  if (glue_set_option (&opts, key, value) == -1) {
+    /* Never echo a secret. */
+    nbdkit_error ("the option was qcow2-%s=%s", key,
+                  strstr (key, "passphrase") ? "..." : value);
     return -1;
   }
   return 0;
@@ -405,6 +407,12 @@ get_image (nbdkit_backend *backend, int readonly)
                   ", not the qcow2-size=%" PRIu64 " asked for; use "
                   "qcow2-create=force to replace it",
                   qc_image_default_view (img)->size, opts.size);
+    qc_image_close (img);
+    img = NULL;
+    goto fail;
+  }
+  /* qcow2-check, qcow2-repair and qcow2-snapshot-* run once, here. */
+  if (qc_image_maintain (img, &o) == -1) {
     qc_image_close (img);
     img = NULL;
     goto fail;
