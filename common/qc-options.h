@@ -48,7 +48,7 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Passphrase of an encrypted backing file.")                       \
   X ("encrypt", QC_OPT_STRING, "luks|off", "off",                       \
      "Encrypt a created image with LUKS (aes-256-xts, as qemu-img).")   \
-  X ("encrypt-iter-time", QC_OPT_SIZE, "MS", "2000",                    \
+  X ("encrypt-iter-time", QC_OPT_SIZE, "N", "2000",                     \
      "PBKDF2 time when creating an encrypted image, in ms.")            \
   X ("create", QC_OPT_STRING, "true|false|force", "false",              \
      "Create the image if missing (true) or replace it (force).")       \

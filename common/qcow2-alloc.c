@@ -210,6 +210,7 @@ find_free_run (struct qc_image *img, uint64_t len, uint64_t *start)
   const uint64_t cs = img->h.cluster_size;
   uint64_t end_cluster = img->alloc_end / cs;
   uint64_t c = img->free_cursor, run = c, v;
+  bool seen_free = false;
 
   while (c < run + len) {
     if (c >= end_cluster) {     /* everything past the end is free */
@@ -219,8 +220,13 @@ find_free_run (struct qc_image *img, uint64_t len, uint64_t *start)
     if (qc_refcount_get (img, c, &v) == -1)
       return -1;
     c++;
-    if (v != 0)
+    if (v != 0) {
       run = c;
+      if (!seen_free)           /* [cursor, c) all in use: skip them */
+        img->free_cursor = c;
+    }
+    else
+      seen_free = true;
   }
   *start = run;
   return 0;
@@ -284,22 +290,26 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   uint64_t old_offset = img->h.refcount_table_offset;
   uint64_t old_clusters = img->h.refcount_table_clusters;
   uint64_t entries = old_entries * 2, clusters, start, k = 0, m, maxb;
-  uint64_t *table, next, lo = UINT64_MAX, hi = 0, c;
+  uint64_t *table, next = 0, lo = UINT64_MAX, hi = 0, c;
   uint8_t hdr[12];
 
   if (entries < min_entries)
     entries = min_entries;
-  start = img->alloc_end / cs;
+  /* A free run for the table and the blocks it needs for itself (in a
+   * fixed-size container there may be nothing past the end).
+   */
   for (;;) {
     entries = (entries + per_cluster - 1) / per_cluster * per_cluster;
     clusters = entries / per_cluster;
+    if (find_free_run (img, clusters + k, &start) == -1)
+      return -1;
     m = missing_blocks (img, img->reftable, old_entries, start,
                         start + clusters + k, &maxb);
     if (maxb >= entries) {
       entries = maxb + 1;
       continue;
     }
-    if (m == k)
+    if (m <= k)
       break;
     k = m;
   }
@@ -329,7 +339,7 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
     int r = 0;
     img->reftable = table;
     img->reftable_entries = entries;
-    for (c = start; c < start + clusters + k && r == 0; c++)
+    for (c = start; c < next && r == 0; c++)
       r = qc_refcount_add (img, c, 1);
     if (r == -1) {
       img->reftable = saved;
@@ -349,8 +359,15 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   put_be64 (hdr, start * cs);
   put_be32 (hdr + 8, clusters);
   if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
-      blkdev_flush (img->file) == -1)
+      blkdev_flush (img->file) == -1) {
+    /* The header may or may not point to the new table now: nothing
+     * more can be written safely.
+     */
+    qc_error ("%s: switching to the new refcount table failed; no more "
+              "writes until the image is reopened", img->name);
+    img->failed = true;
     goto err;
+  }
 
   free (img->reftable);
   img->reftable = table;
@@ -358,9 +375,10 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   img->reftable_dirty_lo = img->reftable_dirty_hi = 0;
   img->h.refcount_table_offset = start * cs;
   img->h.refcount_table_clusters = clusters;
-  if (start + clusters + k > img->alloc_end / cs)
-    __atomic_store_n (&img->alloc_end, (start + clusters + k) * cs,
-                      __ATOMIC_RELEASE);
+  if (next > img->alloc_end / cs)
+    __atomic_store_n (&img->alloc_end, next * cs, __ATOMIC_RELEASE);
+  if (img->free_cursor == start)
+    img->free_cursor = next;
   qc_debug ("%s: refcount table grown to %" PRIu64 " clusters at 0x%"
             PRIx64, img->name, clusters, start * cs);
 
@@ -371,6 +389,11 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   return 0;
 
  err:
+  /* New blocks never referenced by the table on disk must not be
+   * written later over clusters that are still free.
+   */
+  for (c = start + clusters; c < next; c++)
+    l2cache_drop (img->rcache, c * cs);
   free (table);
   return -1;
 }

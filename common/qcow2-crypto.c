@@ -165,7 +165,6 @@ static const struct {
   { "sha256", GNUTLS_DIG_SHA256, GNUTLS_MAC_SHA256 },
   { "sha384", GNUTLS_DIG_SHA384, GNUTLS_MAC_SHA384 },
   { "sha512", GNUTLS_DIG_SHA512, GNUTLS_MAC_SHA512 },
-  { "ripemd160", GNUTLS_DIG_RMD160, GNUTLS_MAC_RMD160 },
 };
 
 static int
@@ -444,30 +443,52 @@ xor_block (uint8_t *dst, const uint8_t *src)
     dst[i] ^= src[i];
 }
 
-/* One sector of XTS with a cipher of single blocks. */
+/* One sector of XTS from AES blocks.  Encryption is one block at a
+ * time; decryption of the whole sector is one CBC call: with X_j =
+ * C_j ^ T_j, CBC-decrypting X (IV 0) gives D(X_j) ^ X_(j-1), and
+ * P_j = D(X_j) ^ T_j.
+ */
 static int
 soft_xts_sector (struct cipher_ctx *x, bool enc, const uint8_t iv[AES_BLOCK],
                  uint8_t *p)
 {
-  uint8_t t[AES_BLOCK];
+  uint8_t t[SECTOR], xs[SECTOR];
   size_t i;
   int r;
 
+  /* The tweaks of the 32 blocks. */
   memcpy (t, iv, AES_BLOCK);
   r = ecb_encrypt_block (x->tweak, t);
-  for (i = 0; r >= 0 && i < SECTOR; i += AES_BLOCK) {
-    gnutls_cipher_set_iv (x->h, t, AES_BLOCK);
-    if (enc) {
-      r = gnutls_cipher_encrypt (x->h, p + i, AES_BLOCK);   /* E(P ^ T) */
-      xor_block (p + i, t);
-    }
-    else {
-      xor_block (p + i, t);
-      r = gnutls_cipher_decrypt (x->h, p + i, AES_BLOCK);   /* D(C ^ T) ^ T */
-    }
-    xts_next_tweak (t);
+  for (i = AES_BLOCK; i < SECTOR; i += AES_BLOCK) {
+    memcpy (t + i, t + i - AES_BLOCK, AES_BLOCK);
+    xts_next_tweak (t + i);
   }
+  if (r < 0)
+    goto out;
+
+  if (enc) {
+    for (i = 0; r >= 0 && i < SECTOR; i += AES_BLOCK) {
+      gnutls_cipher_set_iv (x->h, t + i, AES_BLOCK);
+      r = gnutls_cipher_encrypt (x->h, p + i, AES_BLOCK);   /* E(P ^ T) */
+      xor_block (p + i, t + i);
+    }
+  }
+  else {
+    for (i = 0; i < SECTOR; i += AES_BLOCK)
+      xor_block (p + i, t + i);
+    memcpy (xs, p, SECTOR);
+    gnutls_cipher_set_iv (x->h, (void *) zero_iv, AES_BLOCK);
+    r = gnutls_cipher_decrypt (x->h, p, SECTOR);
+    for (i = 0; i < SECTOR; i += AES_BLOCK) {
+      if (i > 0)
+        xor_block (p + i, xs + i - AES_BLOCK);
+      xor_block (p + i, t + i);
+    }
+  }
+
+ out:
   wipe (t, sizeof t);
+  wipe (xs, sizeof xs);
   return r;
 }
 

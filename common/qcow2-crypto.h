@@ -12,7 +12,7 @@
  *
  * Supported: the cipher "aes" with 128, 192 or 256 bit keys, the modes
  * xts and cbc, the IV generators plain, plain64 and essiv:sha256; the
- * hashes sha1, sha224, sha256, sha384, sha512 and ripemd160.
+ * hashes sha1, sha224, sha256, sha384 and sha512.
  *
  * Conventions of the core: 0 or a pointer on success; -1 or NULL with
  * errno set after qc_error on failure.  EINVAL: a malformed header or a

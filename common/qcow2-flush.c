@@ -75,6 +75,13 @@ qc_flush_locked (struct qc_image *img)
 
   if (!__atomic_load_n (&img->writable, __ATOMIC_ACQUIRE))
     return 0;
+  /* After a failed header switch the on-disk layout is unknown: writing
+   * the in-memory state back could only make it worse.
+   */
+  if (img->failed) {
+    errno = EIO;
+    return -1;
+  }
   refs_dirty = l2cache_nr_dirty (img->rcache) > 0 ||
     img->reftable_dirty_lo != img->reftable_dirty_hi;
   tables_dirty = l2cache_nr_dirty (img->cache) > 0 ||

@@ -499,6 +499,12 @@ qc_before_first_write (struct qc_image *img)
   uint64_t keep;
   int r = 0;
 
+  if (__atomic_load_n (&img->failed, __ATOMIC_ACQUIRE)) {
+    qc_error ("%s: an earlier I/O error left the image's metadata in an "
+              "unknown state: reopen it", img->name);
+    errno = EIO;
+    return -1;
+  }
   if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
     return 0;
   pthread_mutex_lock (&img->meta_lock);

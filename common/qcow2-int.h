@@ -91,6 +91,8 @@ struct qc_image {
    */
   bool writable;                        /* atomic */
   bool force_readonly;                  /* found corrupt by a check */
+  bool failed;                          /* metadata state unknown after an
+                                         * I/O error: no more writes */
   bool written;                         /* atomic: first write done */
   pthread_mutex_t meta_lock;
   pthread_cond_t inflight_done;

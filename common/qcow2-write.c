@@ -695,8 +695,10 @@ zero_units (struct qc_view *v, uint64_t offset, uint64_t end,
   pthread_mutex_lock (&img->meta_lock);
   wait_inflight (img, offset & ~(cs - 1), (end + cs - 1) & ~(cs - 1));
   /* No table and nothing underneath: already reads as zeros. */
-  if (l2_for_write (img, l1_index, img->backing != NULL, &table, &pin) == -1)
+  if (l2_for_write (img, l1_index, img->backing != NULL, &table, &pin) == -1) {
+    r = -1;
     goto out;
+  }
   if (!table)
     goto out;
 

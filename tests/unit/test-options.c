@@ -230,7 +230,7 @@ START_TEST (test_table_consistent)
       ck_assert_str_eq (opt->syntax, "on|off");
 
     /* Every alternative of the syntax is accepted, with placeholders
-     * (PATH, NAME, SIZE, N) replaced by an example.
+     * (PATH, NAME, SECRET, SIZE, N) replaced by an example.
      */
     while (*p) {
       size_t n = strcspn (p, "|");
@@ -241,7 +241,8 @@ START_TEST (test_table_consistent)
         strcpy (value, "1M");
       else if (strcmp (value, "N") == 0)
         strcpy (value, "1");
-      else if (strcmp (value, "PATH") == 0 || strcmp (value, "NAME") == 0) {
+      else if (strcmp (value, "PATH") == 0 || strcmp (value, "NAME") == 0 ||
+               strcmp (value, "SECRET") == 0) {
         strcpy (value, "something");
         free_form = true;
       }

@@ -16,6 +16,8 @@ extern Suite *read_suite (void);
 extern Suite *codec_suite (void);
 extern Suite *options_suite (void);
 extern Suite *crash_replay_suite (void);
+extern Suite *regressions_suite (void);
+extern Suite *crypto_suite (void);
 
 /* Per-test timeout in seconds for tests that run qemu-img / qemu-io
  * (scaled by CK_TIMEOUT_MULTIPLIER, e.g. under sanitizers).

@@ -1,0 +1,617 @@
+/* Regression tests for what fuzzing and fault injection found.
+ *
+ * 1. Every input saved under tests/fuzz/regressions/<target>/ is replayed
+ *    the way its fuzz target runs it (without libFuzzer): it must fail
+ *    cleanly (-1 with errno) or work, never crash; with fuzz-write
+ *    inputs, a write or zero that succeeded must read back at once.
+ * 2. One test per finding, on an image made by qemu-img, asserting what
+ *    qemu does or what the core's contract says.
+ *
+ * The regression inputs are found through $top_srcdir (set by `make
+ * check`), else relative to the current directory.
+ */
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blkdev.h"
+#include "qc-error.h"
+#include "qc-options.h"
+#include "qcow2.h"
+#include "unit.h"
+
+#define KiB 1024ULL
+#define MiB (1024ULL * 1024)
+
+static char *dir;
+#define P(name) unit_path (dir, name)
+
+static void
+setup (void)
+{
+  dir = unit_tmpdir_new ();
+}
+
+static void
+teardown (void)
+{
+  unit_tmpdir_remove (dir);
+  free (dir);
+  dir = NULL;
+}
+
+/* --------------------------------------------- a device that keeps */
+
+/* A fixed-size memory device whose bytes outlive the close (to reopen
+ * them), trims zeroing like hole punching.
+ */
+struct keepdev {
+  struct blkdev dev;
+  uint8_t *data;
+};
+
+static int
+k_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
+{
+  memcpy (buf, ((struct keepdev *) dev)->data + offset, count);
+  return 0;
+}
+
+static int
+k_pwrite (struct blkdev *dev, const void *buf, size_t count,
+          uint64_t offset, unsigned flags)
+{
+  if (offset > dev->size || count > dev->size - offset) {
+    qc_error ("keepdev: write past the end");
+    errno = ENOSPC;
+    return -1;
+  }
+  memcpy (((struct keepdev *) dev)->data + offset, buf, count);
+  return 0;
+}
+
+static int
+k_trim (struct blkdev *dev, uint64_t count, uint64_t offset, unsigned flags)
+{
+  if (offset < dev->size)
+    memset (((struct keepdev *) dev)->data + offset, 0,
+            count < dev->size - offset ? count : dev->size - offset);
+  return 0;
+}
+
+static void
+k_close (struct blkdev *dev)
+{
+}
+
+static const struct blkdev_ops keep_ops = {
+  .pread = k_pread, .pwrite = k_pwrite, .trim = k_trim, .close = k_close,
+};
+
+static void
+keepdev_init (struct keepdev *k, uint8_t *data, uint64_t size, bool ro)
+{
+  memset (k, 0, sizeof *k);
+  k->dev.ops = &keep_ops;
+  k->dev.name = (char *) "keepdev";
+  k->dev.size = size;
+  k->dev.readonly = ro;
+  k->dev.fixed_size = true;
+  k->data = data;
+}
+
+/* The backing device the fuzz targets give images naming a backing
+ * file (fuzz-common.c).
+ */
+static struct blkdev *
+pattern_backing (void)
+{
+  static uint8_t pattern[256 * 1024];
+  size_t i;
+
+  for (i = 0; i < sizeof pattern; i++)
+    pattern[i] = (i / 512) * 3 + 1 + (i & 0xf0);
+  return blkdev_memory_new (pattern, sizeof pattern, true);
+}
+
+static bool
+names_backing (const uint8_t *d, size_t n)
+{
+  size_t i;
+
+  if (n < 20 || memcmp (d, "QFI\xfb", 4) != 0)
+    return false;
+  for (i = 8; i < 16; i++)
+    if (d[i])
+      return true;
+  return false;
+}
+
+/* ------------------------------------------ replaying saved inputs */
+
+static const char *
+regressions_dir (void)
+{
+  static char path[4096];
+  const char *top = getenv ("top_srcdir");
+  const char *cands[] = { "tests/fuzz/regressions", "../tests/fuzz/regressions",
+                          "../../tests/fuzz/regressions" };
+  size_t i;
+
+  if (top) {
+    snprintf (path, sizeof path, "%s/tests/fuzz/regressions", top);
+    if (access (path, R_OK) == 0)
+      return path;
+  }
+  for (i = 0; i < sizeof cands / sizeof cands[0]; i++)
+    if (access (cands[i], R_OK) == 0)
+      return cands[i];
+  return NULL;
+}
+
+/* Read [0, min(size, 16 MiB)) of dev in chunks; failures must set errno. */
+static void
+read_all (struct blkdev *dev, const char *what)
+{
+  const uint64_t chunk = 65536 + 1536;
+  uint64_t lim = dev->size < 16 * MiB ? dev->size : 16 * MiB, off;
+  uint8_t *buf = malloc (chunk);
+
+  ck_assert (buf != NULL);
+  for (off = 0; off < lim; off += chunk) {
+    uint64_t n = lim - off < chunk ? lim - off : chunk;
+    errno = 0;
+    if (blkdev_pread (dev, buf, n, off) == -1)
+      ck_assert_msg (errno != 0, "%s: pread failed without errno", what);
+  }
+  free (buf);
+}
+
+static void
+replay_open_read (const uint8_t *d, size_t n, const char *what)
+{
+  struct qc_options opts;
+  struct blkdev *dev, *backing = NULL;
+  struct qc_image *img;
+  size_t i;
+
+  dev = blkdev_memory_new (d, n, true);
+  ck_assert (dev != NULL);
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.readonly = true;
+  if (names_backing (d, n))
+    opts.backing_dev = backing = pattern_backing ();
+  else
+    opts.backing = (char *) "none";
+  errno = 0;
+  img = qc_image_open (&opts, dev);
+  if (!img) {
+    ck_assert_msg (errno != 0, "%s: open failed without errno", what);
+    blkdev_close (backing);
+    return;
+  }
+  read_all (qc_image_default_view (img), what);
+  for (i = 0; i < qc_image_nr_snapshots (img); i++) {
+    struct blkdev *v = qc_image_view (img, qc_image_snapshot_name (img, i));
+    if (v)
+      read_all (v, what);
+  }
+  qc_image_close (img);
+  blkdev_close (backing);
+}
+
+/* The fuzz-write input format: see tests/fuzz/fuzz-write.c. */
+static void
+replay_write (const uint8_t *d, size_t n, const char *what)
+{
+  size_t slen = n ? d[0] : 0, ilen, nops, i;
+  const uint8_t *script = d + 1, *image;
+  uint8_t cfg, *bytes, *buf;
+  uint64_t devsize;
+  struct keepdev k;
+  struct blkdev *backing = NULL, *view;
+  struct qc_options opts;
+  struct qc_image *img;
+
+  if (n == 0)
+    return;
+  if (slen > n - 1)
+    slen = n - 1;
+  image = d + 1 + slen;
+  ilen = n - 1 - slen;
+  cfg = slen ? script[0] : 0;
+  nops = slen ? (slen - 1) / 6 : 0;
+  devsize = ilen + ((cfg >> 4) & 7) * 32768ULL;
+  bytes = calloc (1, devsize ? devsize : 1);
+  ck_assert (bytes != NULL);
+  memcpy (bytes, image, ilen);
+  keepdev_init (&k, bytes, devsize, false);
+
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.compress = (cfg & 3) >= 2 ? (cfg & 3) - 2 : -1;
+  if (cfg & 4)
+    opts.cache_size = 1;
+  if (names_backing (image, ilen) && !(cfg & 8))
+    opts.backing_dev = backing = pattern_backing ();
+  else
+    opts.backing = (char *) "none";
+
+  errno = 0;
+  img = qc_image_open (&opts, &k.dev);
+  if (!img) {
+    ck_assert_msg (errno != 0, "%s: open failed without errno", what);
+    goto out;
+  }
+  errno = 0;
+  if (qc_image_make_writable (img) == -1) {
+    ck_assert_msg (errno != 0, "%s: make_writable failed without errno",
+                   what);
+    qc_image_close (img);
+    goto out;
+  }
+  if (cfg & 0x80) {
+    struct qc_check_result res;
+    errno = 0;
+    if (qc_image_check (img, QC_REPAIR_ALL, &res) == -1)
+      ck_assert_msg (errno != 0, "%s: check failed without errno", what);
+  }
+  view = qc_image_default_view (img);
+  for (i = 0; i < nops && view->size > 0; i++) {
+    const uint8_t *p = script + 1 + 6 * i;
+    unsigned kind = p[0] & 7, flags = 0;
+    bool units = p[0] & 8;
+    uint64_t off = (uint64_t) p[1] << 16 | p[2] << 8 | p[3];
+    uint64_t len = (uint64_t) p[4] << 8 | p[5];
+    int r;
+
+    off = (units ? off : off * 512) % view->size;
+    len = units ? len + 1 : ((len & 0xfff) + 1) * 512;
+    if (len > view->size - off)
+      len = view->size - off;
+    if (kind <= 1 && len > 256 * KiB)
+      len = 256 * KiB;
+    buf = malloc (len);
+    ck_assert (buf != NULL);
+    errno = 0;
+    switch (kind) {
+    case 0: case 1:
+      unit_fill_random (buf, len, i + 1);
+      r = blkdev_pwrite (view, buf, len, off, kind == 1 ? BLKDEV_FUA : 0);
+      break;
+    case 2: case 3: case 6:
+      flags = kind == 3 ? BLKDEV_MAY_TRIM
+        : kind == 6 ? BLKDEV_FAST_ZERO | (p[0] & 0x40 ? BLKDEV_MAY_TRIM : 0)
+        : 0;
+      r = blkdev_zero (view, len, off, flags);
+      memset (buf, 0, len);
+      break;
+    case 4:
+      r = blkdev_trim (view, len, off, 0);
+      break;
+    case 5:
+      r = blkdev_flush (view);
+      break;
+    default:
+      r = blkdev_pread (view, buf, len, off);
+      break;
+    }
+    if (r == -1)
+      ck_assert_msg (errno != 0, "%s: op %zu (kind %u) failed without errno",
+                     what, i, kind);
+    else if (kind <= 3 || kind == 6) {
+      /* What was written or zeroed reads back at once. */
+      uint8_t *got = malloc (len);
+      ck_assert (got != NULL);
+      ck_assert_msg (blkdev_pread (view, got, len, off) == 0,
+                     "%s: op %zu: reading back failed: %s", what, i,
+                     qc_last_error ());
+      unit_assert_mem_eq (got, buf, len, what);
+      free (got);
+    }
+    free (buf);
+  }
+  qc_image_close (img);
+
+  /* Reopen read-only and read it all. */
+  keepdev_init (&k, bytes, devsize, true);
+  opts.compress = -1;
+  opts.readonly = true;
+  errno = 0;
+  img = qc_image_open (&opts, &k.dev);
+  if (!img)
+    ck_assert_msg (errno != 0, "%s: reopen failed without errno", what);
+  else {
+    read_all (qc_image_default_view (img), what);
+    qc_image_close (img);
+  }
+ out:
+  blkdev_close (backing);
+  free (bytes);
+}
+
+static void
+replay_dir (const char *target,
+            void (*fn) (const uint8_t *, size_t, const char *))
+{
+  const char *base = regressions_dir ();
+  char path[4200];
+  struct dirent *e;
+  DIR *d;
+  size_t n = 0;
+
+  ck_assert_msg (base != NULL, "tests/fuzz/regressions not found (set "
+                 "top_srcdir)");
+  snprintf (path, sizeof path, "%s/%s", base, target);
+  d = opendir (path);
+  if (!d)
+    return;                     /* nothing saved for this target */
+  while ((e = readdir (d)) != NULL) {
+    char file[4200 + 300];
+    uint8_t *data;
+    size_t len;
+
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf (file, sizeof file, "%s/%s", path, e->d_name);
+    data = unit_read_file (file, &len);
+    unit_log_clear ();
+    fn (data, len, e->d_name);
+    free (data);
+    n++;
+  }
+  closedir (d);
+  fprintf (stderr, "regressions: %zu %s inputs replayed\n", n, target);
+}
+
+START_TEST (test_replay_open_read)
+{
+  replay_dir ("fuzz-open-read", replay_open_read);
+}
+END_TEST
+
+START_TEST (test_replay_write)
+{
+  replay_dir ("fuzz-write", replay_write);
+}
+END_TEST
+
+/* ------------------------------------------------- the findings */
+
+/* Finding (fuzz-write, tests/fuzz/regressions/fuzz-write/
+ * zero-l2-enospc-swallowed): zeroing a range whose L2 table must be
+ * allocated (an image with a backing file and no L2 table there) in a
+ * full container: zero_units() ignores the failure of l2_for_write()
+ * and returns 0, so the zero is reported done while the backing data
+ * still shows.  The zero must fail with ENOSPC or read as zeros.
+ */
+START_TEST (test_zero_l2_alloc_failure)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *backing, *view;
+  uint8_t *image, buf[4096];
+  size_t len;
+  int r;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f raw base.raw 64K && "
+           "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw "
+           "-F raw img.qcow2 64K", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  /* A container with no room: any allocation fails with ENOSPC. */
+  dev = blkdev_memory_new (image, len, false);
+  backing = pattern_backing ();
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.backing_dev = backing;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  view = qc_image_default_view (img);
+
+  errno = 0;
+  r = blkdev_zero (view, 32768, 0, 0);
+  if (r == -1)
+    ck_assert_msg (errno == ENOSPC, "zero: errno %d (%s), expected ENOSPC",
+                   errno, strerror (errno));
+  else {
+    ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 0), 0);
+    unit_assert_zero (buf, sizeof buf,
+                      "zero reported success: the range must read as zeros "
+                      "(the L2 allocation failed: zero_units ignored it)");
+  }
+  /* The same with trim's path (zero_range in ZERO_UNMAP mode). */
+  errno = 0;
+  r = blkdev_zero (view, 16384, 32768, BLKDEV_MAY_TRIM);
+  if (r == -1)
+    ck_assert_int_eq (errno, ENOSPC);
+  else {
+    ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 32768), 0);
+    unit_assert_zero (buf, sizeof buf, "zero (MAY_TRIM) reported success");
+  }
+  qc_image_close (img);
+  blkdev_close (backing);
+  free (image);
+}
+END_TEST
+
+/* Finding (fuzz-write with check+repair): qc_image_check with repair
+ * computes (int64_t) r.count[c] - (int64_t) v for a leaked cluster; with
+ * 64-bit refcounts a refcount with the top bit set makes that signed
+ * overflow (undefined behaviour; UBSan: "signed integer overflow: 0 -
+ * -9223372036854775808").  The leak must be repaired to the number of
+ * references (0 here) without UB.  (Without UBSan the wrap-around gives
+ * the right result by accident: run with a -fsanitize=undefined build to
+ * see the bug.)
+ */
+START_TEST (test_check_refcount64_top_bit)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct qc_check_result res;
+  uint8_t *image;
+  size_t len;
+  uint64_t reftable, block;
+  struct blkdev *dev;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
+           "refcount_bits=64 img.qcow2 64K", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  image = realloc (image, 32 * KiB);
+  memset (image + len, 0, 32 * KiB - len);
+  /* A leaked cluster (20, unused) with refcount 2^63. */
+  reftable = unit_get_be64 (image + 48);
+  block = unit_get_be64 (image + reftable) & 0x00fffffffffffe00ULL;
+  unit_put_be64 (image + block + 20 * 8, 1ULL << 63);
+  unit_write_file (P ("leak.qcow2"), image, 32 * KiB);
+  ck_assert_int_eq (unit_sh_status ("qemu-img check '%s' >/dev/null 2>&1",
+                                    P ("leak.qcow2")), 3);  /* leaks only */
+
+  dev = blkdev_memory_new (image, 32 * KiB, false);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  ck_assert_msg (qc_image_check (img, QC_REPAIR_ALL, &res) == 0,
+                 "check: %s", qc_last_error ());
+  ck_assert_uint_eq (res.corruptions, 0);
+  ck_assert_uint_ge (res.leaks, 1);
+  ck_assert_uint_eq (res.leaks_fixed, res.leaks);
+  ck_assert_msg (qc_image_check (img, QC_REPAIR_NONE, &res) == 0,
+                 "check: %s", qc_last_error ());
+  ck_assert_uint_eq (res.leaks, 0);
+  qc_image_close (img);
+  free (image);
+}
+END_TEST
+
+/* Finding (fuzz-write oracle, then confirmed with qemu): an image whose
+ * last cluster, holding an L2 table, is partly past the end of the
+ * file (the file ends inside the table; qemu reads the rest as zeros).
+ * qemu-img check finds no errors and qemu reads it; the core refuses it
+ * read-only ("L1 entry 0 points to an L2 table at ..., beyond the end
+ * of the file", EIO) but reads it once the image is writable (the limit
+ * then is the file size rounded up to a cluster).  It must read the
+ * same either way, as qemu does.
+ */
+START_TEST (test_l2_in_partial_last_cluster)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev;
+  uint8_t *image, *raw, buf[64 * 1024];
+  size_t len, rawlen, cut;
+  int r;
+
+  /* Layout: header, refcount table, refcount block, L1, L2 (cluster 4,
+   * the last: the zero cluster needs no data cluster).
+   */
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -z 0 512' "
+           "img.qcow2 >/dev/null", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  ck_assert_uint_eq (len, 5 * 512);
+  cut = 4 * 512 + 100;            /* the file ends inside the L2 table */
+  unit_write_file (P ("cut.qcow2"), image, cut);
+  unit_sh ("cd '%s' && qemu-img check cut.qcow2 >/dev/null && "
+           "qemu-img convert -O raw cut.qcow2 cut.raw", dir);
+  raw = unit_read_file (P ("cut.raw"), &rawlen);
+  ck_assert_uint_eq (rawlen, sizeof buf);
+
+  dev = blkdev_memory_new (image, cut, true);
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.readonly = true;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  r = blkdev_pread (qc_image_default_view (img), buf, sizeof buf, 0);
+  ck_assert_msg (r == 0, "read-only read of an image qemu reads failed: %s",
+                 qc_last_error ());
+  unit_assert_mem_eq (buf, raw, sizeof buf, "as qemu reads it");
+  qc_image_close (img);
+  free (image);
+  free (raw);
+}
+END_TEST
+
+/* Finding (fault-injection workload on a memory device): the refcount
+ * table can never grow on a fixed-size device.  qc_refcount_open sets
+ * alloc_end to the device size, and grow_reftable places the new table
+ * at alloc_end, i.e. past the end of the container: ENOSPC although the
+ * container is mostly free.  (Data clusters are found by refcount and
+ * are fine.)  So an image in a fixed-size container (a memory device, a
+ * block device, the plugin below the qcow2 filter) cannot use more host
+ * clusters than its first refcount table covers: here 512-byte clusters
+ * with 64-bit refcounts, one table cluster = 2 MiB.
+ */
+START_TEST (test_reftable_growth_fixed_container)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *view;
+  uint8_t *image, *data, *back, *cont;
+  size_t len;
+  const uint64_t cont_size = 8 * MiB, wlen = 2560 * KiB;
+  int r;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
+           "refcount_bits=64 img.qcow2 4M", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  cont = calloc (1, cont_size);
+  ck_assert (cont != NULL);
+  memcpy (cont, image, len);
+  dev = blkdev_memory_new (cont, cont_size, false);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  view = qc_image_default_view (img);
+  data = malloc (wlen);
+  back = malloc (wlen);
+  ck_assert (data && back);
+  unit_fill_random (data, wlen, 7);
+  errno = 0;
+  r = blkdev_pwrite (view, data, wlen, 0, 0);
+  ck_assert_msg (r == 0, "writing 2.5 MiB into an 8 MiB container failed "
+                 "(errno %d): %s", errno, qc_last_error ());
+  ck_assert_int_eq (blkdev_flush (view), 0);
+  ck_assert_int_eq (blkdev_pread (view, back, wlen, 0), 0);
+  unit_assert_mem_eq (back, data, wlen, "written data");
+  qc_image_close (img);
+  free (cont);
+  free (data);
+  free (back);
+  free (image);
+}
+END_TEST
+
+Suite *
+regressions_suite (void)
+{
+  Suite *s = suite_create ("regressions");
+  TCase *tc = tcase_create ("replay");
+  TCase *tf = tcase_create ("findings");
+
+  tcase_set_timeout (tc, UNIT_QEMU_TIMEOUT);
+  tcase_add_test (tc, test_replay_open_read);
+  tcase_add_test (tc, test_replay_write);
+  suite_add_tcase (s, tc);
+
+  tcase_add_checked_fixture (tf, setup, teardown);
+  tcase_set_timeout (tf, UNIT_QEMU_TIMEOUT);
+  tcase_add_test (tf, test_zero_l2_alloc_failure);
+  tcase_add_test (tf, test_check_refcount64_top_bit);
+  tcase_add_test (tf, test_l2_in_partial_last_cluster);
+  tcase_add_test (tf, test_reftable_growth_fixed_container);
+  suite_add_tcase (s, tf);
+  return s;
+}
