@@ -1,0 +1,500 @@
+#!/bin/bash
+# nbdkit-qcow2 benchmarks: our plugin against qemu-nbd (same qcow2 images)
+# and the nbdkit file plugin (the raw equivalent), with the same clients:
+# nbdcopy for sequential copies, fio's nbd engine for random I/O.
+#
+#   bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only a,b,...]
+#                [--clean]
+#
+# Images go to $BENCH_DIR (default /var/tmp/qc-bench) and are kept for
+# the next run; per-run results, server logs and the table go to
+# $BENCH_DIR/results-<mode>-<date>/.  See bench/README.md.
+
+set -euo pipefail
+export LC_ALL=C
+# The system tools first (nbdsh/nbdinfo want the system python).
+export PATH="/usr/bin:/usr/sbin:/bin:/sbin:$PATH"
+
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench=$top/bench
+
+usage ()
+{
+  cat <<EOF
+usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean]
+
+  --quick        small images, 1 repetition, 3 s fio runs (smoke test)
+  --reps N       repetitions per case (default 3; --quick: 1)
+  --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..h)
+  --clean        remove \$BENCH_DIR's images first (they are rebuilt)
+
+Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
+WORK_DIR (scratch images, default a tmpfs directory in /dev/shm if it
+has room), QD (fio iodepth, default 32), SMALL_CACHE (workload g,
+default 128k).
+EOF
+}
+
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h clean=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --reps) reps=$2; shift ;;
+    --runtime) runtime=$2; shift ;;
+    --only) only=$2; shift ;;
+    --clean) clean=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+MiB=$((1024 * 1024)); GiB=$((1024 * MiB))
+if [ $quick = 1 ]; then
+  mode=quick
+  : "${reps:=1}" "${runtime:=3}"
+  SEQ=$((256 * MiB))        # (a), (e)
+  RND=$((512 * MiB))        # (b), (d), (f) backing, (g)
+  ALLOC_VS=$((1 * GiB))     # (c) virtual size
+  SAMPLE=$((32 * MiB))      # (h)
+else
+  mode=full
+  : "${reps:=3}" "${runtime:=10}"
+  SEQ=$((2 * GiB))
+  RND=$((4 * GiB))
+  ALLOC_VS=$((8 * GiB))
+  SAMPLE=$((64 * MiB))
+fi
+# Allocating writes (c) and copy-on-write (f) write 1/64 of the disk's
+# 4 KiB blocks once each, in random order: about 89% of those writes
+# land in a cluster (64 KiB) not yet allocated.  fio stops after that
+# many writes or after $runtime seconds, whichever comes first.
+ALLOC_IO=$((ALLOC_VS / 64))
+COW_IO=$((RND / 64))
+QD=${QD:-32}
+SMALL_CACHE=${SMALL_CACHE:-128k}
+want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+case ",$only," in *[!a-h,]*|,,) usage >&2; exit 2 ;; esac
+
+BENCH_DIR=${BENCH_DIR:-/var/tmp/qc-bench}
+mkdir -p "$BENCH_DIR"
+BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+img=$BENCH_DIR/$mode            # images of this mode, kept between runs
+res=$BENCH_DIR/results-$mode-$(date +%Y%m%d-%H%M%S)
+sock=$BENCH_DIR/srv.sock
+uri="nbd+unix:///?socket=$sock"
+runs=$res/runs.tsv
+
+say () { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die () { say "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- checks
+for t in make nbdkit qemu-nbd qemu-img nbdcopy nbdinfo fio python3 \
+         /usr/bin/time tar; do
+  command -v "$t" >/dev/null || die "$t is needed"
+done
+fio --enghelp=nbd >/dev/null 2>&1 || die "fio lacks the nbd engine"
+nbdkit file --version >/dev/null 2>&1 || die "nbdkit file plugin missing"
+
+say "building ($top)"
+make -C "$top" -j"$(nproc)" >"$BENCH_DIR/make.log" 2>&1 ||
+  { tail -20 "$BENCH_DIR/make.log" >&2; die "make failed"; }
+[ -x "$top/nbdkit" ] && [ -f "$top/plugin/.libs/nbdkit-qcow2-plugin.so" ] ||
+  die "the plugin did not build"
+
+# Space: the images of this mode (kept), and the scratch images of one
+# run (new and overlay images, created and deleted per run) in $work.
+# Scratch images go to tmpfs (/dev/shm) when it has room: on a disk
+# filesystem mounted with online discard, deleting an image that
+# qemu-nbd has just allocated (64 KiB clusters, each a 4 KiB write plus
+# a fallocated zero range: tens of thousands of extents) takes minutes.
+# WORK_DIR=dir puts them elsewhere.
+free_bytes () { echo $(( $(df -Pk "$1" | awk 'NR==2 {print $4}') * 1024 )); }
+need_img=$(( 2 * RND + 2 * SEQ + 4 * SAMPLE ))
+# (one at a time: the largest is (c)'s qcow2, up to a 64 KiB cluster per
+# 4 KiB write, or (e)'s new image)
+need_work=$(( (ALLOC_IO * 16 > SEQ ? ALLOC_IO * 16 : SEQ) + 256 * MiB ))
+[ $clean = 1 ] && rm -rf "$img"
+used=$(( $(du -sk "$img" 2>/dev/null | cut -f1 || echo 0) * 1024 ))
+[ $(( $(free_bytes "$BENCH_DIR") + used )) -ge "$need_img" ] ||
+  die "$BENCH_DIR: $((need_img / MiB)) MiB needed, $(( $(free_bytes "$BENCH_DIR") / MiB )) MiB free (set BENCH_DIR)"
+if [ -z "${WORK_DIR:-}" ]; then
+  if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] &&
+     [ "$(free_bytes /dev/shm)" -ge $((need_work + 2 * GiB)) ]; then
+    WORK_DIR=/dev/shm/qc-bench-work.$$
+  else
+    WORK_DIR=$BENCH_DIR/work
+  fi
+fi
+work=$WORK_DIR
+mkdir -p "$img" "$work" "$res/logs"
+rm -f "$work"/*
+[ "$(free_bytes "$work")" -ge "$need_work" ] ||
+  die "$work: $((need_work / MiB)) MiB needed for scratch images (set WORK_DIR)"
+
+# ---------------------------------------------------------------- servers
+srv_pid= srv_name=
+cleanup ()
+{
+  if [ -n "$srv_pid" ]; then kill "$srv_pid" 2>/dev/null || :; wait "$srv_pid" 2>/dev/null || :; fi
+  rm -f "$sock" "$work"/*
+  case "$work" in /dev/shm/qc-bench-work.*) rmdir "$work" 2>/dev/null || : ;; esac
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_ready: until the server answers (a first connection, not timed),
+# or it dies.
+wait_ready ()
+{
+  local i
+  for i in $(seq 1 300); do
+    if [ -S "$sock" ] && nbdinfo --size "$uri" >/dev/null 2>&1; then
+      return 0
+    fi
+    kill -0 "$srv_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  say "server $srv_name did not start; its log:"
+  tail -20 "$srv_log" >&2
+  kill "$srv_pid" 2>/dev/null || :; wait "$srv_pid" 2>/dev/null || :
+  srv_pid=
+  return 1
+}
+
+# start SERVER ARGS...: ours IMAGE [plugin options], qemu IMAGE [args],
+# qemu-opts IMAGE-OPTS, raw FILE.  Servers run in the foreground of a
+# background job, so $! is the server itself (the ./nbdkit wrapper execs).
+start ()
+{
+  srv_name=$1; shift
+  srv_log=$res/logs/$case_id-$srv_name-$rep.log
+  rm -f "$sock"
+  case "$srv_name" in
+    ours)
+      "$top/nbdkit" -f -U "$sock" qcow2 "$@" >"$srv_log" 2>&1 & ;;
+    qemu)
+      qemu-nbd -f qcow2 --cache=writeback --discard=unmap --persistent \
+               -e 16 -k "$sock" "$@" >"$srv_log" 2>&1 & ;;
+    qemu-opts)
+      qemu-nbd --image-opts "$1" --cache=writeback --discard=unmap \
+               --persistent -e 16 -k "$sock" >"$srv_log" 2>&1 & ;;
+    raw)
+      nbdkit -f -U "$sock" file "$@" >"$srv_log" 2>&1 & ;;
+    *) die "unknown server $srv_name" ;;
+  esac
+  srv_pid=$!
+  wait_ready || return 1
+  cpu0=$(cpu_ticks "$srv_pid")
+}
+
+# cpu_ticks PID: user + system time of the process (all its threads, in
+# clock ticks).
+cpu_ticks ()
+{
+  awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null ||
+    echo 0
+}
+hz=$(getconf CLK_TCK)
+
+# stop: the server's peak RSS (VmHWM, kB) into $rss and the CPU time it
+# used since it became ready (seconds) into $cpu; then SIGTERM and wait.
+stop ()
+{
+  rss=$(awk '/^VmHWM:/ {print $2}' "/proc/$srv_pid/status" 2>/dev/null || :)
+  [ -n "$rss" ] || rss=NA
+  cpu=$(awk -v a="$cpu0" -v b="$(cpu_ticks "$srv_pid")" -v hz="$hz" \
+            'BEGIN {printf "%.2f", (b - a) / hz}')
+  kill "$srv_pid" 2>/dev/null || :
+  wait "$srv_pid" 2>/dev/null || :
+  srv_pid=
+}
+
+# record SERVER "VALUE WORK" CPU RSS: one line of $runs.  VALUE is MB/s
+# or IOPS, WORK the bytes copied or requests done, CPU the server's CPU
+# seconds, RSS its peak RSS in kB.
+record ()
+{
+  local v w
+  read -r v w <<<"$2"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id" "$1" "$rep" \
+         "${v:-NA}" "${w:-NA}" "$3" "$4" >>"$runs"
+  say "  $case_id $1 rep $rep: ${v:-NA} (server: $3 s CPU, $4 kB peak RSS)"
+}
+
+# ---------------------------------------------------------------- clients
+now () { date +%s.%N; }
+mbps () { awk -v b="$1" -v t0="$2" -v t1="$3" 'BEGIN {printf "%.1f", b / 1e6 / (t1 - t0)}'; }
+
+# copy SRC DST BYTES: nbdcopy; prints "MB/s BYTES" (10^6 bytes/s), or NA.
+copy ()
+{
+  local t0 t1
+  t0=$(now)
+  if ! nbdcopy "$1" "$2" 2>>"$res/logs/$case_id-client.log"; then
+    echo NA; return
+  fi
+  t1=$(now)
+  echo "$(mbps "$3" "$t0" "$t1") $3"
+}
+
+# fio_run RW [fio options]: 4 KiB requests at depth $QD, one job (one
+# NBD connection); prints "IOPS REQUESTS", or NA.
+fio_run ()
+{
+  local rw=$1; shift
+  local out=$res/logs/$case_id-fio-$srv_name-$rep.json
+  if ! fio --name="$case_id" --ioengine=nbd --uri="$uri" --rw="$rw" \
+           --bs=4k --iodepth="$QD" --numjobs=1 "$@" \
+           --output-format=json --output="$out" \
+           >>"$res/logs/$case_id-client.log" 2>&1; then
+    echo NA; return
+  fi
+  python3 - "$out" "$rw" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+j = d["jobs"][0]["read" if "read" in sys.argv[2] else "write"]
+print("%.0f %d" % (j["iops"], j["total_ios"]))
+EOF
+}
+fio_timed () { fio_run "$1" --time_based --runtime="$runtime" --norandommap; }
+# A fixed set of writes, each 4 KiB block at most once, capped in time.
+fio_count () { fio_run randwrite --io_size="$1" --runtime="$runtime"; }
+
+# serve_copy SERVER ARGS... -- SRC DST BYTES: start, nbdcopy, stop, record.
+# "@" in SRC or DST stands for the server's URI.
+serve_copy ()
+{
+  local name=$1 a=() v; shift
+  while [ "$1" != -- ]; do a+=("$1"); shift; done; shift
+  local src=${1/@/$uri} dst=${2/@/$uri}
+  if start "$name" "${a[@]}"; then
+    v=$(copy "$src" "$dst" "$3"); stop
+  else v=NA cpu=NA rss=NA; fi
+  record "$name" "$v" "$cpu" "$rss"
+}
+
+# serve_fio SERVER ARGS... -- FIO-FUNCTION ARGS...
+serve_fio ()
+{
+  local name=$1 a=() v; shift
+  while [ "$1" != -- ]; do a+=("$1"); shift; done; shift
+  if start "$name" "${a[@]}"; then
+    v=$("$@"); stop
+  else v=NA cpu=NA rss=NA; fi
+  record "$name" "$v" "$cpu" "$rss"
+}
+
+# ---------------------------------------------------------------- images
+# Incompressible data: $img/seed (random) repeated; qcow2 copies made
+# by qemu-img convert (every cluster allocated, 64 KiB clusters).
+setup_images ()
+{
+  local stamp="$mode $SEQ $RND $SAMPLE v1"
+  if [ "$(cat "$img/stamp" 2>/dev/null)" = "$stamp" ]; then
+    say "reusing the images in $img"
+  else
+    rm -f "$img"/*
+    say "making images in $img"
+    local seed=$((64 * MiB)) i
+    head -c $seed /dev/urandom >"$img/seed"
+    for i in $(seq 1 $((RND / seed))); do cat "$img/seed"; done >"$img/data-rnd.raw"
+    head -c "$SEQ" "$img/data-rnd.raw" >"$img/data-seq.raw"
+    rm -f "$img/seed"
+    qemu-img convert -f raw -O qcow2 "$img/data-rnd.raw" "$img/data-rnd.qcow2"
+    qemu-img convert -f raw -O qcow2 "$img/data-seq.raw" "$img/data-seq.qcow2"
+    # A compressible sample: half from /usr/share, half from /usr/lib.
+    local half=$((SAMPLE / 2))
+    {
+      (tar --sort=name -cf - /usr/share 2>/dev/null || :) | head -c $half
+      (tar --sort=name -cf - /usr/lib 2>/dev/null || :) | head -c $half
+    } >"$img/sample.raw"
+    [ "$(stat -c %s "$img/sample.raw")" -eq "$SAMPLE" ] ||
+      die "could not make a $SAMPLE-byte sample from /usr/share and /usr/lib"
+    qemu-img convert -c -f raw -O qcow2 "$img/sample.raw" "$img/sample-zlib.qcow2"
+    qemu-img convert -c -f raw -O qcow2 -o compression_type=zstd \
+             "$img/sample.raw" "$img/sample-zstd.qcow2"
+    echo "$stamp" >"$img/stamp"
+  fi
+  # Warm the page cache: every server reads the same cached files.
+  cat "$img"/*.raw "$img"/*.qcow2 >/dev/null
+}
+
+# ---------------------------------------------------------------- workloads
+# Each case: for each repetition, each server in turn (interleaved, so
+# that a disturbance hits all servers alike).  case ids are the row keys
+# in bench/summarize.py.
+
+wl_a ()
+{
+  case_id=a-seqread
+  say "(a) sequential read, $((SEQ / MiB)) MiB fully allocated, nbdcopy to null:"
+  for rep in $(seq 1 "$reps"); do
+    serve_copy ours "$img/data-seq.qcow2" -- @ null: "$SEQ"
+    serve_copy qemu "$img/data-seq.qcow2" -- @ null: "$SEQ"
+    serve_copy raw "$img/data-seq.raw" -- @ null: "$SEQ"
+  done
+}
+
+wl_b ()
+{
+  case_id=b-randread
+  say "(b) 4k random read qd $QD, $((RND / MiB)) MiB fully written, ${runtime}s"
+  for rep in $(seq 1 "$reps"); do
+    serve_fio ours "$img/data-rnd.qcow2" -- fio_timed randread
+    serve_fio qemu "$img/data-rnd.qcow2" -- fio_timed randread
+    serve_fio raw "$img/data-rnd.raw" -- fio_timed randread
+  done
+}
+
+wl_c ()
+{
+  case_id=c-randwrite-alloc
+  say "(c) 4k random write qd $QD into an empty $((ALLOC_VS / GiB)) GiB image, $((ALLOC_IO / 4096)) writes"
+  for rep in $(seq 1 "$reps"); do
+    qemu-img create -q -f qcow2 "$work/alloc.qcow2" "$ALLOC_VS"
+    serve_fio ours "$work/alloc.qcow2" -- fio_count "$ALLOC_IO"
+    rm -f "$work/alloc.qcow2"
+    qemu-img create -q -f qcow2 "$work/alloc.qcow2" "$ALLOC_VS"
+    serve_fio qemu "$work/alloc.qcow2" -- fio_count "$ALLOC_IO"
+    rm -f "$work/alloc.qcow2"
+    truncate -s "$ALLOC_VS" "$work/alloc.raw"
+    serve_fio raw "$work/alloc.raw" -- fio_count "$ALLOC_IO"
+    rm -f "$work/alloc.raw"
+  done
+}
+
+wl_d ()
+{
+  case_id=d-randwrite-over
+  say "(d) 4k random write qd $QD over the allocated $((RND / MiB)) MiB image, ${runtime}s"
+  for rep in $(seq 1 "$reps"); do
+    serve_fio ours "$img/data-rnd.qcow2" -- fio_timed randwrite
+    serve_fio qemu "$img/data-rnd.qcow2" -- fio_timed randwrite
+    serve_fio raw "$img/data-rnd.raw" -- fio_timed randwrite
+  done
+}
+
+wl_e ()
+{
+  case_id=e-seqwrite-new
+  say "(e) sequential write of $((SEQ / MiB)) MiB into a new image (nbdcopy from a raw file)"
+  for rep in $(seq 1 "$reps"); do
+    serve_copy ours "$work/new.qcow2" create=true size="$SEQ" -- \
+               "$img/data-seq.raw" @ "$SEQ"
+    rm -f "$work/new.qcow2"
+    qemu-img create -q -f qcow2 "$work/new.qcow2" "$SEQ"
+    serve_copy qemu "$work/new.qcow2" -- "$img/data-seq.raw" @ "$SEQ"
+    rm -f "$work/new.qcow2"
+    truncate -s "$SEQ" "$work/new.raw"
+    serve_copy raw "$work/new.raw" -- "$img/data-seq.raw" @ "$SEQ"
+    rm -f "$work/new.raw"
+  done
+}
+
+wl_f ()
+{
+  local x
+  for x in off on; do
+    case_id=f-cow-xl2-$x
+    say "(f) 4k random write qd $QD over a full backing file, extended_l2=$x, $((COW_IO / 4096)) writes"
+    for rep in $(seq 1 "$reps"); do
+      for s in ours qemu; do
+        qemu-img create -q -f qcow2 -b "$img/data-rnd.qcow2" -F qcow2 \
+                 -o cluster_size=65536,extended_l2=$x "$work/ov.qcow2"
+        serve_fio $s "$work/ov.qcow2" -- fio_count "$COW_IO"
+        rm -f "$work/ov.qcow2"
+      done
+    done
+  done
+}
+
+wl_g ()
+{
+  local bytes
+  bytes=$(numfmt --from=iec "${SMALL_CACHE^^}")
+  case_id=g-randread-smallcache
+  say "(g) 4k random read qd $QD, L2 cache $SMALL_CACHE of $((RND / 65536 * 8 / 1024)) KiB of L2 tables, ${runtime}s"
+  for rep in $(seq 1 "$reps"); do
+    serve_fio ours "$img/data-rnd.qcow2" cache-size="$SMALL_CACHE" -- \
+              fio_timed randread
+    serve_fio qemu-opts "driver=qcow2,file.driver=file,file.filename=$img/data-rnd.qcow2,l2-cache-size=$bytes" -- \
+              fio_timed randread
+  done
+}
+
+wl_h ()
+{
+  local c opt t0 t1 v out u s
+  for c in zlib zstd; do
+    [ $c = zstd ] && opt="-o compression_type=zstd" || opt=
+    case_id=h-$c-write
+    say "(h) compressed write ($c) of a $((SAMPLE / MiB)) MiB sample from /usr/share and /usr/lib"
+    for rep in $(seq 1 "$reps"); do
+      out=$work/c.qcow2
+      # ours: nbdcopy into a new image, every cluster compressed.
+      serve_copy ours "$out" create=true size="$SAMPLE" compress=$c -- \
+                 "$img/sample.raw" @ "$SAMPLE"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" ours "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
+      rm -f "$out"
+      # qemu-nbd with QEMU's compress filter: the same client.
+      qemu-img create -q -f qcow2 $opt "$out" "$SAMPLE"
+      serve_copy qemu-opts "driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=$out" -- \
+                 "$img/sample.raw" @ "$SAMPLE"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" qemu "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
+      rm -f "$out"
+      # qemu-img convert -c: QEMU's own way of making compressed images.
+      t0=$(now)
+      if /usr/bin/time -f '%M %U %S' -o "$work/time.out" \
+           qemu-img convert -c -f raw -O qcow2 $opt "$img/sample.raw" "$out" \
+           2>>"$res/logs/$case_id-client.log"; then
+        t1=$(now); v="$(mbps "$SAMPLE" "$t0" "$t1") $SAMPLE"
+        read -r rss u s <"$work/time.out"; cpu=$(awk "BEGIN {print $u + $s}")
+      else v=NA cpu=NA rss=NA; fi
+      record qemu-img "$v" "$cpu" "$rss"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" qemu-img "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
+      rm -f "$out"
+      # The same copy, uncompressed, into a raw file.
+      truncate -s "$SAMPLE" "$work/c.raw"
+      serve_copy raw "$work/c.raw" -- "$img/sample.raw" @ "$SAMPLE"
+      rm -f "$work/c.raw"
+    done
+  done
+  for c in zlib zstd; do
+    case_id=h-$c-read
+    say "(h) read of the $c-compressed sample (made by qemu-img convert -c)"
+    for rep in $(seq 1 "$reps"); do
+      serve_copy ours "$img/sample-$c.qcow2" -- @ null: "$SAMPLE"
+      serve_copy qemu "$img/sample-$c.qcow2" -- @ null: "$SAMPLE"
+      serve_copy raw "$img/sample.raw" -- @ null: "$SAMPLE"
+    done
+  done
+}
+
+# ---------------------------------------------------------------- main
+start_time=$(date +%s)
+{
+  echo "mode=$mode reps=$reps runtime=$runtime QD=$QD SMALL_CACHE=$SMALL_CACHE"
+  echo "images: $img; scratch images: $work ($(stat -f -c %T "$work"))"
+  echo "SEQ=$SEQ RND=$RND ALLOC_VS=$ALLOC_VS ALLOC_IO=$ALLOC_IO COW_IO=$COW_IO SAMPLE=$SAMPLE"
+  echo "host: $(nproc) CPUs, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "nbdkit: $(nbdkit --version | head -1); qemu-nbd: $(qemu-nbd --version | head -1)"
+  echo "nbdcopy: $(nbdcopy --version | head -1); fio: $(fio --version)"
+  echo "tree: $(git -C "$top" describe --always --dirty 2>/dev/null || echo '?')"
+} >"$res/info.txt"
+if awk -v n="$(nproc)" '{exit !($1 > n)}' /proc/loadavg; then
+  echo "WARNING: load average above $(nproc) at start: other work shares the CPUs; compare the server CPU columns, and rerun" >>"$res/info.txt"
+fi
+cat "$res/info.txt" >&2
+: >"$runs"
+
+setup_images
+for w in a b c d e f g h; do
+  if want $w; then "wl_$w"; fi
+done
+
+end_time=$(date +%s)
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time: $((end_time - start_time)) s" >>"$res/info.txt"
+python3 "$bench/summarize.py" "$res" "$SAMPLE" | tee "$res/table.txt"
+say "results in $res (wall time $((end_time - start_time)) s)"

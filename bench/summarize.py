@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Turn bench/run.sh's runs.tsv into the results table.
+
+usage: summarize.py RESULTS-DIR SAMPLE-BYTES
+
+runs.tsv lines: case  server  rep  value  work  cpu-s  peak-RSS-kB
+(value: MB/s or IOPS, NA for a failed run; for the *-size cases, bytes;
+work: bytes copied or requests done; cpu-s: the server's CPU seconds).
+Each cell is the median over the repetitions; RSS is the largest peak.
+"""
+import os
+import re
+import statistics
+import sys
+
+resdir, sample = sys.argv[1], int(sys.argv[2])
+
+info = {}
+with open(os.path.join(resdir, "info.txt")) as f:
+    for line in f:
+        for k, v in re.findall(r"(\w+)=(\S+)", line):
+            info[k] = v
+
+
+def mib(n):
+    n = int(n)
+    return "%d GiB" % (n >> 30) if n >= 1 << 30 else "%d MiB" % (n >> 20)
+
+
+qd = info.get("QD", "32")
+runtime = info.get("runtime", "?")
+seq, rnd = mib(info["SEQ"]), mib(info["RND"])
+allocvs = mib(info["ALLOC_VS"])
+alloc_n = int(info["ALLOC_IO"]) // 4096
+cow_n = int(info["COW_IO"]) // 4096
+smp = mib(sample)
+
+# case, label, unit, name of the "qemu" column's server(s)
+ROWS = [
+    ("a-seqread", f"(a) seq read {seq} (nbdcopy)", "MB/s", "qemu-nbd"),
+    ("b-randread", f"(b) 4k rand read qd{qd} {rnd} ({runtime}s)", "IOPS",
+     "qemu-nbd"),
+    ("c-randwrite-alloc",
+     f"(c) 4k rand write qd{qd}, empty {allocvs} ({alloc_n} writes)",
+     "IOPS", "qemu-nbd"),
+    ("d-randwrite-over", f"(d) 4k rand write qd{qd}, allocated {rnd} "
+     f"({runtime}s)", "IOPS", "qemu-nbd"),
+    ("e-seqwrite-new", f"(e) seq write {seq} into a new image (nbdcopy)",
+     "MB/s", "qemu-nbd"),
+    ("f-cow-xl2-off", f"(f) 4k rand write over backing, 64k clusters "
+     f"({cow_n} writes)", "IOPS", "qemu-nbd"),
+    ("f-cow-xl2-on", "(f) same, extended L2", "IOPS", "qemu-nbd"),
+    ("g-randread-smallcache", f"(g) 4k rand read qd{qd} {rnd}, "
+     f"L2 cache {info.get('SMALL_CACHE', '?')} ({runtime}s)", "IOPS",
+     "qemu-nbd"),
+    ("h-zlib-write", f"(h) compressed write zlib, {smp} sample", "MB/s",
+     "qemu-nbd+compress"),
+    ("h-zlib-write", "(h)   zlib, vs qemu-img convert -c", "MB/s",
+     "qemu-img"),
+    ("h-zstd-write", f"(h) compressed write zstd, {smp} sample", "MB/s",
+     "qemu-nbd+compress"),
+    ("h-zstd-write", "(h)   zstd, vs qemu-img convert -c", "MB/s",
+     "qemu-img"),
+    ("h-zlib-read", f"(h) read zlib-compressed {smp} (nbdcopy)", "MB/s",
+     "qemu-nbd"),
+    ("h-zstd-read", f"(h) read zstd-compressed {smp} (nbdcopy)", "MB/s",
+     "qemu-nbd"),
+]
+# runs.tsv server names for each column
+QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts"),
+               "qemu-nbd+compress": ("qemu-opts",),
+               "qemu-img": ("qemu-img",)}
+
+vals, rss, cost = {}, {}, {}
+with open(os.path.join(resdir, "runs.tsv")) as f:
+    for line in f:
+        case, server, rep, value, work, cpu, r = \
+            line.rstrip("\n").split("\t")
+        vals.setdefault((case, server), [])
+        if value != "NA":
+            vals[(case, server)].append(float(value))
+        if r != "NA":
+            rss[(case, server)] = max(rss.get((case, server), 0), int(r))
+        if "NA" not in (value, work, cpu) and float(work) > 0:
+            cost.setdefault((case, server), []).append(float(cpu) /
+                                                        float(work))
+
+
+def med(case, servers):
+    for s in servers:
+        if vals.get((case, s)):
+            return statistics.median(vals[(case, s)]), s
+    return None, None
+
+
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    return "%.0f" % v if unit == "IOPS" or v >= 100 else "%.1f" % v
+
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b else "-"
+
+
+def cpu_cost(case, s, unit):
+    """Server CPU per request (us) or per GB (s), median; as text."""
+    c = cost.get((case, s)) if s else None
+    if not c:
+        return None, "-"
+    v = statistics.median(c) * (1e6 if unit == "IOPS" else 1e9)
+    return v, ("%.1f" % v if v < 100 else "%.0f" % v)
+
+
+def fmt_rss(case, s):
+    r = rss.get((case, s)) if s else None
+    return "%.0f" % (r / 1024) if r else "-"
+
+
+hdr = ["workload", "unit", "ours", "qemu", "raw", "ours/qemu",
+       "ours/raw"]
+hdr2 = ["workload", "server CPU", "ours", "qemu", "raw", "ours/qemu",
+        "RSS ours", "RSS qemu", "RSS raw"]
+table, table2 = [], []
+for case, label, unit, qcol in ROWS:
+    if not any(k[0] == case for k in vals):
+        continue
+    o, _ = med(case, ("ours",))
+    q, qs = med(case, QEMU_SERVER[qcol])
+    r, _ = med(case, ("raw",))
+    label = label if qcol in ("qemu-nbd",) or "vs" in label else \
+        label + " [qemu: " + qcol + "]"
+    table.append([label, unit, fmt(o, unit), fmt(q, unit), fmt(r, unit),
+                  ratio(o, q), ratio(o, r)])
+    co, cos = cpu_cost(case, "ours", unit)
+    cq, cqs = cpu_cost(case, qs, unit)
+    _, crs = cpu_cost(case, "raw" if r else None, unit)
+    table2.append([label, "us/req" if unit == "IOPS" else "s/GB", cos, cqs,
+                   crs, ratio(co, cq), fmt_rss(case, "ours"),
+                   fmt_rss(case, qs), fmt_rss(case, "raw" if r else None)])
+
+nreps = max((len(v) for v in vals.values()), default=0)
+
+
+def show(hdr, table):
+    widths = [max(len(str(row[i])) for row in [hdr] + table)
+              for i in range(len(hdr))]
+
+    def line(row):
+        cells = [str(c).ljust(widths[i]) if i == 0 else
+                 str(c).rjust(widths[i]) for i, c in enumerate(row)]
+        return "| " + " | ".join(cells) + " |"
+
+    print(line(hdr))
+    print("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":"
+                         for i, w in enumerate(widths)) + "|")
+    for row in table:
+        print(line(row))
+
+
+print()
+print("Throughput: medians of %d run(s); MB/s = 10^6 bytes/s; ratios > 1: "
+      "ours faster." % nreps)
+print("qemu = qemu-nbd unless noted; raw = nbdkit file on the raw "
+      "equivalent.")
+print()
+show(hdr, table)
+print()
+print("Server cost: CPU time of the server process (all threads) per "
+      "request (us/req) or")
+print("per GB copied (s/GB), median; ratio < 1: ours cheaper.  RSS: peak "
+      "resident set")
+print("(VmHWM) of the server, MiB, largest over the runs (qemu-img: its "
+      "own peak).")
+print()
+show(hdr2, table2)
+
+# Compressed sizes.
+sizes = []
+for c in ("zlib", "zstd"):
+    for s, name in (("ours", "ours (nbdcopy, compress=%s)" % c),
+                    ("qemu", "qemu-nbd + compress filter"),
+                    ("qemu-img", "qemu-img convert -c")):
+        v, _ = med("h-%s-write-size" % c, (s,))
+        if v:
+            sizes.append((c, name, v))
+if sizes:
+    print()
+    print("Compressed images of the %s sample (%d bytes): file size, "
+          "sample/size" % (smp, sample))
+    print()
+    print("| type | writer | bytes | ratio |")
+    print("|---|---|---:|---:|")
+    for c, name, v in sizes:
+        print("| %s | %s | %d | %.2f |" % (c, name, v, sample / v))
+
+print()
+with open(os.path.join(resdir, "info.txt")) as f:
+    sys.stdout.write(f.read())
