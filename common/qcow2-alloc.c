@@ -333,6 +333,13 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
                     &next, &lo, &hi) == -1)
     goto err;
 
+  /* Everything up to the new structures counts as allocated from now
+   * on, even if the growth fails below: the allocator treats clusters
+   * past alloc_end as free without looking at their refcounts.
+   */
+  if (next > img->alloc_end / cs)
+    __atomic_store_n (&img->alloc_end, next * cs, __ATOMIC_RELEASE);
+
   /* Count the new table and blocks, through the new table. */
   {
     uint64_t *saved = img->reftable, saved_n = img->reftable_entries;
@@ -375,8 +382,6 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
   img->reftable_dirty_lo = img->reftable_dirty_hi = 0;
   img->h.refcount_table_offset = start * cs;
   img->h.refcount_table_clusters = clusters;
-  if (next > img->alloc_end / cs)
-    __atomic_store_n (&img->alloc_end, next * cs, __ATOMIC_RELEASE);
   if (img->free_cursor == start)
     img->free_cursor = next;
   qc_debug ("%s: refcount table grown to %" PRIu64 " clusters at 0x%"
@@ -460,6 +465,10 @@ qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
     img->reftable_dirty_lo = lo;
     img->reftable_dirty_hi = hi;
   }
+  /* As in grow_reftable: allocated from now on, whatever happens. */
+  if (start + n + k > img->alloc_end / cs)
+    __atomic_store_n (&img->alloc_end, (start + n + k) * cs,
+                      __ATOMIC_RELEASE);
   /* Unused reserved slots (m < k) stay free. */
   for (c = start; c < start + n + k; c++) {
     if (c >= next && c < start + k)
@@ -467,9 +476,6 @@ qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
     if (qc_refcount_add (img, c, 1) == -1)
       return -1;
   }
-  if (start + n + k > img->alloc_end / cs)
-    __atomic_store_n (&img->alloc_end, (start + n + k) * cs,
-                      __ATOMIC_RELEASE);
   if (img->free_cursor == start)
     img->free_cursor = start + n + k;
   *offset = (start + k) * cs;

@@ -26,6 +26,7 @@ main (void)
   srunner_add_suite (sr, codec_suite ());
   srunner_add_suite (sr, options_suite ());
   srunner_add_suite (sr, crash_replay_suite ());
+  srunner_add_suite (sr, faults_suite ());
   srunner_add_suite (sr, regressions_suite ());
   srunner_add_suite (sr, crypto_suite ());
   srunner_run_all (sr, CK_NORMAL);

@@ -16,6 +16,7 @@ extern Suite *read_suite (void);
 extern Suite *codec_suite (void);
 extern Suite *options_suite (void);
 extern Suite *crash_replay_suite (void);
+extern Suite *faults_suite (void);
 extern Suite *regressions_suite (void);
 extern Suite *crypto_suite (void);
 

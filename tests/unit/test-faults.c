@@ -1,0 +1,809 @@
+/* Fault injection at the block-device seam.
+ *
+ * A qemu-made image runs on a fault-injecting device: a fixed-size
+ * memory container (allocation past its end fails with ENOSPC) that
+ * fails the k-th I/O point (every pread, pwrite and flush is one) with
+ * EIO, ENOSPC, or a short write (the first half written, then EIO).  A
+ * workload runs through the core: allocating writes, copy-on-write,
+ * zeroing with and without MAY_TRIM, trimming (frees and reuse), refcount
+ * table growth (512-byte clusters with 64-bit refcounts: one table
+ * cluster covers only 2 MiB of host), compressed writes (compress=zlib).
+ * (The L1 table never grows without a resize: not covered.)
+ *
+ * A recording run counts the I/O points; then for every point k and
+ * every fault that applies to it (reads: EIO; writes: EIO, ENOSPC,
+ * short; flushes: EIO):
+ *
+ *   - the request during which the fault fires fails with the injected
+ *     errno (EIO, ENOSPC; EIO for a short write), as does qc_image_open
+ *     or qc_image_make_writable if it fires there;
+ *   - every other request succeeds or fails cleanly (errno set);
+ *   - after the final flush and close (which may fail), the container
+ *     has 0 corruptions for qemu-img check --output=json (leaks are
+ *     allowed), opens with qc_image_open, and every request that
+ *     succeeded reads back (if the final flush succeeded).
+ *
+ * qemu-img check runs in parallel batches over sparse copies of the
+ * containers; identical containers are checked once.  The large
+ * workload is sampled (FAULTS_SAMPLE=N points per workload, default
+ * 100 for it; FAULTS_ALL=1 checks every point of every workload).
+ * FAULTS_POINT=k runs only point k (with UNIT_VERBOSE=1 to see what the
+ * core says).
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <malloc.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blkdev.h"
+#include "qc-error.h"
+#include "qc-options.h"
+#include "qcow2.h"
+#include "unit.h"
+
+#define KiB 1024ULL
+#define MiB (1024ULL * 1024)
+#define CONTAINER (4 * MiB)     /* at most */
+
+static char *dir;
+#define P(name) unit_path (dir, name)
+
+/* ------------------------------------------------------- failures */
+
+/* Failures are collected (the first few kept) so that one run reports
+ * every broken fault point, with the coverage numbers.
+ */
+static char fail_buf[6000];
+static size_t nfail;
+
+static void __attribute__ ((format (printf, 1, 2)))
+failure (const char *fs, ...)
+{
+  size_t len = strlen (fail_buf);
+  va_list args;
+
+  if (nfail++ < 12 && len < sizeof fail_buf - 2) {
+    va_start (args, fs);
+    vsnprintf (fail_buf + len, sizeof fail_buf - len - 1, fs, args);
+    va_end (args);
+    strcat (fail_buf, "\n");
+  }
+}
+#define EXPECT(cond, ...) \
+  do { if (!(cond)) failure (__VA_ARGS__); } while (0)
+
+/* ------------------------------------------------- the fault device */
+
+enum fault { F_NONE, F_EIO, F_ENOSPC, F_SHORT };
+static const char *const fault_names[] = { "none", "EIO", "ENOSPC",
+                                           "short write" };
+
+struct faultdev {
+  struct blkdev dev;            /* first: a faultdev is a device */
+  uint8_t *data;                /* cap bytes, kept after close */
+  uint64_t cap;                 /* the container's capacity */
+  uint64_t io;                  /* I/O points so far */
+  uint64_t fault_at;            /* 1-based point that fails, 0: none */
+  enum fault fault;
+  bool fired;
+  char *kinds;                  /* recording: 'r', 'w', 'f' per point */
+  size_t nkinds, kcap;
+};
+
+static void
+note (struct faultdev *f, char kind)
+{
+  f->io++;
+  if (f->nkinds == f->kcap) {
+    f->kcap = f->kcap ? 2 * f->kcap : 1024;
+    f->kinds = realloc (f->kinds, f->kcap);
+    unit_check (f->kinds != NULL, "realloc");
+  }
+  f->kinds[f->nkinds++] = kind;
+}
+
+static bool
+fires (struct faultdev *f)
+{
+  if (f->io != f->fault_at)
+    return false;
+  f->fired = true;
+  return true;
+}
+
+static int
+f_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
+{
+  struct faultdev *f = (struct faultdev *) dev;
+
+  note (f, 'r');
+  if (fires (f)) {
+    qc_error ("faultdev: injected read error at point %" PRIu64, f->io);
+    errno = EIO;
+    return -1;
+  }
+  memcpy (buf, f->data + offset, count);
+  return 0;
+}
+
+/* A growable device (a file) gets longer as it is written. */
+static void
+grow (struct faultdev *f, uint64_t end)
+{
+  if (end > f->dev.size)
+    f->dev.size = end;
+}
+
+static int
+f_pwrite (struct blkdev *dev, const void *buf, size_t count,
+          uint64_t offset, unsigned flags)
+{
+  struct faultdev *f = (struct faultdev *) dev;
+
+  note (f, 'w');
+  if (offset > f->cap || count > f->cap - offset ||
+      (dev->fixed_size &&
+       (offset > dev->size || count > dev->size - offset))) {
+    qc_error ("faultdev: write past the end of the container");
+    errno = ENOSPC;
+    return -1;
+  }
+  if (fires (f)) {
+    if (f->fault == F_SHORT) {
+      memcpy (f->data + offset, buf, count / 2);
+      grow (f, offset + count / 2);
+    }
+    qc_error ("faultdev: injected %s at point %" PRIu64,
+              fault_names[f->fault], f->io);
+    errno = f->fault == F_ENOSPC ? ENOSPC : EIO;
+    return -1;
+  }
+  memcpy (f->data + offset, buf, count);
+  grow (f, offset + count);
+  return 0;
+}
+
+static int
+f_flush (struct blkdev *dev)
+{
+  struct faultdev *f = (struct faultdev *) dev;
+
+  note (f, 'f');
+  if (fires (f)) {
+    qc_error ("faultdev: injected flush error at point %" PRIu64, f->io);
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+/* Hole punching: reads as zeros after.  Advisory: not a fault point. */
+static int
+f_trim (struct blkdev *dev, uint64_t count, uint64_t offset, unsigned flags)
+{
+  struct faultdev *f = (struct faultdev *) dev;
+
+  if (offset < dev->size) {
+    if (count > dev->size - offset)
+      count = dev->size - offset;
+    memset (f->data + offset, 0, count);
+  }
+  return 0;
+}
+
+static void
+f_close (struct blkdev *dev)
+{
+  /* The container outlives the image: the test checks it. */
+}
+
+static const struct blkdev_ops fault_ops = {
+  .pread = f_pread,
+  .pwrite = f_pwrite,
+  .trim = f_trim,
+  .flush = f_flush,
+  .close = f_close,
+};
+
+/* A fixed-size container of cap bytes holding the image, or (growable)
+ * a device of the image's size that grows up to cap, like a file.
+ */
+static void
+faultdev_init (struct faultdev *f, const uint8_t *image, size_t len,
+               uint64_t cap, bool growable)
+{
+  memset (f, 0, sizeof *f);
+  f->cap = cap;
+  f->data = calloc (1, cap);
+  ck_assert (f->data != NULL);
+  ck_assert (len <= cap);
+  memcpy (f->data, image, len);
+  f->dev.ops = &fault_ops;
+  f->dev.name = (char *) "faultdev";
+  f->dev.size = growable ? len : cap;
+  f->dev.fixed_size = !growable;
+}
+
+/* --------------------------------------------------------- workloads */
+
+struct step {
+  char op;                      /* w write, z zero, t trim, f flush */
+  uint64_t off, len;
+  unsigned flags;
+  int fill;                     /* w: byte value, or -1 for random */
+};
+
+struct workload {
+  const char *name;
+  const char *create;           /* qemu-img create -o ... (4 MiB) */
+  const char *compress;         /* compress= value, or NULL */
+  uint64_t cache_size;          /* L2 cache bytes, 0: default */
+  const struct step *steps;
+  size_t nsteps;
+  unsigned sample;              /* points checked (0: all) */
+  uint64_t container;           /* capacity of the device */
+  bool growable;                /* a device that grows (a file), else
+                                 * a fixed-size container */
+  const char *expect_debug;     /* the recording run logs this */
+  bool expect_compressed;       /* ... and writes compressed clusters */
+};
+
+#define MAY_TRIM BLKDEV_MAY_TRIM
+#define W(off, len, flags, fill) { 'w', off, len, flags, fill }
+#define Z(off, len, flags) { 'z', off, len, flags, 0 }
+#define T(off, len) { 't', off, len, 0, 0 }
+#define FLUSH { 'f', 0, 0, 0, 0 }
+
+/* Allocation, copy-on-write, frees and reuse, tables crossing. */
+static const struct step small_steps[] = {
+  W (0, 4096, 0, 0x11),
+  W (1000, 300, 0, 0x22),               /* in place */
+  W (8192 + 100, 3000, 0, -1),          /* partial clusters */
+  FLUSH,
+  Z (0, 2048, MAY_TRIM),                /* frees 4 clusters */
+  T (2048, 2048),                      /* frees 4 more */
+  W (30 * KiB, 6 * KiB, 0, 0x33),       /* crosses an L2 table */
+  W (1 * MiB, 64 * KiB, 0, -1),         /* reuses freed clusters */
+  Z (1 * MiB + 512, 1024, 0),           /* zero, keeping the host */
+  Z (1 * MiB + 8 * KiB, 3000, 0),       /* partly explicit zeros */
+  FLUSH,
+  W (2 * MiB, 8 * KiB, BLKDEV_FUA, 0x44),
+  T (1 * MiB + 16 * KiB, 16 * KiB),
+  W (3 * MiB + 333, 2000, 0, 0x55),
+};
+
+/* 2.5 MiB of data: the host file passes 2 MiB, the refcount table grows
+ * (and its old clusters are freed).
+ */
+static const struct step grow_steps[] = {
+  W (0, 640 * KiB, 0, -1),
+  W (640 * KiB, 640 * KiB, 0, 0x66),
+  FLUSH,
+  W (1280 * KiB, 640 * KiB, 0, -1),
+  W (1920 * KiB, 640 * KiB, 0, 0x77),
+  Z (0, 64 * KiB, MAY_TRIM),
+  FLUSH,
+  W (3 * MiB, 64 * KiB, 0, 0x78),       /* reuses the freed */
+};
+
+/* Compressed writes (4 KiB clusters): packed streams, incompressible
+ * clusters, overwriting and zeroing compressed clusters, copy-on-write
+ * from a compressed cluster.
+ */
+static const struct step comp_steps[] = {
+  W (0, 16 * KiB, 0, 0x21),             /* 4 compressed clusters */
+  W (16 * KiB, 4 * KiB, 0, -1),         /* incompressible */
+  W (20 * KiB, 2 * KiB, 0, 0x22),       /* partial: normal */
+  FLUSH,
+  W (4 * KiB, 4 * KiB, 0, 0x23),        /* replaces a stream */
+  Z (8 * KiB, 4 * KiB, MAY_TRIM),       /* zeroes a compressed one */
+  W (12 * KiB + 100, 200, 0, 0x24),     /* COW from compressed */
+  FLUSH,
+  T (0, 4 * KiB),
+  W (64 * KiB, 32 * KiB, 0, 0x25),
+};
+
+#define N(a) (sizeof (a) / sizeof (a)[0])
+static const struct workload workloads[] = {
+  { "small", "cluster_size=512,refcount_bits=64", NULL, 0,
+    small_steps, N (small_steps), 0, MiB, false, NULL, false },
+  /* One L2 table cached: tables are read (and can fail) all the time. */
+  { "small-tiny-cache", "cluster_size=512,refcount_bits=64", NULL, 512,
+    small_steps, N (small_steps), 0, MiB, false, NULL, false },
+  { "compressed", "cluster_size=4096", "zlib", 0,
+    comp_steps, N (comp_steps), 0, MiB, false, NULL, true },
+  /* Growable: on a fixed-size container the core places the new table
+   * at the container's end and fails with ENOSPC (see test-regressions).
+   */
+  { "refcount-growth", "cluster_size=512,refcount_bits=64", NULL, 0,
+    grow_steps, N (grow_steps), 100, 4 * MiB, true, "refcount table grown",
+    false },
+};
+
+/* ------------------------------------------------------- one run */
+
+struct outcome {
+  bool fired;
+  const char *where;            /* where the fault fired */
+  bool opened;                  /* qc_image_open and make_writable done */
+  bool final_flush_ok;
+  unsigned failed_steps;        /* requests that failed */
+  bool swallowed;               /* a request hid the fault: what it
+                                 * did is undefined */
+  uint8_t *shadow, *known;      /* the guest disk as it must read */
+  uint64_t size;
+};
+
+static void
+fill (uint8_t *buf, size_t len, int fill, uint64_t seed)
+{
+  if (fill >= 0)
+    memset (buf, fill, len);
+  else
+    unit_fill_random (buf, len, seed);
+}
+
+static int
+expected_errno (enum fault f)
+{
+  return f == F_ENOSPC ? ENOSPC : EIO;
+}
+
+/* Run w on f (fault already configured).  Failures fail the test. */
+static const struct step final_flush = FLUSH;
+
+static void
+run (const struct workload *w, struct faultdev *f, struct outcome *o,
+     const char *ctx)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *view;
+  size_t i;
+  int r;
+
+  memset (o, 0, sizeof *o);
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.cache_size = w->cache_size;
+  if (w->compress)
+    ck_assert_int_eq (qc_options_set (&opts, "compress", w->compress), 0);
+
+  errno = 0;
+  img = qc_image_open (&opts, &f->dev);
+  if (!img) {
+    ck_assert_msg (f->fired, "%s: qc_image_open failed without a fault: %s",
+                   ctx, qc_last_error ());
+    EXPECT (errno == expected_errno (f->fault),
+            "%s: qc_image_open: errno %d (%s), expected %s", ctx,
+            errno, strerror (errno), fault_names[f->fault]);
+    o->fired = true;
+    o->where = "qc_image_open";
+    qc_options_free (&opts);
+    return;
+  }
+  errno = 0;
+  if (qc_image_make_writable (img) == -1) {
+    ck_assert_msg (f->fired, "%s: make_writable failed without a fault: %s",
+                   ctx, qc_last_error ());
+    EXPECT (errno == expected_errno (f->fault),
+            "%s: qc_image_make_writable: errno %d (%s), expected %s",
+            ctx, errno, strerror (errno), fault_names[f->fault]);
+    o->fired = true;
+    o->where = "qc_image_make_writable";
+    qc_image_close (img);
+    qc_options_free (&opts);
+    return;
+  }
+  EXPECT (!f->fired, "%s: the fault during qc_image_open / "
+          "qc_image_make_writable was swallowed (the call succeeded)", ctx);
+  o->opened = true;
+  view = qc_image_default_view (img);
+  o->size = view->size;
+  o->shadow = calloc (1, o->size);
+  o->known = malloc (o->size);
+  ck_assert (o->shadow && o->known);
+  memset (o->known, 1, o->size);      /* qemu-img create: all zeros */
+
+  for (i = 0; i <= w->nsteps; i++) {
+    const struct step *s = i < w->nsteps ? &w->steps[i]
+      : &final_flush;   /* the final flush */
+    bool before = f->fired;
+    uint8_t *buf = NULL;
+
+    errno = 0;
+    switch (s->op) {
+    case 'w':
+      buf = malloc (s->len);
+      ck_assert (buf != NULL);
+      fill (buf, s->len, s->fill, i + 1);
+      r = blkdev_pwrite (view, buf, s->len, s->off, s->flags);
+      break;
+    case 'z':
+      r = blkdev_zero (view, s->len, s->off, s->flags);
+      break;
+    case 't':
+      r = blkdev_trim (view, s->len, s->off, s->flags);
+      break;
+    default:
+      r = blkdev_flush (view);
+      break;
+    }
+    if (f->fired && !before) {
+      o->fired = true;
+      o->where = i < w->nsteps ? "a request" : "the final flush";
+      if (r == 0) {
+        failure ("%s: step %zu ('%c' %" PRIu64 "+%" PRIu64 "): the %s was "
+                 "swallowed (the request succeeded)", ctx, i, s->op,
+                 s->off, s->len, fault_names[f->fault]);
+        o->swallowed = true;
+      }
+      else
+        EXPECT (errno == expected_errno (f->fault),
+                "%s: step %zu ('%c'): errno %d (%s), expected %s",
+                ctx, i, s->op, errno, strerror (errno),
+                fault_names[f->fault]);
+    }
+    else if (r == -1)
+      EXPECT (errno != 0, "%s: step %zu ('%c') failed without errno",
+              ctx, i, s->op);
+    if (r == -1)
+      o->failed_steps++;
+    if (i == w->nsteps)
+      o->final_flush_ok = r == 0;
+    else if (r == -1 || s->op == 't' || o->swallowed)
+      memset (o->known + s->off, 0, s->len);     /* undefined */
+    else if (s->op == 'w') {
+      memcpy (o->shadow + s->off, buf, s->len);
+      memset (o->known + s->off, 1, s->len);
+    }
+    else if (s->op == 'z') {
+      memset (o->shadow + s->off, 0, s->len);
+      memset (o->known + s->off, 1, s->len);
+    }
+    free (buf);
+  }
+  qc_image_close (img);
+  if (f->fired && !o->fired)
+    o->where = "qc_image_close";
+  qc_options_free (&opts);
+}
+
+/* The container opens and reads back what succeeded. */
+static void
+verify_reopen (const struct faultdev *f, const struct outcome *o,
+               const char *ctx)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *view;
+  uint8_t *buf;
+  uint64_t i;
+
+  dev = blkdev_memory_new (f->data, f->dev.size, true);
+  ck_assert (dev != NULL);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  if (!img) {
+    failure ("%s: the image does not open any more: %s", ctx,
+             qc_last_error ());
+    return;
+  }
+  if (o->opened && o->final_flush_ok) {
+    view = qc_image_default_view (img);
+    ck_assert_int_eq (view->size, o->size);
+    buf = malloc (o->size);
+    ck_assert (buf != NULL);
+    if (blkdev_pread (view, buf, o->size, 0) == -1)
+      failure ("%s: reading the image back failed: %s", ctx,
+               qc_last_error ());
+    else if (memcmp (buf, o->shadow, o->size) != 0)
+      for (i = 0; i < o->size; i++)
+        if (o->known[i] && buf[i] != o->shadow[i]) {
+          failure ("%s: guest byte %" PRIu64 " reads 0x%02x, expected "
+                   "0x%02x (a request that succeeded was lost)", ctx, i,
+                   buf[i], o->shadow[i]);
+          break;
+        }
+    free (buf);
+  }
+  qc_image_close (img);
+}
+
+/* ------------------------------------------- qemu-img check batches */
+
+struct pending_check {
+  char name[32];
+  char ctx[96];
+};
+
+static uint64_t
+hash_container (const uint8_t *p, uint64_t size)
+{
+  uint64_t h = 0xcbf29ce484222325ULL ^ size;
+  size_t i;
+
+  for (i = 0; i + 8 <= size; i += 8) {
+    uint64_t v;
+    memcpy (&v, p + i, 8);
+    h = (h ^ v) * 0x100000001b3ULL;
+  }
+  for (; i < size; i++)
+    h = (h ^ p[i]) * 0x100000001b3ULL;
+  return h;
+}
+
+/* A sparse copy of the container (only its non-zero 64 KiB blocks). */
+static void
+save_sparse (const uint8_t *p, uint64_t size, const char *path)
+{
+  static const uint8_t zero[64 * KiB];
+  int fd = open (path, O_WRONLY|O_CREAT|O_TRUNC, 0644);
+  uint64_t o;
+
+  ck_assert_msg (fd >= 0, "create %s: %s", path, strerror (errno));
+  for (o = 0; o < size; o += sizeof zero) {
+    size_t n = size - o < sizeof zero ? size - o : sizeof zero;
+    if (memcmp (p + o, zero, n) != 0)
+      ck_assert (pwrite (fd, p + o, n, o) == (ssize_t) n);
+  }
+  ck_assert (ftruncate (fd, size) == 0);
+  ck_assert (close (fd) == 0);
+}
+
+static uint64_t
+json_num (const char *json, const char *key)
+{
+  char pat[64];
+  const char *p;
+
+  snprintf (pat, sizeof pat, "\"%s\":", key);
+  p = strstr (json, pat);
+  return p ? strtoull (p + strlen (pat), NULL, 10) : 0;
+}
+
+/* Check every saved container in parallel; fail on corruption. */
+static double t_checks;
+static double now (void);
+
+static void
+run_checks (struct pending_check *pc, size_t n, uint64_t *leaky)
+{
+  size_t i;
+  double t0 = now ();
+
+  if (n == 0)
+    return;
+  unit_sh ("cd '%s' && ls c-*.qcow2 | xargs -P 8 -n 1 sh -c "
+           "'qemu-img check --output=json \"$0\" >\"$0.json\" 2>\"$0.err\"; "
+           "echo $? >\"$0.rc\"'", dir);
+  for (i = 0; i < n; i++) {
+    char path[64], *json, *rc;
+    size_t len;
+    int status;
+
+    snprintf (path, sizeof path, "%s.rc", pc[i].name);
+    rc = (char *) unit_read_file (P (path), &len);
+    rc = realloc (rc, len + 1);
+    rc[len] = '\0';
+    status = atoi (rc);
+    free (rc);
+    snprintf (path, sizeof path, "%s.json", pc[i].name);
+    json = (char *) unit_read_file (P (path), &len);
+    json = realloc (json, len + 1);
+    json[len] = '\0';
+    if ((status != 0 && status != 3) || json_num (json, "corruptions") ||
+        json_num (json, "check-errors") || !strstr (json, "check-errors")) {
+      unit_sh_status ("cp '%s' /tmp/faults-%s 2>/dev/null",
+                      P (pc[i].name), pc[i].name);
+      failure ("%s: qemu-img check status %d: %s (container kept "
+               "as /tmp/faults-%s)", pc[i].ctx, status, json, pc[i].name);
+    }
+    if (json_num (json, "leaks"))
+      (*leaky)++;
+    free (json);
+  }
+  unit_sh ("cd '%s' && rm -f c-*", dir);
+  t_checks += now () - t0;
+}
+
+/* ------------------------------------------------------------ tests */
+
+static void
+setup (void)
+{
+  dir = unit_tmpdir_new ();
+}
+
+static void
+teardown (void)
+{
+  unit_tmpdir_remove (dir);
+  free (dir);
+  dir = NULL;
+}
+
+static double
+now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+START_TEST (test_faults)
+{
+  const struct workload *w = &workloads[_i];
+  struct faultdev rec, f;
+  struct outcome o;
+  uint8_t *image;
+  size_t ilen, k, npoints, nruns = 0, nchecks = 0, ncheck_alloc = 0;
+  uint64_t leaky = 0, *hashes = NULL;
+  size_t nhashes = 0, stride = 1, fired_where[4] = { 0 };
+  struct pending_check *pc = NULL;
+  const char *env;
+  unsigned sample = w->sample;
+  double t0 = now ();
+  bool all = getenv ("FAULTS_ALL") != NULL;
+
+  fail_buf[0] = '\0';
+  nfail = 0;
+  /* Hundreds of runs allocate and free the same few MiB: keep them in
+   * the heap instead of mapping fresh zero pages each time.
+   */
+  mallopt (M_MMAP_THRESHOLD, 64 * MiB);
+  mallopt (M_TRIM_THRESHOLD, 256 * MiB);
+  if ((env = getenv ("FAULTS_SAMPLE")) != NULL)
+    sample = atoi (env);
+  if (all)
+    sample = 0;
+
+  unit_sh ("qemu-img create -q -f qcow2 -o %s '%s' 4M", w->create,
+           P ("base.qcow2"));
+  image = unit_read_file (P ("base.qcow2"), &ilen);
+
+  /* The recording run: how many I/O points, of which kinds. */
+  faultdev_init (&rec, image, ilen, w->container, w->growable);
+  unit_log_clear ();
+  run (w, &rec, &o, "recording run");
+  ck_assert_msg (!o.fired && o.opened && o.failed_steps == 0,
+                 "%s: the workload fails without faults: %s", w->name,
+                 qc_last_error ());
+  verify_reopen (&rec, &o, "recording run");
+  ck_assert_msg (nfail == 0, "recording run: %s", fail_buf);
+  /* The workload does what it is meant to. */
+  if (w->expect_debug)
+    ck_assert_msg (unit_log_has (QC_LOG_DEBUG, w->expect_debug),
+                   "%s: the workload does not log '%s'", w->name,
+                   w->expect_debug);
+  save_sparse (rec.data, rec.dev.size, P ("rec.qcow2"));
+  unit_sh ("cd '%s' && qemu-img check --output=json rec.qcow2 >rec.json",
+           dir);
+  {
+    size_t jl;
+    char *json = (char *) unit_read_file (P ("rec.json"), &jl);
+    json = realloc (json, jl + 1);
+    json[jl] = '\0';
+    ck_assert_msg (!w->expect_compressed ||
+                   json_num (json, "compressed-clusters") > 0,
+                   "%s: no compressed clusters: %s", w->name, json);
+    free (json);
+  }
+  free (o.shadow);
+  free (o.known);
+  npoints = rec.nkinds;
+  if (sample && npoints > sample)
+    stride = (npoints + sample - 1) / sample;
+
+  for (k = 1; k <= npoints; k += stride) {
+    char kind = rec.kinds[k - 1];
+
+    /* FAULTS_POINT=k: only that point (to debug a failure). */
+    if ((env = getenv ("FAULTS_POINT")) != NULL && (size_t) atoi (env) != k)
+      continue;
+    enum fault faults[3];
+    size_t nf = 0, v;
+
+    if (kind == 'w') {
+      faults[nf++] = F_EIO;
+      /* Sampled points get one write fault each, in turn. */
+      if (stride == 1) {
+        faults[nf++] = F_ENOSPC;
+        faults[nf++] = F_SHORT;
+      }
+      else
+        faults[0] = (enum fault[]) { F_EIO, F_ENOSPC, F_SHORT }[(k / stride) % 3];
+    }
+    else
+      faults[nf++] = F_EIO;
+
+    for (v = 0; v < nf; v++) {
+      char ctx[96];
+      uint64_t h;
+      size_t j;
+
+      snprintf (ctx, sizeof ctx, "%s: %s at I/O point %zu of %zu (%s)",
+                w->name, fault_names[faults[v]], k, npoints,
+                kind == 'r' ? "read" : kind == 'w' ? "write" : "flush");
+      faultdev_init (&f, image, ilen, w->container, w->growable);
+      f.fault_at = k;
+      f.fault = faults[v];
+      run (w, &f, &o, ctx);
+      nruns++;
+      ck_assert_msg (f.fired, "%s: the fault point was never reached "
+                     "(the workload is not deterministic)", ctx);
+      fired_where[o.where == NULL ? 3 :
+                  strcmp (o.where, "a request") == 0 ||
+                  strcmp (o.where, "the final flush") == 0 ? 0 :
+                  strcmp (o.where, "qc_image_close") == 0 ? 1 : 2]++;
+      verify_reopen (&f, &o, ctx);
+      free (o.shadow);
+      free (o.known);
+
+      /* qemu-img check, once per distinct container. */
+      h = hash_container (f.data, f.dev.size);
+      for (j = 0; j < nhashes && hashes[j] != h; j++)
+        ;
+      if (j == nhashes && o.opened) {
+        hashes = realloc (hashes, (nhashes + 1) * sizeof *hashes);
+        ck_assert (hashes != NULL);
+        hashes[nhashes++] = h;
+        if (nchecks == ncheck_alloc) {
+          ncheck_alloc = ncheck_alloc ? 2 * ncheck_alloc : 64;
+          pc = realloc (pc, ncheck_alloc * sizeof *pc);
+          ck_assert (pc != NULL);
+        }
+        snprintf (pc[nchecks].name, sizeof pc[nchecks].name,
+                  "c-%05zu.qcow2", nchecks);
+        snprintf (pc[nchecks].ctx, sizeof pc[nchecks].ctx, "%s", ctx);
+        save_sparse (f.data, f.dev.size, P (pc[nchecks].name));
+        nchecks++;
+        if (nchecks % 64 == 0) {
+          run_checks (pc + nchecks - 64, 64, &leaky);
+        }
+      }
+      free (f.data);
+      free (f.kinds);
+    }
+  }
+  run_checks (pc + (nchecks / 64) * 64, nchecks % 64, &leaky);
+
+  fprintf (stderr, "faults: %s: %zu I/O points (%s), %zu runs, %zu "
+           "distinct containers checked by qemu-img (%" PRIu64 " with "
+           "leaks); faults fired in requests %zu, in close %zu, in "
+           "open/make_writable %zu; %.1f s (qemu-img %.1f s)\n", w->name,
+           npoints, stride == 1 ? "all covered" : "sampled", nruns, nchecks,
+           leaky, fired_where[0], fired_where[1], fired_where[2],
+           now () - t0, t_checks);
+  free (rec.data);
+  free (rec.kinds);
+  free (hashes);
+  free (pc);
+  free (image);
+  ck_assert_msg (nfail == 0, "%s: %zu failures; the first:\n%s", w->name,
+                 nfail, fail_buf);
+}
+END_TEST
+
+Suite *
+faults_suite (void)
+{
+  Suite *s = suite_create ("faults");
+  TCase *tc = tcase_create ("faults");
+
+  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_set_timeout (tc, 2 * UNIT_QEMU_TIMEOUT);
+  tcase_add_loop_test (tc, test_faults, 0, N (workloads));
+  suite_add_tcase (s, tc);
+  return s;
+}
