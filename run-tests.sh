@@ -145,6 +145,24 @@ fi
 count_results build-asan/build/tests
 
 # ---------------------------------------------------------------------
+# The concurrency test once more, with the core and the plugin built
+# under ThreadSanitizer (tests/tsan-check.sh builds its own copy).
+section "ThreadSanitizer: the concurrency test"
+if [ "${QC_SKIP_TSAN:-0}" = 1 ]; then
+  echo "skipped (QC_SKIP_TSAN=1)"
+  skipped=$((skipped + 1))
+else
+  tsan_status=0
+  QC_TSAN_RUNS=${QC_TSAN_RUNS:-1} bash tests/tsan-check.sh || tsan_status=$?
+  case $tsan_status in
+    0) passed=$((passed + 1)) ;;
+    77) skipped=$((skipped + 1)) ;;
+    *) failed=$((failed + 1)); status=1
+       check_failed="${check_failed:+$check_failed and }the TSan check" ;;
+  esac
+fi
+
+# ---------------------------------------------------------------------
 section "summary"
 if [ $skipped -ne 0 ]; then
   echo "skipped tests:"
