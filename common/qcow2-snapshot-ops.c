@@ -575,7 +575,15 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
   for (c = 0; c < r.nr_clusters; c++) {
     if (qc_refcount_get (img, c, &v) == -1)
       goto out;
-    if (v > r.count[c])
+    /* A 64-bit refcount above INT64_MAX is invalid (and no delta could
+     * repair it): a corruption, which repair=all rebuilds.
+     */
+    if (v > qc_refcount_max (img)) {
+      res->corruptions++;
+      qc_debug ("%s: cluster %" PRIu64 " has an invalid refcount %" PRIu64,
+                img->name, c, v);
+    }
+    else if (v > r.count[c])
       res->leaks++;
     else if (v < r.count[c]) {
       res->corruptions++;
@@ -611,8 +619,8 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
     for (c = 0; c < r.nr_clusters; c++) {
       if (qc_refcount_get (img, c, &v) == -1)
         goto out;
-      if (v > r.count[c] &&
-          qc_refcount_add (img, c, (int64_t) r.count[c] - (int64_t) v) == -1)
+      if (v > r.count[c] && v <= qc_refcount_max (img) &&
+          qc_refcount_add (img, c, -(int64_t) (v - r.count[c])) == -1)
         goto out;
     }
     res->leaks_fixed = res->leaks;
