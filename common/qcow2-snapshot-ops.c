@@ -575,15 +575,7 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
   for (c = 0; c < r.nr_clusters; c++) {
     if (qc_refcount_get (img, c, &v) == -1)
       goto out;
-    /* A 64-bit refcount above INT64_MAX is invalid (and no delta could
-     * repair it): a corruption, which repair=all rebuilds.
-     */
-    if (v > qc_refcount_max (img)) {
-      res->corruptions++;
-      qc_debug ("%s: cluster %" PRIu64 " has an invalid refcount %" PRIu64,
-                img->name, c, v);
-    }
-    else if (v > r.count[c])
+    if (v > r.count[c])
       res->leaks++;
     else if (v < r.count[c]) {
       res->corruptions++;
@@ -619,9 +611,16 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
     for (c = 0; c < r.nr_clusters; c++) {
       if (qc_refcount_get (img, c, &v) == -1)
         goto out;
-      if (v > r.count[c] && v <= qc_refcount_max (img) &&
-          qc_refcount_add (img, c, -(int64_t) (v - r.count[c])) == -1)
-        goto out;
+      /* Down to the number of references, in steps that fit a signed
+       * delta (a 64-bit refcount may have its top bit set).
+       */
+      while (v > r.count[c]) {
+        uint64_t step = v - r.count[c] > INT64_MAX ? INT64_MAX
+                                                   : v - r.count[c];
+        if (qc_refcount_add (img, c, -(int64_t) step) == -1)
+          goto out;
+        v -= step;
+      }
     }
     res->leaks_fixed = res->leaks;
   }
