@@ -163,6 +163,79 @@ qc_refs_free (struct qc_refs *r)
   r->count = NULL;
 }
 
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Where the new refcount table and blocks go: the first run of clusters
+ * that holds them (they cover themselves too) with no reference and no
+ * old refcount structure in it.  Never over the old structures: until
+ * the header points to the new table, the old one is what a crash
+ * leaves.  A fixed-size container has no room past its end.
+ */
+static int
+place_structures (struct qc_image *img, const struct qc_refs *r,
+                  uint64_t per_block, uint64_t *startp, uint64_t *tp,
+                  uint64_t *nbp)
+{
+  const uint64_t cs = img->h.cluster_size;
+  const uint64_t limit = img->file->fixed_size ?
+    blkdev_size (img->file) / cs : UINT64_MAX / cs;
+  const uint64_t t0 = img->h.refcount_table_offset / cs;
+  uint64_t start = 1, t = 0, nb = 0, c, k, nold = 0, *old;
+  int ret = -1;
+
+  old = malloc ((img->h.refcount_table_clusters + img->reftable_entries + 1)
+                * sizeof *old);
+  if (!old) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (k = 0; k < img->h.refcount_table_clusters; k++)
+    old[nold++] = t0 + k;
+  for (k = 0; k < img->reftable_entries; k++)
+    if (img->reftable[k])
+      old[nold++] = img->reftable[k] / cs;
+  qsort (old, nold, sizeof *old, cmp_u64);
+
+  for (;;) {
+    /* How many blocks and table clusters cover the image and this run. */
+    for (;;) {
+      uint64_t end = start + t + nb > r->nr_clusters ?
+        start + t + nb : r->nr_clusters;
+      uint64_t nb2 = (end + per_block - 1) / per_block;
+      uint64_t t2 = (nb2 * 8 + cs - 1) / cs;
+      if (nb2 == nb && t2 == t)
+        break;
+      nb = nb2;
+      t = t2;
+    }
+    if (start + t + nb > limit || t * cs > QCOW2_MAX_REFTABLE_BYTES) {
+      qc_error ("%s: no room for new refcount structures (%" PRIu64
+                " clusters)", img->name, t + nb);
+      errno = ENOSPC;
+      goto out;
+    }
+    for (c = start; c < start + t + nb; c++)
+      if ((c < r->nr_clusters && r->count[c]) ||
+          bsearch (&c, old, nold, sizeof *old, cmp_u64))
+        break;
+    if (c == start + t + nb)
+      break;
+    start = c + 1;
+  }
+  *startp = start;
+  *tp = t;
+  *nbp = nb;
+  ret = 0;
+ out:
+  free (old);
+  return ret;
+}
+
 int
 qc_rebuild_refcounts (struct qc_image *img)
 {
@@ -188,16 +261,13 @@ qc_rebuild_refcounts (struct qc_image *img)
       goto out;
     }
 
-  /* New table and blocks at the end, covering themselves. */
-  start = r.nr_clusters;
-  for (;;) {
-    uint64_t nb2 = (start + t + nb + per_block - 1) / per_block;
-    uint64_t t2 = (nb2 * 8 + cs - 1) / cs;
-    if (nb2 == nb && t2 == t)
-      break;
-    nb = nb2;
-    t = t2;
-  }
+  /* New table and blocks in the first free run that holds them (they
+   * cover themselves), never over the old refcount structures: until the
+   * header points to the new table, the old one is what a crash leaves.
+   * A fixed-size container has no room past its end.
+   */
+  if (place_structures (img, &r, per_block, &start, &t, &nb) == -1)
+    goto out;
   if (t * cs > QCOW2_MAX_REFTABLE_BYTES) {
     qc_error ("%s: the image is too large for a refcount table", img->name);
     errno = EFBIG;
@@ -213,10 +283,10 @@ qc_rebuild_refcounts (struct qc_image *img)
     memset (block, 0, cs);
     for (c = b * per_block; c < (b + 1) * per_block; c++) {
       uint64_t v = 0;
-      if (c < r.nr_clusters)
-        v = r.count[c];
-      else if (c >= start && c < start + t + nb)
+      if (c >= start && c < start + t + nb)
         v = 1;                  /* the new table and blocks */
+      else if (c < r.nr_clusters)
+        v = r.count[c];
       if (v)
         qc_refcount_entry_set (block, c - b * per_block, h->refcount_order, v);
     }

@@ -467,13 +467,20 @@ snapshot_apply (struct qc_image *img, const char *name)
   v = qc_snapshot_view (img, i);
   if (!v)
     return -1;
+  /* In 64 bits: a hostile snapshot's disk size can need more than 2^32
+   * L1 entries, which must be refused, not truncated.
+   */
   need = s->disk_size / span + (s->disk_size % span != 0);
-  l1_size = v->l1_size > need ? v->l1_size : need;
-  if ((uint64_t) l1_size * 8 > QCOW2_MAX_L1_BYTES) {
-    qc_error ("%s: snapshot '%s' is too large", img->name, name);
+  if (need < v->l1_size)
+    need = v->l1_size;
+  if (need > QCOW2_MAX_L1_BYTES / 8) {
+    qc_error ("%s: snapshot '%s' is too large (%" PRIu64 " bytes need an "
+              "L1 table of %" PRIu64 " entries)", img->name, name,
+              s->disk_size, need);
     errno = EINVAL;
     return -1;
   }
+  l1_size = need;
   if (qc_flush_locked (img) == -1)
     return -1;
   if (new_refs (img, &up) == -1)
@@ -559,6 +566,30 @@ snapshot_delete (struct qc_image *img, const char *name)
   return ret;
 }
 
+static uint64_t
+shared_refcount_structures (struct qc_image *img, const struct qc_refs *r)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t k, c, n = 0, first = img->h.refcount_table_offset / cs;
+
+  for (c = first; c < first + img->h.refcount_table_clusters; c++)
+    if (c < r->nr_clusters && r->count[c] > 1) {
+      qc_debug ("%s: refcount table cluster %" PRIu64 " has %" PRIu32
+                " references", img->name, c, r->count[c]);
+      n++;
+    }
+  for (k = 0; k < img->reftable_entries; k++) {
+    c = img->reftable[k] / cs;
+    if (img->reftable[k] && c < r->nr_clusters && r->count[c] > 1) {
+      qc_debug ("%s: refcount block %" PRIu64 " (cluster %" PRIu64
+                ") has %" PRIu32 " references", img->name, k, c,
+                r->count[c]);
+      n++;
+    }
+  }
+  return n;
+}
+
 int
 qc_image_check (struct qc_image *img, enum qc_repair repair,
                 struct qc_check_result *res)
@@ -583,6 +614,12 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
                 PRIu32 " references", img->name, c, v, r.count[c]);
     }
   }
+  /* A refcount table or block cluster that something else references
+   * too (or twice) is a corruption, whatever its refcount says: the
+   * refcounts read through it are not refcounts, and repairing leaks in
+   * place would write over what shares it.  Only a rebuild fixes it.
+   */
+  res->corruptions += shared_refcount_structures (img, &r);
   /* COPIED flags that disagree with the refcounts are corruptions too:
    * a write would go in place into a shared cluster.
    */

@@ -15,6 +15,7 @@
 #define MAX_EXTENT_CALLS 1024
 #define TAIL (2ULL << 20)               /* extents of the last bytes */
 #define MAX_ZERO_RANGES 8192
+#define ZERO_CHECK_LIMIT (8ULL << 20)   /* zero ranges checked below this */
 
 static bool verbose;
 static unsigned long nr_errors;
@@ -98,19 +99,25 @@ fuzz_names_backing (const uint8_t *data, size_t size)
 #define BACKING_SIZE (256 * 1024)
 
 struct blkdev *
-fuzz_backing_new (void)
+fuzz_backing (void)
 {
-  static uint8_t *pattern;
+  static struct blkdev *dev;
+  uint8_t *pattern;
   size_t i;
 
-  if (!pattern) {
+  /* Made once: images only read it (it stays the caller's). */
+  if (!dev) {
     pattern = malloc (BACKING_SIZE);
     if (!pattern)
       abort ();
     for (i = 0; i < BACKING_SIZE; i++)
       pattern[i] = (i / 512) * 3 + 1 + (i & 0xf0);
+    dev = blkdev_memory_new (pattern, BACKING_SIZE, true);
+    free (pattern);
+    if (!dev)
+      abort ();
   }
-  return blkdev_memory_new (pattern, BACKING_SIZE, true);
+  return dev;
 }
 
 /* ------------------------------------------------------------ extents */
@@ -178,7 +185,7 @@ fuzz_read_view (struct blkdev *dev, uint64_t *budget, uint8_t *out,
    * early, callers loop), and of the end of the device.
    */
   s.zeros = fuzz_scratch (0, MAX_ZERO_RANGES * sizeof *s.zeros);
-  s.zero_limit = lim;
+  s.zero_limit = lim < ZERO_CHECK_LIMIT ? lim : ZERO_CHECK_LIMIT;
   for (pass = 0; pass < 2; pass++) {
     uint64_t end = pass == 0 ? lim : size;
 

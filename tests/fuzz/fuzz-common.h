@@ -28,14 +28,15 @@ extern void fuzz_fail (const char *fs, ...)
 /* Does the input look like a qcow2 image naming a backing file? */
 extern bool fuzz_names_backing (const uint8_t *data, size_t size);
 
-/* A backing device for images that name one: a memory device with a
- * fixed pattern (the caller closes it after the image).
+/* A backing device for images that name one: a read-only memory device
+ * with a fixed pattern, shared by all inputs (never closed).
  */
-extern struct blkdev *fuzz_backing_new (void);
+extern struct blkdev *fuzz_backing (void);
 
-/* Read [0, min(size, limit)) of dev in chunks, and describe its extents
- * (bounded number of calls), checking the extents' invariants and that
- * ranges reported as zero read as zeros.  *budget is decremented by the
+/* Read [0, min(size, budget)) of dev in chunks, and describe its extents
+ * there and at the end of the device (bounded number of calls), checking
+ * the extents' invariants and that ranges reported as zero (in the first
+ * 8 MiB) read as zeros.  *budget is decremented by the
  * bytes read; reading stops when it is exhausted.  If out is not NULL
  * it receives the bytes read (out_len bytes at most).  Returns 0 if
  * every read succeeded, -1 if one failed (cleanly: errno set).

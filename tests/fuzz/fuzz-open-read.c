@@ -22,7 +22,7 @@
 #include "qcow2.h"
 #include "qcow2-int.h"
 
-#define READ_BUDGET (64ULL << 20)       /* bytes read per input, all views */
+#define READ_BUDGET (16ULL << 20)       /* bytes read per input, all views */
 #define COMPARE_BYTES (1ULL << 20)      /* kept to compare re-reads */
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
@@ -101,7 +101,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
    * others none (never a host file).
    */
   if (fuzz_names_backing (data, size)) {
-    backing = fuzz_backing_new ();
+    backing = fuzz_backing ();
     opts.backing_dev = backing;
   }
   else
@@ -111,7 +111,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   img = qc_image_open (&opts, dev);
   if (!img) {
     fuzz_check_errno ("qc_image_open");
-    blkdev_close (backing);
     return 0;
   }
   (void) qc_image_description (img);
@@ -144,6 +143,5 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     fuzz_check_errno ("qc_image_view");
 
   qc_image_close (img);
-  blkdev_close (backing);
   return 0;
 }

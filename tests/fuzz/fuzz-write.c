@@ -14,16 +14,23 @@
  *   (16 bits BE).  Opcode bits 0-2: 0 write, 1 write+FUA, 2 zero,
  *   3 zero+MAY_TRIM, 4 trim, 5 flush, 6 zero+FAST_ZERO (+MAY_TRIM with
  *   bit 6), 7 read and compare; bit 3: byte units (else 512-byte
- *   sectors); writes: bit 6 compressible data, bit 7 zeros.
+ *   sectors); writes: bit 6 compressible data, bit 7 zeros.  Opcode 5
+ *   with bit 7 before the first write: an internal snapshot operation
+ *   (see snapshot_op).
  *
  * Besides sanitizer findings, failures without errno are flagged, and
  * for images that are consistent when opened (every cluster's refcount
  * at least its number of references, no reference past the end of the
  * file, COPIED flags only on clusters with refcount 1, and fully
- * readable) there is an oracle: a shadow copy of the guest disk.  What
- * was written or zeroed (successfully) must read back, before closing
- * and after reopening; snapshots must not change; the reopened image
- * must still be consistent (leaks allowed).
+ * readable before they are made writable) there is an oracle: a shadow
+ * copy of the guest disk.  Making the image writable (and repairing it)
+ * must not change what it reads; what was written or zeroed
+ * (successfully) must read back, before closing and after reopening
+ * (unless a flush failed); snapshots must not change; the reopened
+ * image must still be consistent (leaks allowed).
+ *
+ * QC_FUZZ_VERBOSE=1 prints the core's messages, each operation and its
+ * result, and why the oracle is off.
  */
 #include <config.h>
 
@@ -45,10 +52,6 @@
 #define SNAP_COMPARE_MAX 8              /* snapshots compared */
 #define SNAP_COMPARE_BYTES (1ULL << 20)
 #define MAX_WRITE (256 * 1024)
-
-#ifndef FUZZ_TOLERATE_KNOWN_BUGS
-#define FUZZ_TOLERATE_KNOWN_BUGS 0
-#endif
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
@@ -206,6 +209,9 @@ struct shadow {
   uint8_t *bytes;               /* the guest disk as it must read */
   uint8_t *known;               /* 0: undefined (failed or trimmed) */
   bool flush_failed;            /* what reaches the disk is undefined */
+  bool written;                 /* a write, zero or trim was issued */
+  uint64_t snap[SNAP_COMPARE_MAX];      /* hashes of the snapshots */
+  size_t nsnap;
 };
 
 static void
@@ -308,9 +314,119 @@ trace (const char *what, uint64_t off, uint64_t len, int r)
              what, off, len, r, r ? ": " : "", r ? strerror (errno) : "");
 }
 
+/* Read the whole view into the shadow again (after a snapshot is
+ * applied); the oracle goes off if it cannot.
+ */
 static void
-run_op (struct blkdev *view, struct shadow *s, const uint8_t *p,
-        unsigned idx)
+reload (struct shadow *s, struct blkdev *view)
+{
+  uint64_t budget;
+
+  if (view->size > ORACLE_MAX_SIZE) {
+    s->on = false;
+    return;
+  }
+  s->size = view->size;
+  s->bytes = fuzz_scratch (5, s->size);
+  s->known = fuzz_scratch (6, s->size);
+  memset (s->known, 1, s->size);
+  budget = s->size;
+  if (fuzz_read_view (view, &budget, s->bytes, s->size) == -1)
+    s->on = false;
+}
+
+/* Internal snapshot operations, allowed before the image serves (so
+ * only before the first write of the script): opcode 5 with bit 7;
+ * bits 4-5: 0 create "fzN", 1 delete, 2 apply, 3 create with an existing
+ * name (refused); the last byte picks the snapshot.  The active disk
+ * must not change (apply: it becomes the snapshot), the image must stay
+ * consistent.
+ */
+static void
+snapshot_op (struct qc_image *img, struct blkdev *view, struct shadow *s,
+             const uint8_t *p, unsigned idx)
+{
+  static const char *const names[] = { "create", "delete", "apply",
+                                       "create (existing name)" };
+  unsigned sub = (p[0] >> 4) & 3;
+  size_t nr = qc_image_nr_snapshots (img), i = 0, j;
+  enum qc_snapshot_op op = QC_SNAPSHOT_CREATE;
+  char name[32], *copy = NULL;
+  const char *target = name;
+  uint64_t want = 0;
+  const char *why = "";
+  int r;
+
+  snprintf (name, sizeof name, "fz%u", idx);
+  if (nr > 0 && sub > 0) {
+    i = p[5] % nr;
+    /* A copy: the operation may replace the snapshot table. */
+    copy = strdup (qc_image_snapshot_name (img, i));
+    if (!copy)
+      abort ();
+    target = copy;
+    /* The operation acts on the first snapshot of that name. */
+    for (j = 0; j < i; j++)
+      if (strcmp (qc_image_snapshot_name (img, j), target) == 0)
+        break;
+    i = j;
+    op = sub == 1 ? QC_SNAPSHOT_DELETE : sub == 2 ? QC_SNAPSHOT_APPLY
+      : QC_SNAPSHOT_CREATE;
+    if (op == QC_SNAPSHOT_APPLY && s->on) {
+      struct qc_view *sv = qc_snapshot_view (img, i);
+      uint8_t *buf = fuzz_scratch (3, SNAP_COMPARE_BYTES);
+      uint64_t len;
+
+      if (!sv)
+        s->on = false;
+      else {
+        len = sv->dev.size < SNAP_COMPARE_BYTES ? sv->dev.size
+          : SNAP_COMPARE_BYTES;
+        if (blkdev_pread (&sv->dev, buf, len, 0) == -1)
+          s->on = false;
+        else
+          want = hash_bytes (buf, len) ^ len;
+      }
+    }
+  }
+  else
+    sub = 0;
+  errno = 0;
+  r = qc_image_snapshot_op (img, op, target);
+  if (verbose)
+    fprintf (stderr, "fuzz-write: snapshot %s '%s' -> %d%s%s\n", names[sub],
+             target, r, r ? ": " : "", r ? strerror (errno) : "");
+  free (copy);
+  target = NULL;
+  if (r == -1)
+    fuzz_check_errno ("qc_image_snapshot_op");
+  if (!s->on)
+    return;
+  if (op == QC_SNAPSHOT_APPLY && r == 0) {
+    uint8_t *buf = fuzz_scratch (3, SNAP_COMPARE_BYTES);
+    uint64_t len = view->size < SNAP_COMPARE_BYTES ? view->size
+      : SNAP_COMPARE_BYTES;
+
+    errno = 0;
+    if (blkdev_pread (view, buf, len, 0) == -1)
+      fuzz_fail ("reading the disk after applying a snapshot failed");
+    if ((hash_bytes (buf, len) ^ len) != want)
+      fuzz_fail ("after applying snapshot %zu the disk does not read as "
+                 "the snapshot did", i);
+    reload (s, view);
+  }
+  else
+    compare_all (s, view, "after a snapshot operation");
+  if (s->on && !consistent (img, &why))
+    fuzz_fail ("snapshot %s left the image inconsistent: %s", names[sub],
+               why);
+  if (s->on)
+    snapshot_hashes (img, s->snap, &s->nsnap);
+}
+
+static void
+run_op (struct qc_image *img, struct blkdev *view, struct shadow *s,
+        const uint8_t *p, unsigned idx)
 {
   uint8_t opc = p[0];
   unsigned kind = opc & 7;
@@ -322,6 +438,10 @@ run_op (struct blkdev *view, struct shadow *s, const uint8_t *p,
   unsigned flags;
   int r;
 
+  if (kind == 5 && (opc & 0x80) && !s->written) {
+    snapshot_op (img, view, s, p, idx);
+    return;
+  }
   if (kind == 5) {
     errno = 0;
     r = blkdev_flush (view);
@@ -334,6 +454,8 @@ run_op (struct blkdev *view, struct shadow *s, const uint8_t *p,
   }
   if (size == 0)
     return;
+  if (kind != 7)
+    s->written = true;
   off = (bytes ? raw_off : raw_off * 512) % size;
   len = bytes ? raw_len + 1 : ((raw_len & 0xfff) + 1) * 512;
   if (len > size - off)
@@ -363,7 +485,6 @@ run_op (struct blkdev *view, struct shadow *s, const uint8_t *p,
     free (buf);
     break;
   case 2: case 3: case 6: {
-    unsigned long errors = fuzz_error_count ();
     flags = kind == 3 ? BLKDEV_MAY_TRIM : 0;
     if (kind == 6)
       flags = BLKDEV_FAST_ZERO | (opc & 0x40 ? BLKDEV_MAY_TRIM : 0);
@@ -375,15 +496,6 @@ run_op (struct blkdev *view, struct shadow *s, const uint8_t *p,
       fuzz_check_errno ("zero");
       forget (s, off, len);
     }
-#if FUZZ_TOLERATE_KNOWN_BUGS
-    /* Known bug: zero_units() returns 0 when l2_for_write() fails (e.g.
-     * ENOSPC allocating an L2 table), so the zero is reported done but
-     * not done.  Tolerated (the range becomes undefined) when an error
-     * was reported during a successful call, so that fuzzing goes on.
-     */
-    else if (fuzz_error_count () != errors)
-      forget (s, off, len);
-#endif
     else if (s->on) {
       memset (s->bytes + off, 0, len);
       memset (s->known + off, 1, len);
@@ -442,8 +554,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct qc_options opts;
   struct qc_image *img;
   struct shadow s = { 0 };
-  uint64_t snap_before[SNAP_COMPARE_MAX], snap_after[SNAP_COMPARE_MAX];
-  size_t nsnap = 0, nsnap2;
+  uint64_t snap_after[SNAP_COMPARE_MAX];
+  size_t nsnap2;
   const char *why = "";
 
   if (size < 1)
@@ -465,7 +577,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   memcpy (bytes, image, ilen);
   fmem_init (&mem, bytes, devsize, false);
   if (fuzz_names_backing (image, ilen) && !(cfg & 8))
-    backing = fuzz_backing_new ();
+    backing = fuzz_backing ();
   set_options (&opts, cfg, backing);
 
   errno = 0;
@@ -487,7 +599,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     budget = s.size;
     s.on = fuzz_read_view (view, &budget, s.bytes, s.size) == 0;
     if (s.on)
-      snapshot_hashes (img, snap_before, &nsnap);
+      snapshot_hashes (img, s.snap, &s.nsnap);
   }
 
   errno = 0;
@@ -496,14 +608,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     qc_image_close (img);
     goto out;
   }
-  if ((cfg & 0x80)
-#if FUZZ_TOLERATE_KNOWN_BUGS
-      /* Known bug: qc_image_check overflows (UB) on 64-bit refcounts
-       * with the top bit set.
-       */
-      && img->h.refcount_order != 6
-#endif
-      ) {
+  if (cfg & 0x80) {
     struct qc_check_result res;
     errno = 0;
     if (qc_image_check (img, QC_REPAIR_ALL, &res) == -1)
@@ -525,7 +630,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     fprintf (stderr, "fuzz-write: size %" PRIu64 ", %zu ops, oracle %s%s\n",
              view->size, nops, s.on ? "on" : "off: ", s.on ? "" : why);
   for (i = 0; i < nops; i++)
-    run_op (view, &s, script + 1 + 6 * i, i);
+    run_op (img, view, &s, script + 1 + 6 * i, i);
 
   compare_all (&s, view, "before closing");
   /* A flush that fails (say, ENOSPC writing back a table that lies in
@@ -564,10 +669,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
                  s.size, view->size);
     compare_all (&s, view, "after reopening");
     snapshot_hashes (img, snap_after, &nsnap2);
-    if (nsnap2 != nsnap)
-      fuzz_fail ("%zu snapshots before, %zu after", nsnap, nsnap2);
-    for (i = 0; i < nsnap; i++)
-      if (snap_before[i] != snap_after[i])
+    if (nsnap2 != s.nsnap)
+      fuzz_fail ("%zu snapshots before, %zu after", s.nsnap, nsnap2);
+    for (i = 0; i < s.nsnap; i++)
+      if (s.snap[i] != snap_after[i])
         fuzz_fail ("snapshot %zu changed", i);
   }
   for (i = 0; i < qc_image_nr_snapshots (img) && i < 4; i++) {
@@ -591,7 +696,6 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   }
 
  out:
-  blkdev_close (backing);
   free (bytes);
   return 0;
 }

@@ -142,6 +142,8 @@ src = os.path.join(out, "fuzz-open-read")
 
 def op(kind, off, length, flags=0):
     # kind: 0 write 1 write+FUA 2 zero 3 zero+MAY_TRIM 4 trim 5 flush
+    #       (with flag 0x80: a snapshot operation, 0x10/0x20/0x30 pick
+    #       which; the length's last byte picks the snapshot)
     #       6 zero+FAST_ZERO 7 read-compare
     # off in 512-byte units (24 bits), length in 512-byte units - 1
     return bytes([kind | flags]) + struct.pack(">I", off)[1:] + \
@@ -160,11 +162,19 @@ scripts = {
     "trim": bytes([0x44]) + op(4, 0, 64) + op(6, 0, 64) + op(0, 8, 1) +
              op(3, 8, 64) + op(7, 0, 64),
     "enospc": bytes([0x00]) + op(0, 0, 128) + op(0, 200, 64) + op(2, 0, 64),
+    # internal snapshots before the first write: create, apply the
+    # first, delete the second, create one with an existing name
+    "snapshots": bytes([0x70]) + op(5, 0, 1, 0x80) + op(5, 0, 1, 0xa0) +
+             op(5, 0, 2, 0x90) + op(5, 0, 1, 0xb0) + op(0, 0, 8) +
+             op(7, 0, 64),
 }
 for name in sorted(os.listdir(src)):
     image = open(os.path.join(src, name), "rb").read()
     for sname, s in scripts.items():
         if ("comp" in name) != (sname == "compress") and sname == "compress":
+            continue
+        if sname == "snapshots" and not any(
+                k in name for k in ("snap", "v3-c512", "rc1", "bitmap")):
             continue
         if "zstd" in name and sname == "compress":
             s = bytes([0xf3]) + s[1:]

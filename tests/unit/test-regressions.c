@@ -213,8 +213,9 @@ replay_write (const uint8_t *d, size_t n, const char *what)
 {
   size_t slen = n ? d[0] : 0, ilen, nops, i;
   const uint8_t *script = d + 1, *image;
-  uint8_t cfg, *bytes, *buf;
+  uint8_t cfg, *bytes, *buf, *before = NULL;
   uint64_t devsize;
+  bool written = false;
   struct keepdev k;
   struct blkdev *backing = NULL, *view;
   struct qc_options opts;
@@ -250,6 +251,18 @@ replay_write (const uint8_t *d, size_t n, const char *what)
     ck_assert_msg (errno != 0, "%s: open failed without errno", what);
     goto out;
   }
+  /* What the image reads before it is made writable (and repaired):
+   * neither may change it.
+   */
+  view = qc_image_default_view (img);
+  if (view->size <= 4 * MiB) {
+    before = malloc (view->size + 1);
+    ck_assert (before != NULL);
+    if (blkdev_pread (view, before, view->size, 0) == -1) {
+      free (before);
+      before = NULL;
+    }
+  }
   errno = 0;
   if (qc_image_make_writable (img) == -1) {
     ck_assert_msg (errno != 0, "%s: make_writable failed without errno",
@@ -264,6 +277,14 @@ replay_write (const uint8_t *d, size_t n, const char *what)
       ck_assert_msg (errno != 0, "%s: check failed without errno", what);
   }
   view = qc_image_default_view (img);
+  if (before) {
+    buf = malloc (view->size + 1);
+    ck_assert (buf != NULL);
+    if (blkdev_pread (view, buf, view->size, 0) == 0)
+      unit_assert_mem_eq (buf, before, view->size, "the guest disk after "
+                          "making the image writable and repairing it");
+    free (buf);
+  }
   for (i = 0; i < nops && view->size > 0; i++) {
     const uint8_t *p = script + 1 + 6 * i;
     unsigned kind = p[0] & 7, flags = 0;
@@ -272,6 +293,8 @@ replay_write (const uint8_t *d, size_t n, const char *what)
     uint64_t len = (uint64_t) p[4] << 8 | p[5];
     int r;
 
+    if (kind != 5 && kind != 7)
+      written = true;
     off = (units ? off : off * 512) % view->size;
     len = units ? len + 1 : ((len & 0xfff) + 1) * 512;
     if (len > view->size - off)
@@ -297,6 +320,29 @@ replay_write (const uint8_t *d, size_t n, const char *what)
       r = blkdev_trim (view, len, off, 0);
       break;
     case 5:
+      if ((p[0] & 0x80) && !written) {
+        /* A snapshot operation (see snapshot_op in fuzz-write.c). */
+        unsigned sub = (p[0] >> 4) & 3;
+        size_t nr = qc_image_nr_snapshots (img);
+        char name[32], *target = NULL;
+
+        snprintf (name, sizeof name, "fz%zu", i);
+        if (nr > 0 && sub > 0)
+          target = strdup (qc_image_snapshot_name (img, p[5] % nr));
+        else
+          sub = 0;
+        r = qc_image_snapshot_op (img, sub == 1 ? QC_SNAPSHOT_DELETE
+                                  : sub == 2 ? QC_SNAPSHOT_APPLY
+                                  : QC_SNAPSHOT_CREATE,
+                                  target ? target : name);
+        free (target);
+        view = qc_image_default_view (img);
+        if (view->size == 0) {
+          free (buf);
+          goto done;
+        }
+        break;
+      }
       r = blkdev_flush (view);
       break;
     default:
@@ -318,6 +364,7 @@ replay_write (const uint8_t *d, size_t n, const char *what)
     }
     free (buf);
   }
+ done:
   qc_image_close (img);
 
   /* Reopen read-only and read it all. */
@@ -335,6 +382,7 @@ replay_write (const uint8_t *d, size_t n, const char *what)
  out:
   blkdev_close (backing);
   free (bytes);
+  free (before);
 }
 
 static void
@@ -493,6 +541,119 @@ START_TEST (test_check_refcount64_top_bit)
 }
 END_TEST
 
+/* Finding (fuzz-write, tests/fuzz/regressions/fuzz-write/
+ * repair-refblock-shared-with-data): the refcount table points to a data
+ * cluster as its refcount block (so every refcount reads as 0xd1d1).
+ * qemu-img check reports "ERROR refcount block 0 refcount=2" and -r all
+ * rebuilds the refcount structures elsewhere, keeping the guest data.
+ * qc_image_check counts the shared cluster's 2 references against a
+ * refcount of 53713 as a leak (the only corruptions it sees are COPIED
+ * flags, which it fixes without rebuilding) and repairs the leaks in
+ * place, through the shared cluster: the guest data there is
+ * overwritten with refcounts.  A refcount block (or table)
+ * cluster with another reference is a corruption; repair must not write
+ * guest data.
+ */
+START_TEST (test_repair_refblock_shared_with_data)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct qc_check_result res;
+  struct blkdev *dev, *view;
+  uint8_t *image, before[4096], after[4096];
+  size_t len;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0xd1 0 4096' "
+           "img.qcow2 >/dev/null", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  /* header, refcount table, block, L1, L2, then 8 data clusters: the
+   * refcount table's first entry now points at the 4th data cluster.
+   */
+  ck_assert_uint_eq (unit_get_be64 (image + 48), 512);
+  unit_put_be64 (image + 512, 8 * 512);
+  unit_write_file (P ("shared.qcow2"), image, len);
+  ck_assert_int_eq (unit_sh_status ("qemu-img check '%s' 2>&1 | "
+                                    "grep -q 'ERROR refcount block 0'",
+                                    P ("shared.qcow2")), 0);
+
+  dev = blkdev_memory_new (image, len + 64 * KiB, false);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  view = qc_image_default_view (img);
+  ck_assert_int_eq (blkdev_pread (view, before, sizeof before, 0), 0);
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  ck_assert_msg (qc_image_check (img, QC_REPAIR_ALL, &res) == 0,
+                 "check: %s", qc_last_error ());
+  ck_assert_int_eq (blkdev_pread (view, after, sizeof after, 0), 0);
+  unit_assert_mem_eq (after, before, sizeof after,
+                      "guest data after repair=all");
+  qc_image_close (img);
+  free (image);
+}
+END_TEST
+
+/* Finding (fuzz-write, ASan heap-buffer-overflow, tests/fuzz/regressions/
+ * fuzz-write/snapshot-apply-l1-size-truncated): applying a snapshot
+ * whose disk size (from its extra data) needs an L1 table of more than
+ * 2^32 entries.  snapshot_apply computes need = disk_size / span + ... in
+ * 64 bits and stores max (l1_size, need) in a uint32_t: 2^41 becomes 0,
+ * the 32 MiB check passes, and switch_active_l1 installs an L1 table of
+ * 0 entries with a virtual size of 2^56 - 1 (in memory and in the
+ * header).  The next write reads and writes img->active.l1[l1_index]
+ * past the end of the table (ASan: heap-buffer-overflow in l2_for_write,
+ * qcow2-write.c:141) and the image no longer opens.  Such a snapshot
+ * must be refused and the image left as it was.
+ */
+START_TEST (test_snapshot_apply_huge_disk_size)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *view;
+  uint8_t *image, *cont, buf[1024];
+  size_t len;
+  uint64_t sno;
+  const uint64_t cont_size = 256 * KiB;
+  int r;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
+           "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
+           dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  sno = unit_get_be64 (image + 64);
+  ck_assert_uint_eq (unit_get_be32 (image + sno + 36), 24);  /* extra */
+  ck_assert_uint_eq (unit_get_be64 (image + sno + 48), 64 * KiB);
+  unit_put_be64 (image + sno + 48, 0x00ffffffffffffffULL);
+  cont = calloc (1, cont_size);
+  ck_assert (cont != NULL);
+  memcpy (cont, image, len);
+
+  dev = blkdev_memory_new (cont, cont_size, false);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  errno = 0;
+  r = qc_image_snapshot_op (img, QC_SNAPSHOT_APPLY, "s1");
+  view = qc_image_default_view (img);
+  ck_assert_msg (r == -1 && errno != 0,
+                 "applying a snapshot of 2^56 - 1 bytes (an L1 table of "
+                 "2^41 entries) was not refused: r %d, virtual size now "
+                 "%" PRIu64, r, view->size);
+  ck_assert_uint_eq (view->size, 64 * KiB);
+  ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 0), 0);
+  qc_image_close (img);
+  /* The header still describes a valid image. */
+  ck_assert_uint_eq (unit_get_be64 (cont + 24), 64 * KiB);
+  free (cont);
+  free (image);
+}
+END_TEST
+
 /* Finding (fuzz-write oracle, then confirmed with qemu): an image whose
  * last cluster, holding an L2 table, is partly past the end of the
  * file (the file ends inside the table; qemu reads the rest as zeros).
@@ -612,6 +773,8 @@ regressions_suite (void)
   tcase_add_test (tf, test_check_refcount64_top_bit);
   tcase_add_test (tf, test_l2_in_partial_last_cluster);
   tcase_add_test (tf, test_reftable_growth_fixed_container);
+  tcase_add_test (tf, test_repair_refblock_shared_with_data);
+  tcase_add_test (tf, test_snapshot_apply_huge_disk_size);
   suite_add_tcase (s, tf);
   return s;
 }
