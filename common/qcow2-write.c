@@ -22,6 +22,8 @@
 
 #define ALL_ZERO_BITS 0xffffffff00000000ULL
 
+static bool entry_reads_zero (const struct qc_image *img, uint64_t e,
+                              uint64_t bm);
 static int reads_as_zero (struct qc_view *v, uint64_t offset, uint64_t len,
                           bool *ret);
 
@@ -225,7 +227,7 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
   uint64_t idx = (cstart % l2_span (img)) / cs;
   uint64_t n, i, host, wlo, whi, wend, e0, bm0, *old_e = NULL;
   uint64_t *old_bm = NULL;
-  bool reuse, allocated = false;
+  bool reuse, allocated = false, fresh;
   struct qc_inflight f;
   struct l2cache_entry *pin;
   uint8_t *table, *wbuf = NULL;
@@ -279,6 +281,16 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
       goto out_put;
     allocated = true;
   }
+  /* New clusters past the end of a growable file read as zeros already
+   * (a hole, or past EOF): when what surrounds the write reads as zeros
+   * too, only the written bytes need to go there, not whole clusters.
+   * (Not with encryption: zeros must be stored encrypted.)
+   */
+  fresh = allocated && !img->crypto && !h->extended_l2 &&
+    !img->data->fixed_size && host >= blkdev_size (img->data) &&
+    (offset == cstart || entry_reads_zero (img, old_e[0], old_bm[0])) &&
+    ((end & (cs - 1)) == 0 || end >= cstart + n * cs ||
+     entry_reads_zero (img, old_e[n - 1], old_bm[n - 1]));
   claim (img, &f, cstart, cstart + n * cs);
   pthread_mutex_unlock (&img->meta_lock);
 
@@ -302,6 +314,12 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
     if (reuse && (bm0 & (1ULL << ((wend - 1 - cstart) / scs))))
       whi = wend;
   }
+  if (fresh) {
+    if (qc_data_write (img, host + (offset - cstart), offset, buf,
+                       wend - offset) == -1)
+      goto out_release;
+    goto publish;
+  }
   wbuf = malloc (whi - wlo);
   if (!wbuf) {
     qc_error ("%s: %m", img->name);
@@ -323,6 +341,7 @@ write_slow (struct qc_view *v, const uint8_t *buf, uint64_t offset,
     goto out_release;
 
   /* Publish the new entries. */
+ publish:
   pthread_mutex_lock (&img->meta_lock);
   ret = 0;
   for (i = 0; i < n; i++) {
