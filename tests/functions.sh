@@ -65,3 +65,20 @@ start_nbdkit ()
 
 # nbd_uri SOCK [EXPORT]: an NBD URI for a Unix socket.
 nbd_uri () { echo "nbd+unix:///${2:-}?socket=$1"; }
+
+# retry_pbkdf CMD...: run a qemu-img command that derives a LUKS key
+# (create, amend).  Its PBKDF2 benchmark fails now and then on a loaded
+# machine with "Unable to get accurate CPU usage": try such a failure
+# again, up to 10 times; any other failure is final.  stderr of the
+# last attempt is shown on failure.
+retry_pbkdf ()
+{
+  local _rp_i _rp_err="$tmpdir/retry-pbkdf.err"
+  for _rp_i in $(seq 1 10); do
+    if "$@" 2>"$_rp_err"; then return 0; fi
+    grep -q 'accurate CPU usage' "$_rp_err" || break
+    sleep 0.2
+  done
+  cat "$_rp_err" >&2
+  return 1
+}
