@@ -74,13 +74,19 @@ resolve_name (const char *image_name, const char *name, const char *what)
 
 /* Unlock an encrypted image with the passphrase. */
 static int
-open_crypto (struct qc_image *img, const struct qc_options *opts)
+open_crypto (struct qc_image *img, const struct qc_options *opts,
+             unsigned depth)
 {
   const char *kind = img->h.crypt_method == 1 ? "legacy AES" : "LUKS";
 
   if (!opts->passphrase) {
-    qc_error ("%s: the image is encrypted (%s): give its passphrase with "
-              "passphrase=", img->name, kind);
+    /* A backing file's passphrase comes from backing-passphrase=
+     * (open_backing): name that option, not the top image's.
+     */
+    qc_error ("%s: the %s is encrypted (%s): give its passphrase with "
+              "%spassphrase=", img->name,
+              depth > 0 ? "backing file" : "image", kind,
+              depth > 0 ? "backing-" : "");
     errno = EPERM;
     return -1;
   }
@@ -183,6 +189,11 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.cache_size = opts->cache_size;
   bopts.locking = false;
   bopts.passphrase = opts->backing_passphrase;
+  /* ...and for the files below it: backing-passphrase= is the one
+   * passphrase of every encrypted file of the backing chain.  Without
+   * this, a chain of three encrypted images could not be opened at all.
+   */
+  bopts.backing_passphrase = opts->backing_passphrase;
   img->backing_img = image_open (&bopts, NULL, depth + 1);
   free (path);
   if (!img->backing_img)
@@ -308,7 +319,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   }
   if (qcow2_header_read (dev, &img->h) == -1)
     goto err;
-  if (img->h.crypt_method != 0 && open_crypto (img, opts) == -1)
+  if (img->h.crypt_method != 0 && open_crypto (img, opts, depth) == -1)
     goto err;
   if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     qc_debug ("%s: image is marked corrupt: serving it read-only",

@@ -243,6 +243,24 @@ write_and_check top top.qcow2 "$topopts" 201 \
   qcow2 top.qcow2 passphrase="$pw0" backing-passphrase=+pwb.txt
 cmp base.qcow2 base.orig || fail "writing to top.qcow2 changed its backing file"
 
+# A chain of three encrypted images: backing-passphrase= opens every
+# file below the top one.
+qemu_create mid.qcow2 $size \
+  encrypt.format=luks,encrypt.key-secret=sb,encrypt.iter-time=10 \
+  -b base.qcow2 -F qcow2
+qemu-io "${secrets[@]}" \
+  --image-opts "$(opts mid.qcow2 sb),backing.encrypt.key-secret=sb" \
+  -c 'write -q -P 0x97 2M 100k' >/dev/null || fail "qemu-io mid.qcow2"
+qemu_create chain.qcow2 $size "$luks" -b mid.qcow2 -F qcow2
+chainopts="$(opts chain.qcow2),backing.encrypt.key-secret=sb"
+chainopts+=",backing.backing.encrypt.key-secret=sb"
+qemu-io "${secrets[@]}" --image-opts "$chainopts" \
+  -c 'write -q -P 0x96 2100k 4k' >/dev/null || fail "qemu-io chain.qcow2"
+expect_same_read chain chain.qcow2 "$chainopts" \
+  qcow2 chain.qcow2 passphrase="$pw0" backing-passphrase="$pwb"
+write_and_check chain chain.qcow2 "$chainopts" 204 \
+  qcow2 chain.qcow2 passphrase="$pw0" backing-passphrase="$pwb"
+
 # An overlay of legacy AES over legacy AES (its IV is the guest offset).
 cp aes.qcow2 aesbase.qcow2
 qemu-img create -q -f qcow2 "${secrets[@]}" -b aesbase.qcow2 -F qcow2 \
@@ -321,7 +339,8 @@ expect_same_read aes-wrong aes.qcow2 "$(opts aes.qcow2 sw)" \
 cmp -s aes-wrong.qemu.raw aes.qemu.raw &&
   fail "a wrong AES passphrase reads the right data"
 expect_refused 'encrypt|passphrase' qcow2 xts256.qcow2
-expect_refused 'encrypt|passphrase' qcow2 top.qcow2 passphrase="$pw0"
+# Missing: the message names the option that gives it.
+expect_refused 'backing-passphrase=' qcow2 top.qcow2 passphrase="$pw0"
 expect_refused 'passphrase' qcow2 top.qcow2 passphrase="$pw0" \
   backing-passphrase="$pw0"
 expect_refused 'passphrase' qcow2 xts256.qcow2 passphrase=+pw1.txt
