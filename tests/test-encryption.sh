@@ -34,6 +34,7 @@ requires qemu-img --version
 requires qemu-io --version
 requires nbdcopy --version
 requires nbdinfo --version
+requires head --version
 requires cmp --version
 requires truncate --version
 requires "$PYTHON" -c 'import nbd, json'
@@ -260,6 +261,28 @@ expect_same_read chain chain.qcow2 "$chainopts" \
   qcow2 chain.qcow2 passphrase="$pw0" backing-passphrase="$pwb"
 write_and_check chain chain.qcow2 "$chainopts" 204 \
   qcow2 chain.qcow2 passphrase="$pw0" backing-passphrase="$pwb"
+
+# A version 2 image (qemu-img makes LUKS ones with compat=0.10) has no
+# zero clusters: zeroes over the backing file are written as encrypted
+# zeros.
+head -c $size /dev/urandom > rnd.raw
+qemu_create v2.qcow2 $size "$luks,compat=0.10" -b rnd.raw -F raw
+qemu-io "${secrets[@]}" --image-opts "$(opts v2.qcow2)" \
+  -c 'write -q -P 0x95 1M 1M' >/dev/null || fail "qemu-io v2.qcow2"
+write_and_check v2 v2.qcow2 "$(opts v2.qcow2)" 205 \
+  qcow2 v2.qcow2 passphrase="$pw0"
+
+# Several connections writing at once (nbdcopy's parallel requests).
+qemu_create par.qcow2 $size "$luks" -o cluster_size=16k
+"$NBDKIT" -U - qcow2 par.qcow2 passphrase="$pw0" \
+  --run 'nbdcopy --connections=4 --requests=16 --request-size=4096 \
+           rnd.raw "$uri"' || fail "nbdcopy into par.qcow2 failed"
+qemu-img compare -q "${secrets[@]}" --image-opts "$(opts par.qcow2)" \
+  driver=raw,file.filename=rnd.raw ||
+  fail "par: qemu does not read what nbdcopy wrote in parallel"
+qemu-img check -q "${secrets[@]}" --image-opts "$(opts par.qcow2)" ||
+  fail "par: qemu-img check finds the image damaged"
+echo "ok: par: parallel writes read back by qemu; the image is clean"
 
 # An overlay of legacy AES over legacy AES (its IV is the guest offset).
 cp aes.qcow2 aesbase.qcow2
