@@ -26,17 +26,17 @@ usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean
   --quick        small images, 1 repetition, 3 s fio runs (smoke test)
   --reps N       repetitions per case (default 3; --quick: 1)
   --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
-  --only LIST    run only these workloads, e.g. --only a,b,h (a..h)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..i)
   --clean        remove \$BENCH_DIR's images first (they are rebuilt)
 
 Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
 WORK_DIR (scratch images, default a tmpfs directory in /dev/shm if it
 has room), QD (fio iodepth, default 32), SMALL_CACHE (workload g,
-default 128k).
+default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M).
 EOF
 }
 
-quick=0 reps= runtime= only=a,b,c,d,e,f,g,h clean=0
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i clean=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -58,6 +58,7 @@ if [ $quick = 1 ]; then
   RND=$((512 * MiB))        # (b), (d), (f) backing, (g)
   ALLOC_VS=$((1 * GiB))     # (c) virtual size
   SAMPLE=$((32 * MiB))      # (h)
+  : "${LUKS_SIZE:=256M}"    # (i)
 else
   mode=full
   : "${reps:=3}" "${runtime:=10}"
@@ -65,7 +66,14 @@ else
   RND=$((4 * GiB))
   ALLOC_VS=$((8 * GiB))
   SAMPLE=$((64 * MiB))
+  : "${LUKS_SIZE:=1G}"
 fi
+# (i): a LUKS image, and the raw data in it.  Any size numfmt reads
+# (1G, 64M: powers of 1024), rounded down to whole MiB.
+LUKS=$(numfmt --from=iec "${LUKS_SIZE^^}") ||
+  { echo "LUKS_SIZE=$LUKS_SIZE: not a size" >&2; exit 2; }
+LUKS=$((LUKS / MiB * MiB))
+[ "$LUKS" -gt 0 ] || { echo "LUKS_SIZE=$LUKS_SIZE: too small" >&2; exit 2; }
 # Allocating writes (c) and copy-on-write (f) write 1/64 of the disk's
 # 4 KiB blocks once each, in random order: about 89% of those writes
 # land in a cluster (64 KiB) not yet allocated.  fio stops after that
@@ -75,7 +83,11 @@ COW_IO=$((RND / 64))
 QD=${QD:-32}
 SMALL_CACHE=${SMALL_CACHE:-128k}
 want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-case ",$only," in *[!a-h,]*|,,) usage >&2; exit 2 ;; esac
+case ",$only," in *[!a-i,]*|,,) usage >&2; exit 2 ;; esac
+# The shared images (setup_images) serve workloads a to h; (i) makes
+# its own.
+common=0
+for w in a b c d e f g h; do if want $w; then common=1; fi; done
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/qc-bench}
 mkdir -p "$BENCH_DIR"
@@ -111,10 +123,14 @@ make -C "$top" -j"$(nproc)" >"$BENCH_DIR/make.log" 2>&1 ||
 # a fallocated zero range: tens of thousands of extents) takes minutes.
 # WORK_DIR=dir puts them elsewhere.
 free_bytes () { echo $(( $(df -Pk "$1" | awk 'NR==2 {print $4}') * 1024 )); }
-need_img=$(( 2 * RND + 2 * SEQ + 4 * SAMPLE ))
+need_img=$(( common * (2 * RND + 2 * SEQ + 4 * SAMPLE) ))
+if want i; then need_img=$(( need_img + 2 * LUKS )); fi
 # (one at a time: the largest is (c)'s qcow2, up to a 64 KiB cluster per
 # 4 KiB write, or (e)'s new image)
 need_work=$(( (ALLOC_IO * 16 > SEQ ? ALLOC_IO * 16 : SEQ) + 256 * MiB ))
+if want i && [ $((LUKS + 256 * MiB)) -gt "$need_work" ]; then
+  need_work=$((LUKS + 256 * MiB))
+fi
 [ $clean = 1 ] && rm -rf "$img"
 used=$(( $(du -sk "$img" 2>/dev/null | cut -f1 || echo 0) * 1024 ))
 [ $(( $(free_bytes "$BENCH_DIR") + used )) -ge "$need_img" ] ||
@@ -164,7 +180,7 @@ wait_ready ()
 }
 
 # start SERVER ARGS...: ours IMAGE [plugin options], qemu IMAGE [args],
-# qemu-opts IMAGE-OPTS, raw FILE.  Servers run in the foreground of a
+# qemu-opts IMAGE-OPTS, qemu-luks IMAGE, raw FILE.  Servers run in the foreground of a
 # background job, so $! is the server itself (the ./nbdkit wrapper execs).
 start ()
 {
@@ -180,6 +196,11 @@ start ()
     qemu-opts)
       qemu-nbd --image-opts "$1" --cache=writeback --discard=unmap \
                --persistent -e 16 -k "$sock" >"$srv_log" 2>&1 & ;;
+    qemu-luks)                  # IMAGE: LUKS-encrypted, $luks_pw's secret
+      qemu-nbd --object "secret,id=sec0,file=$luks_pw" \
+               --image-opts "driver=qcow2,file.driver=file,file.filename=$1,encrypt.key-secret=sec0" \
+               --cache=writeback --discard=unmap --persistent -e 16 \
+               -k "$sock" >"$srv_log" 2>&1 & ;;
     raw)
       nbdkit -f -U "$sock" file "$@" >"$srv_log" 2>&1 & ;;
     *) die "unknown server $srv_name" ;;
@@ -472,12 +493,86 @@ wl_h ()
   done
 }
 
+# (i) LUKS: a fully allocated image (aes-256-xts-plain64 with sha256,
+# qemu-img's default LUKS cipher) of $LUKS bytes of random data, and the
+# same data raw.  Both servers open it with the same passphrase (file
+# $luks_pw).  The key derivation is made cheap (encrypt.iter-time=10):
+# it only costs time when a server opens the image, which is not
+# measured, and would add seconds to every run.
+luks_pw=$img/luks-passphrase
+luks_secret=(--object "secret,id=sec0,file=$luks_pw")
+luks_opts=encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10
+
+# luks_qemu_img ARGS...: qemu-img (create or convert) making a LUKS
+# image.  Its PBKDF2 benchmark fails now and then on a loaded machine
+# ("Unable to get accurate CPU usage"): try again.
+luks_qemu_img ()
+{
+  local i
+  for i in $(seq 1 10); do
+    if qemu-img "$@" 2>"$work/luks-qemu-img.err"; then return 0; fi
+    grep -q 'accurate CPU usage' "$work/luks-qemu-img.err" || break
+  done
+  cat "$work/luks-qemu-img.err" >&2
+  die "qemu-img $1 of a LUKS image failed"
+}
+
+setup_luks ()
+{
+  local stamp="luks $LUKS v1"
+  if [ "$(cat "$img/luks-stamp" 2>/dev/null)" = "$stamp" ] &&
+     [ -s "$luks_pw" ]; then
+    say "reusing the LUKS images in $img"
+  else
+    rm -f "$img/luks-stamp" "$img/data-luks.raw" "$img/data-luks.qcow2" \
+          "$luks_pw"
+    say "making the LUKS images in $img"
+    printf 'qc-bench %s' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$luks_pw"
+    head -c "$LUKS" /dev/urandom >"$img/data-luks.raw"
+    luks_qemu_img convert "${luks_secret[@]}" -f raw -O qcow2 -o "$luks_opts" \
+      "$img/data-luks.raw" "$img/data-luks.qcow2"
+    echo "$stamp" >"$img/luks-stamp"
+  fi
+  cat "$img/data-luks.raw" "$img/data-luks.qcow2" >/dev/null
+}
+
+wl_i ()
+{
+  setup_luks
+  case_id=i-luks-seqread
+  say "(i) LUKS sequential read, $((LUKS / MiB)) MiB fully allocated, nbdcopy to null:"
+  for rep in $(seq 1 "$reps"); do
+    serve_copy ours "$img/data-luks.qcow2" passphrase=+"$luks_pw" -- \
+               @ null: "$LUKS"
+    serve_copy qemu-luks "$img/data-luks.qcow2" -- @ null: "$LUKS"
+    serve_copy raw "$img/data-luks.raw" -- @ null: "$LUKS"
+  done
+  case_id=i-luks-seqwrite
+  say "(i) LUKS sequential write of $((LUKS / MiB)) MiB into a new image (nbdcopy from a raw file)"
+  for rep in $(seq 1 "$reps"); do
+    # Both servers get the same kind of image: new, empty, made by
+    # qemu-img create with the same options.
+    luks_qemu_img create -q -f qcow2 "${luks_secret[@]}" -o "$luks_opts" \
+      "$work/luks.qcow2" "$LUKS"
+    serve_copy ours "$work/luks.qcow2" passphrase=+"$luks_pw" -- \
+               "$img/data-luks.raw" @ "$LUKS"
+    rm -f "$work/luks.qcow2"
+    luks_qemu_img create -q -f qcow2 "${luks_secret[@]}" -o "$luks_opts" \
+      "$work/luks.qcow2" "$LUKS"
+    serve_copy qemu-luks "$work/luks.qcow2" -- "$img/data-luks.raw" @ "$LUKS"
+    rm -f "$work/luks.qcow2"
+    truncate -s "$LUKS" "$work/luks.raw"
+    serve_copy raw "$work/luks.raw" -- "$img/data-luks.raw" @ "$LUKS"
+    rm -f "$work/luks.raw"
+  done
+}
+
 # ---------------------------------------------------------------- main
 start_time=$(date +%s)
 {
   echo "mode=$mode reps=$reps runtime=$runtime QD=$QD SMALL_CACHE=$SMALL_CACHE"
   echo "images: $img; scratch images: $work ($(stat -f -c %T "$work"))"
-  echo "SEQ=$SEQ RND=$RND ALLOC_VS=$ALLOC_VS ALLOC_IO=$ALLOC_IO COW_IO=$COW_IO SAMPLE=$SAMPLE"
+  echo "SEQ=$SEQ RND=$RND ALLOC_VS=$ALLOC_VS ALLOC_IO=$ALLOC_IO COW_IO=$COW_IO SAMPLE=$SAMPLE LUKS=$LUKS"
   echo "host: $(nproc) CPUs, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "nbdkit: $(nbdkit --version | head -1); qemu-nbd: $(qemu-nbd --version | head -1)"
   echo "nbdcopy: $(nbdcopy --version | head -1); fio: $(fio --version)"
@@ -489,8 +584,8 @@ fi
 cat "$res/info.txt" >&2
 : >"$runs"
 
-setup_images
-for w in a b c d e f g h; do
+if [ $common = 1 ]; then setup_images; fi
+for w in a b c d e f g h i; do
   if want $w; then "wl_$w"; fi
 done
 

@@ -34,6 +34,7 @@ allocvs = mib(info["ALLOC_VS"])
 alloc_n = int(info["ALLOC_IO"]) // 4096
 cow_n = int(info["COW_IO"]) // 4096
 smp = mib(sample)
+luks = mib(info["LUKS"]) if "LUKS" in info else "?"
 
 # case, label, unit, name of the "qemu" column's server(s)
 ROWS = [
@@ -65,9 +66,13 @@ ROWS = [
      "qemu-nbd"),
     ("h-zstd-read", f"(h) read zstd-compressed {smp} (nbdcopy)", "MB/s",
      "qemu-nbd"),
+    ("i-luks-seqread", f"(i) LUKS seq read {luks} (nbdcopy)", "MB/s",
+     "qemu-nbd"),
+    ("i-luks-seqwrite", f"(i) LUKS seq write {luks} into a new image "
+     "(nbdcopy)", "MB/s", "qemu-nbd"),
 ]
 # runs.tsv server names for each column
-QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts"),
+QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts", "qemu-luks"),
                "qemu-nbd+compress": ("qemu-opts",),
                "qemu-img": ("qemu-img",)}
 
