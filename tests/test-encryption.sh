@@ -2,30 +2,41 @@
 # Encrypted images (LUKS and legacy AES), always checked against QEMU
 # opening the same image with the same secret:
 #
-# (a) Reading: images made by qemu-img (LUKS with several cipher, mode,
-#     IV generator and hash combinations; legacy AES) and filled by
-#     qemu-io read through the plugin exactly as qemu-img convert reads
-#     them.  A LUKS image with a second key slot (qemu-img amend) opens
-#     with either passphrase; once the first slot is erased, only with
-#     the second.
+# (a) Reading: images made by qemu-img (LUKS: aes-128/192/256 in
+#     xts-plain64, cbc-plain64 and cbc-essiv:sha256, PBKDF2 with sha1,
+#     sha256, sha384, sha512; 64k clusters and 16k with subclusters;
+#     legacy AES) and filled by qemu-io read through the plugin exactly
+#     as qemu-img convert reads them.  A LUKS image with a second key
+#     slot (qemu-img amend) opens with either passphrase; once the first
+#     slot is erased, only with the second.
 # (b) Writing: fixed and seeded random writes, zeroes and trims
 #     (tests/enc-ops.py) through the plugin into such images, including
-#     an encrypted overlay over an encrypted backing file (copy-on-write
-#     from the backing to new clusters) and an image with an internal
-#     snapshot (copy-on-write inside the image, to new host offsets,
-#     which LUKS uses as the IV); afterwards qemu-img compare with the
-#     secret finds the image equal to the raw model of the writes, and
-#     qemu-img check finds it clean.
+#     encrypted overlays over encrypted backing files of another
+#     passphrase (LUKS, legacy AES; a chain of three LUKS images): copy-
+#     on-write from the backing to new clusters; an image with an
+#     internal snapshot (copy-on-write inside the image, to new host
+#     offsets, which LUKS uses as the IV; the snapshot must not change);
+#     a version 2 image (no zero clusters) over a raw backing file; and
+#     nbdcopy writing from 4 connections at once.  Afterwards qemu-img
+#     compare with the secret finds the image equal to the raw model of
+#     the writes, and qemu-img check finds it clean.
 # (c) Creation: create=true encrypt=luks encrypt-iter-time=10 makes an
 #     image that QEMU opens with the same passphrase, with the same
 #     encryption parameters as qemu-img create's LUKS defaults, holding
-#     what was written.
-# (d) Passphrases: a wrong or missing passphrase is refused at startup
-#     with a message naming the problem; passphrase=+FILE and
-#     passphrase=-FD work (also backing-passphrase=).
-# (e) The qcow2 filter over the file plugin, and the overlay filter
-#     creating an encrypted overlay, then reopening it.
+#     what was written; also create=force with 4k clusters.
+# (d) Passphrases: a wrong or missing passphrase (of the image or of its
+#     backing file) is refused at startup with a message naming the
+#     problem; passphrase=+FILE and passphrase=-FD work.  A wrong legacy
+#     AES passphrase cannot be detected: nbdkit reads the same garbage
+#     as qemu.
+# (e) The qcow2 filter over the file plugin (an image of qemu-img's,
+#     and one the filter formats with qcow2-encrypt=luks), and the
+#     overlay filter creating an encrypted overlay, then reopening it.
+#     The filters open the image when a client connects: a wrong
+#     passphrase fails the client, with the reason in the log.
 #
+# qemu-img create of a LUKS image takes seconds of CPU (its PBKDF2
+# benchmarks), more on a loaded machine: the test makes as few as it can.
 # Knobs: QC_ENC_OPS=N random operations per write run (default 60).
 
 . "${srcdir:-$(dirname "$0")}/functions.sh"
@@ -337,9 +348,12 @@ echo "== (c) creating encrypted images"
   --run 'nbdinfo --size "$uri"' >/dev/null ||
   fail "nbdkit could not create an encrypted image"
 # The encryption parameters are those of qemu-img's LUKS defaults.
+# enc_params IMG [SECRET]: the encryption parameters qemu-img info shows,
+# except those that differ from image to image.
 enc_params ()
 {
-  qemu-img info --output=json "${secrets[@]}" --image-opts "$(opts "$1")" |
+  qemu-img info --output=json "${secrets[@]}" \
+    --image-opts "$(opts "$1" "${2:-s0}")" |
     "$PYTHON" -c '
 import json, sys
 e = json.load(sys.stdin)["format-specific"]["data"]["encrypt"]
@@ -406,6 +420,18 @@ write_and_check filter filt.qcow2 "$(opts filt.qcow2)" 401 \
 expect_client_refused 'passphrase' --filter=qcow2 file filt.qcow2 \
   qcow2-passphrase=wrong
 
+# The qcow2 filter formatting an encrypted image in a container.
+truncate -s $((4 * size)) cont.img
+"$NBDKIT" -U - --filter=qcow2 file cont.img qcow2-create=true \
+  qcow2-size=$size qcow2-encrypt=luks qcow2-encrypt-iter-time=10 \
+  qcow2-passphrase="$pw1" --run 'nbdinfo --size "$uri"' >/dev/null ||
+  fail "the qcow2 filter could not make an encrypted image"
+p_cont=$(enc_params cont.img s1) || fail "qemu-img info cont.img failed"
+[ "$p_cont" = "$p_qemu" ] ||
+  fail "encryption of the filter's image: $p_cont; qemu-img's: $p_qemu"
+write_and_check cont cont.img "$(opts cont.img s1)" 402 \
+  --filter=qcow2 file cont.img qcow2-passphrase="$pw1"
+
 # The overlay filter: an encrypted overlay over a raw disk.
 qemu_read xts256.qcow2 obase.raw
 "$NBDKIT" -U - --filter=overlay file obase.raw overlay=ov.qcow2 \
@@ -414,6 +440,9 @@ qemu_read xts256.qcow2 obase.raw
   fail "the overlay filter could not create an encrypted overlay"
 ovopts="$(opts ov.qcow2 s1),backing.driver=raw,backing.file.filename=obase.raw"
 cp obase.raw obase.orig
+p_ov=$(enc_params ov.qcow2 s1) || fail "qemu-img info ov.qcow2 failed"
+[ "$p_ov" = "$p_qemu" ] ||
+  fail "encryption of the overlay: $p_ov; qemu-img's: $p_qemu"
 write_and_check overlay ov.qcow2 "$ovopts" 501 \
   --filter=overlay file obase.raw overlay=ov.qcow2 overlay-passphrase="$pw1"
 cmp obase.raw obase.orig || fail "the overlay filter changed its base"
