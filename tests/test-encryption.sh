@@ -302,17 +302,39 @@ qemu-io "${secrets[@]}" --image-opts "$(opts v2.qcow2)" \
 write_and_check v2 v2.qcow2 "$(opts v2.qcow2)" 205 \
   qcow2 v2.qcow2 passphrase="$pw0"
 
-# Several connections writing at once (nbdcopy's parallel requests).
+# Several connections writing at once (nbdcopy's parallel requests),
+# into an overlay of the encrypted base.qcow2: 4k writes to two blocks
+# of every three, so that most writes copy the rest of their cluster
+# from the backing file while other writes to the same cluster are in
+# flight.  par.src is sparse where nothing is written (nbdcopy
+# --destination-is-zero skips those blocks); par.model is what the disk
+# must then hold.
 cp empty.qcow2 par.qcow2
-"$NBDKIT" -U - qcow2 par.qcow2 passphrase="$pw0" \
-  --run 'nbdcopy --connections=4 --requests=16 --request-size=4096 \
-           rnd.raw "$uri"' || fail "nbdcopy into par.qcow2 failed"
-qemu-img compare -q "${secrets[@]}" --image-opts "$(opts par.qcow2)" \
-  driver=raw,file.filename=rnd.raw ||
+rebase_u par.qcow2 s0 base.qcow2
+qemu_read base.qcow2 par.model "$(opts base.qcow2 sb)"
+"$PYTHON" - <<'PY' || fail "could not make par.src"
+import os
+size = os.path.getsize("par.model")
+with open("par.src", "wb") as src, open("par.model", "r+b") as model:
+    src.truncate(size)
+    for i in range(size // 4096):
+        if i % 3:
+            b = os.urandom(4096)
+            for f in (src, model):
+                f.seek(i * 4096)
+                f.write(b)
+PY
+"$NBDKIT" -U - qcow2 par.qcow2 passphrase="$pw0" backing-passphrase="$pwb" \
+  --run 'nbdcopy --destination-is-zero --connections=4 --requests=16 \
+           --request-size=4096 par.src "$uri"' ||
+  fail "nbdcopy into par.qcow2 failed"
+paropts="$(opts par.qcow2),backing.encrypt.key-secret=sb"
+qemu-img compare -q "${secrets[@]}" --image-opts "$paropts" \
+  driver=raw,file.filename=par.model ||
   fail "par: qemu does not read what nbdcopy wrote in parallel"
-qemu-img check -q "${secrets[@]}" --image-opts "$(opts par.qcow2)" ||
+qemu-img check -q "${secrets[@]}" --image-opts "$paropts" ||
   fail "par: qemu-img check finds the image damaged"
-echo "ok: par: parallel writes read back by qemu; the image is clean"
+echo "ok: par: parallel copy-on-write read back by qemu; the image is clean"
 
 # An overlay of legacy AES over legacy AES (its IV is the guest offset).
 cp aes.qcow2 aesbase.qcow2
