@@ -54,8 +54,6 @@ qc_create_check (const struct qc_options *o)
   if (o->encrypt) {
     if (!o->passphrase)
       REFUSE ("encrypt=luks needs passphrase=");
-    if (compat == 2)
-      REFUSE ("encrypt=luks needs compat=1.1");
     if (o->compress >= 0)
       REFUSE ("compress= cannot be used with encryption");
     if (o->data_file)

@@ -404,6 +404,16 @@ qemu_fill new.qcow2 "$(opts new.qcow2 s1)"
 expect_same_read new2 new.qcow2 "$(opts new.qcow2 s1)" \
   qcow2 new.qcow2 passphrase="$pw1"
 
+# A version 2 (compat=0.10) encrypted image, as qemu-img makes too.
+"$NBDKIT" -U - qcow2 new-v2.qcow2 create=true size=$size compat=0.10 \
+  encrypt=luks encrypt-iter-time=10 passphrase="$pw0" \
+  --run 'nbdinfo --size "$uri"' >/dev/null ||
+  fail "nbdkit could not create an encrypted compat=0.10 image"
+qemu-img info "${secrets[@]}" --image-opts "$(opts new-v2.qcow2)" |
+  grep -q 'compat: 0.10' || fail "new-v2.qcow2 is not compat=0.10"
+write_and_check new-v2 new-v2.qcow2 "$(opts new-v2.qcow2)" 302 \
+  qcow2 new-v2.qcow2 passphrase="$pw0"
+
 # ---------------------------------------------------------------------
 echo "== (d) passphrases"
 expect_refused 'passphrase' qcow2 xts256.qcow2 passphrase=wrong
