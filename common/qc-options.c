@@ -295,6 +295,21 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
   }
   if (strcmp (key, "check") == 0)
     return parse_bool (key, value, &opts->check);
+  if (strcmp (key, "referenced-files") == 0) {
+    if (strcmp (value, "any") == 0)
+      opts->follow = QC_FOLLOW_ANY;
+    else if (strcmp (value, "same-dir") == 0)
+      opts->follow = QC_FOLLOW_SAME_DIR;
+    else if (strcmp (value, "none") == 0)
+      opts->follow = QC_FOLLOW_NONE;
+    else {
+      qc_error ("referenced-files=%s: expected any, same-dir or none",
+                value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
   if (strcmp (key, "repair") == 0) {
     if (strcmp (value, "leaks") == 0)
       opts->repair = QC_REPAIR_LEAKS;

@@ -22,6 +22,9 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Use this backing file instead of the image's, or none.")          \
   X ("backing-format", QC_OPT_STRING, "qcow2|raw", NULL,                \
      "Format of the backing= file (probed if absent).")                 \
+  X ("referenced-files", QC_OPT_STRING, "any|same-dir|none", "any",     \
+     "Files an image may name (backing, data file): any path, only in "  \
+     "its directory, or none.")                                         \
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
      "Serve this internal snapshot (name or ID) by default.")           \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \

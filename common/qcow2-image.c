@@ -41,17 +41,30 @@ looks_like_protocol (const char *name)
 }
 
 /* Resolve a file name stored in an image as qemu does for plain file
- * names: relative to the directory of the image that names it.
+ * names: relative to the directory of the image that names it.  Then
+ * apply referenced-files=: a hostile image can name any file the server
+ * may read (/etc/shadow as a raw backing file, a device) and so expose
+ * it to the client; same-dir allows only files inside the top image's
+ * directory (after resolving symlinks and "..", so neither escapes),
+ * none allows no file at all.
  */
 static char *
-resolve_name (const char *image_name, const char *name, const char *what)
+resolve_name (struct qc_image *img, const struct qc_options *opts,
+              const char *name, const char *what)
 {
-  char *dir, *copy, *ret;
+  const char *image_name = img->name;
+  char *dir, *copy, *ret, *real;
 
   if (looks_like_protocol (name)) {
     qc_error ("%s: %s '%s' looks like a protocol or json: name; only plain "
               "file names are supported", image_name, what, name);
     errno = EINVAL;
+    return NULL;
+  }
+  if (opts->follow == QC_FOLLOW_NONE) {
+    qc_error ("%s: the image names its %s ('%s'): referenced-files=none "
+              "opens no file an image names", image_name, what, name);
+    errno = EPERM;
     return NULL;
   }
   if (name[0] == '/' || !strchr (image_name, '/'))
@@ -67,9 +80,75 @@ resolve_name (const char *image_name, const char *name, const char *what)
       ret = NULL;
     free (copy);
   }
-  if (!ret)
+  if (!ret) {
     qc_error ("%m");
-  return ret;
+    return NULL;
+  }
+  if (opts->follow != QC_FOLLOW_SAME_DIR)
+    return ret;
+
+  real = qc_follow_check (image_name, img->follow_root, name, ret, what);
+  free (ret);
+  return real;
+}
+
+char *
+qc_follow_check (const char *image_name, const char *root, const char *name,
+                 const char *path, const char *what)
+{
+  char *real;
+  size_t n = strlen (root);
+
+  /* The file is opened by its resolved path, the one checked. */
+  real = realpath (path, NULL);
+  if (!real) {
+    qc_error ("%s: %s '%s': %s: %m", image_name, what, name, path);
+    return NULL;
+  }
+  if (strncmp (real, root, n) != 0 ||
+      (real[n] != '/' && !(n == 1 && root[0] == '/'))) {
+    qc_error ("%s: the image's %s '%s' is %s, outside the image's "
+              "directory %s (referenced-files=same-dir)",
+              image_name, what, name, real, root);
+    free (real);
+    errno = EPERM;
+    return NULL;
+  }
+  return real;
+}
+
+/* referenced-files=same-dir: the directory every file named by the
+ * chain must be in, that of the top image (the process's current
+ * directory if the image's name has no directory, as relative names
+ * are then resolved against it).
+ */
+static int
+set_follow_root (struct qc_image *img, const struct qc_options *opts)
+{
+  char *copy;
+
+  if (opts->follow != QC_FOLLOW_SAME_DIR)
+    return 0;
+  if (opts->follow_root)
+    img->follow_root = strdup (opts->follow_root);
+  else {
+    copy = strdup (img->name);
+    if (!copy) {
+      qc_error ("%m");
+      return -1;
+    }
+    img->follow_root = realpath (strchr (copy, '/') ? dirname (copy) : ".",
+                                 NULL);
+    if (!img->follow_root)
+      qc_error ("%s: the directory of the image: %m", img->name);
+    free (copy);
+    return img->follow_root ? 0 : -1;
+  }
+  if (!img->follow_root) {
+    qc_error ("%m");
+    return -1;
+  }
+  return 0;
 }
 
 /* Unlock an encrypted image with the passphrase. */
@@ -116,7 +195,7 @@ open_crypto (struct qc_image *img, const struct qc_options *opts,
 }
 
 static int
-open_data_file (struct qc_image *img)
+open_data_file (struct qc_image *img, const struct qc_options *opts)
 {
   char *path;
 
@@ -124,7 +203,7 @@ open_data_file (struct qc_image *img)
     img->data = img->file;
     return 0;
   }
-  path = resolve_name (img->name, img->h.data_file, "external data file");
+  path = resolve_name (img, opts, img->h.data_file, "external data file");
   if (!path)
     return -1;
   img->data = blkdev_file_open_upgradable (path);
@@ -163,7 +242,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
       return 0;
     name = img->h.backing_file;
     format = img->h.backing_format;
-    path = resolve_name (img->name, name, "backing file");
+    path = resolve_name (img, opts, name, "backing file");
   }
   if (!path)
     return -1;
@@ -194,6 +273,8 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
    * this, a chain of three encrypted images could not be opened at all.
    */
   bopts.backing_passphrase = opts->backing_passphrase;
+  bopts.follow = opts->follow;
+  bopts.follow_root = img->follow_root;
   img->backing_img = image_open (&bopts, NULL, depth + 1);
   free (path);
   if (!img->backing_img)
@@ -328,7 +409,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     qc_debug ("%s: image is dirty (refcounts may be stale): serving it "
               "read-only", img->name);
 
-  if (open_data_file (img) == -1)
+  if (set_follow_root (img, opts) == -1 || open_data_file (img, opts) == -1)
     goto err;
   img->compress = opts->compress;
   img->compress_level = opts->compress_level;
@@ -416,6 +497,7 @@ qc_image_close (struct qc_image *img)
   pthread_cond_destroy (&img->inflight_done);
   free (img->description);
   free (img->name);
+  free (img->follow_root);
   free (img);
   errno = saved_errno;
 }

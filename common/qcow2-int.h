@@ -62,6 +62,8 @@ struct qcow2_snapshot {
 
 struct qc_image {
   char *name;
+  char *follow_root;            /* referenced-files=same-dir: realpath of
+                                 * the top image's directory */
   bool is_raw;
   bool locking;
   bool borrowed;                /* file belongs to the caller */

@@ -27,6 +27,13 @@ struct qc_options {
   char *backing;                /* NULL: from the image; "none": no
                                  * backing; else a path overriding it */
   char *backing_format;         /* format of an overriding backing file */
+  /* Which files named inside images (backing files, external data
+   * files) may be opened: any plain path, only those inside the top
+   * image's directory (follow_root, found by the core; symlinks
+   * resolved), or none.
+   */
+  enum qc_follow { QC_FOLLOW_ANY, QC_FOLLOW_SAME_DIR, QC_FOLLOW_NONE } follow;
+  const char *follow_root;      /* internal (backing files): not owned */
   char *snapshot;               /* serve this snapshot by default */
   struct blkdev *backing_dev;   /* if set: the backing device (raw guest
                                  * bytes), instead of any backing file;
@@ -77,6 +84,14 @@ struct qc_image;
 extern struct qc_image *qc_image_open (const struct qc_options *opts,
                                        struct blkdev *dev);
 extern void qc_image_close (struct qc_image *img);
+
+/* referenced-files=same-dir: path (name as the image gives it) resolved
+ * with realpath, if it lies inside the directory root (a realpath);
+ * else NULL after qc_error (errno EPERM outside, or realpath's).
+ */
+extern char *qc_follow_check (const char *image_name, const char *root,
+                              const char *name, const char *path,
+                              const char *what);
 
 /* Create a new qcow2 image as opts say (size, cluster size, ...): in
  * the file opts->file (dev NULL), or over the start of dev (a fixed-size

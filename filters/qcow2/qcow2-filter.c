@@ -380,8 +380,13 @@ get_image (nbdkit_backend *backend, int readonly)
       goto fail_dev;
     have_header = true;
   }
+  /* referenced-files=same-dir: the container has no directory, so the
+   * one nbdkit was started in is the image's.
+   */
+  o.follow_root = startup_dir;
   if (have_header && !opts.backing && h.backing_file &&
-      h.backing_file[0] != '/' && !looks_like_protocol (h.backing_file)) {
+      h.backing_file[0] != '/' && !looks_like_protocol (h.backing_file) &&
+      opts.follow != QC_FOLLOW_NONE) {       /* the core refuses it */
     if (asprintf (&backing, "%s/%s", startup_dir, h.backing_file) == -1) {
       nbdkit_error ("asprintf: %m");
       goto fail_dev;
@@ -393,6 +398,14 @@ get_image (nbdkit_backend *backend, int readonly)
                     "qcow2-backing=PATH or qcow2-backing=none)",
                     dev->name, h.backing_file, backing);
       goto fail_dev;
+    }
+    if (opts.follow == QC_FOLLOW_SAME_DIR) {
+      char *real = qc_follow_check (dev->name, startup_dir, h.backing_file,
+                                    backing, "backing file");
+      if (!real)
+        goto fail_dev;
+      free (backing);
+      backing = real;
     }
     o.backing = backing;
     o.backing_format = h.backing_format;
