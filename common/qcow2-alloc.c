@@ -135,6 +135,7 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
   uint8_t *block;
   struct l2cache_entry *pin;
   uint64_t v, nv;
+  unsigned i;
   uint32_t lo, hi;
 
   if (get_block (img, cluster, &block, &pin) == -1)
@@ -177,8 +178,9 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     /* Never pack compressed streams into a freed cluster (qemu 7.2 did,
      * and corrupted its images).
      */
-    if (img->zcursor && img->zcursor / img->h.cluster_size == cluster)
-      img->zcursor = 0;
+    for (i = 0; i < QC_ZOPEN; i++)
+      if (img->zopen[i] && img->zopen[i] / img->h.cluster_size == cluster)
+        img->zopen[i] = 0;
     blkdev_trim (img->file, img->h.cluster_size, off, 0);
   }
   return 0;

@@ -680,3 +680,11 @@ qc_image_description (struct qc_image *img)
 {
   return img->description;
 }
+
+uint32_t
+qc_image_preferred_block (struct qc_image *img)
+{
+  if (img->is_raw || img->compress < 0)
+    return 0;
+  return img->h.cluster_size;
+}

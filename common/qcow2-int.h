@@ -105,8 +105,13 @@ struct qc_image {
   uint64_t reftable_dirty_lo, reftable_dirty_hi;  /* entries */
   uint64_t l1_dirty_lo, l1_dirty_hi;    /* entries, lo == hi: clean */
   uint64_t free_cursor;                 /* first cluster that may be free */
-  uint64_t zcursor;                     /* where the next compressed
-                                         * stream is packed, 0 = none */
+  /* Partly filled clusters that compressed streams are packed into:
+   * where the free space of each starts (0: none).  Several, so that a
+   * cluster allocated for something else next to one does not waste
+   * the rest of it.
+   */
+#define QC_ZOPEN 4
+  uint64_t zopen[QC_ZOPEN];
   uint64_t alloc_end;                   /* atomic: end of allocated host
                                          * clusters, may pass the file end */
   uint64_t dirty_limit;                 /* tables before an early writeback */

@@ -396,40 +396,55 @@ static int
 reserve_compressed (struct qc_image *img, uint64_t len, uint64_t *off)
 {
   const uint64_t cs = img->h.cluster_size;
-  uint64_t z = img->zcursor;
+  uint64_t v, z, least = cs;
+  unsigned i, slot = 0, pass;
+  int r;
 
-  if (z && z % cs) {
-    uint64_t cluster = z / cs, space = cs - z % cs, v;
-    int r;
-
-    /* The cluster must still be ours and have room for one more
-     * reference (narrow refcounts fill up quickly).
-     */
-    if (qc_refcount_get (img, cluster, &v) == -1)
-      return -1;
-    if (v > 0 && v < qc_refcount_max (img)) {
-      if (len <= space) {
-        if (qc_refcount_add (img, cluster, 1) == -1)
-          return -1;
-        *off = z;
-        img->zcursor = (z + len) % cs ? z + len : 0;
-        return 0;
-      }
-      r = qc_alloc_cluster_at (img, cluster + 1);
-      if (r == -1)
+  /* First pass: the stream fits in an open cluster.  Second: it
+   * crosses from one into the next cluster, if that is still free.
+   */
+  for (pass = 0; pass < 2; pass++) {
+    for (i = 0; i < QC_ZOPEN; i++) {
+      z = img->zopen[i];
+      if (!z)
+        continue;
+      /* The cluster must still be ours and have room for one more
+       * reference (narrow refcounts fill up quickly).
+       */
+      if (qc_refcount_get (img, z / cs, &v) == -1)
         return -1;
-      if (r == 1) {
-        if (qc_refcount_add (img, cluster, 1) == -1)
-          return -1;
-        *off = z;
-        img->zcursor = (z + len) % cs ? z + len : 0;
-        return 0;
+      if (v == 0 || v >= qc_refcount_max (img)) {
+        img->zopen[i] = 0;
+        continue;
       }
+      if (pass == 0 && len > cs - z % cs)
+        continue;
+      if (pass == 1) {
+        r = qc_alloc_cluster_at (img, z / cs + 1);
+        if (r == -1)
+          return -1;
+        if (r == 0)
+          continue;
+      }
+      if (qc_refcount_add (img, z / cs, 1) == -1)
+        return -1;
+      *off = z;
+      img->zopen[i] = (z + len) % cs ? z + len : 0;
+      return 0;
     }
   }
+
+  /* A new cluster; it replaces the open cluster with least room. */
   if (qc_alloc_clusters (img, 1, off) == -1)
     return -1;
-  img->zcursor = len < cs ? *off + len : 0;
+  for (i = 0; i < QC_ZOPEN; i++) {
+    uint64_t room = img->zopen[i] ? cs - img->zopen[i] % cs : 0;
+    if (room < least) {
+      least = room;
+      slot = i;
+    }
+  }
+  img->zopen[slot] = *off + len;
   return 0;
 }
 
@@ -452,7 +467,7 @@ entry_reads_zero (const struct qc_image *img, uint64_t e, uint64_t bm)
 
 static int
 write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
-                  bool padded)
+                  struct qc_inflight *held)
 {
   struct qc_image *img = v->img;
   const struct qcow2_header *h = &img->h;
@@ -477,32 +492,35 @@ write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
     free (out);
     if (len == -1)
       qc_error ("%s: compressing a cluster: %m", img->name);
+    if (held) {
+      pthread_mutex_lock (&img->meta_lock);
+      release (img, held);
+      pthread_mutex_unlock (&img->meta_lock);
+    }
     return len == 0 ? 0 : -1;
   }
 
   pthread_mutex_lock (&img->meta_lock);
-  wait_inflight (img, offset, offset + cs);
+  /* A caller that read the cluster to merge a partial write holds the
+   * claim on it already: nobody changed its entry since.
+   */
+  if (!held)
+    wait_inflight (img, offset, offset + cs);
   if (l2_for_write (img, offset / l2_span (img), true, &table, &pin) == -1 ||
       reserve_compressed (img, len, &off) == -1)
     goto out_unlock;
   qc_load_entry (img, table + idx * h->l2_entry_size, &e, &bm);
-  /* A padded cluster is only right while the rest of it reads as zeros:
-   * check again now that no allocation of it is in flight.
-   */
-  if (padded && !entry_reads_zero (img, e, bm)) {
-    uint64_t c;
-    for (c = off / cs; c <= (off + len - 1) / cs; c++)
-      qc_refcount_add (img, c, -1);
-    r = 0;
-    goto out_unlock;
+  if (!held) {
+    claim (img, &f, offset, offset + cs);
+    held = &f;
   }
-  claim (img, &f, offset, offset + cs);
   pthread_mutex_unlock (&img->meta_lock);
 
   r = blkdev_pwrite (img->file, out, len, off, 0);
 
   pthread_mutex_lock (&img->meta_lock);
-  release (img, &f);
+  release (img, held);
+  held = NULL;
   if (r == -1) {
     /* Nothing points to the stream: give its references back now. */
     uint64_t c;
@@ -519,15 +537,89 @@ write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
   if (r == 0)
     r = 1;
  out_unlock:
+  if (held)
+    release (img, held);
   l2cache_put (img->cache, pin);
   pthread_mutex_unlock (&img->meta_lock);
   free (out);
   return r;
 }
 
-/* With compress=, whole clusters (and the partial last cluster of the
- * disk) are written compressed; returns bytes done, or 0 if the request
- * does not start with such a cluster.
+/* With compress=, a write of part of a cluster that has no host cluster
+ * of its own (it reads as zeros, from the backing file, or it is
+ * compressed) is merged with what the cluster reads and the whole
+ * cluster is stored compressed again: clients such as nbdcopy split
+ * their writes around runs of zeros, and the image must still end up
+ * compressed.  A cluster with its own host cluster is written in place
+ * (a concurrent in-place write elsewhere in it must not be lost).
+ * Not for clusters larger than MERGE_MAX: a client writing one in
+ * smaller pieces would have it decompressed and compressed again for
+ * each piece (nbdcopy writes 256 KiB requests by default).
+ * Returns bytes done, 0 to write it normally, -1 on error.
+ */
+#define MERGE_MAX (256 * 1024)
+static int64_t
+merge_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
+                  uint64_t count)
+{
+  struct qc_image *img = v->img;
+  const uint64_t cs = img->h.cluster_size;
+  const uint64_t cstart = offset & ~(cs - 1);
+  const uint64_t cend = cstart + cs < v->dev.size ? cstart + cs : v->dev.size;
+  struct l2cache_entry *pin;
+  struct qc_inflight f;
+  uint8_t *table, *buf;
+  uint64_t e, bm;
+  int r;
+
+  /* (The partial last cluster of the disk, written whole, is fine.) */
+  if (cs > MERGE_MAX && !(offset == cstart && offset + count >= cend))
+    return 0;
+  if (count > cend - offset)
+    count = cend - offset;
+  pthread_mutex_lock (&img->meta_lock);
+  wait_inflight (img, cstart, cstart + cs);
+  if (l2_for_write (img, offset / l2_span (img), true, &table, &pin) == -1) {
+    pthread_mutex_unlock (&img->meta_lock);
+    return -1;
+  }
+  qc_load_entry (img, table + ((cstart % l2_span (img)) / cs) *
+                 img->h.l2_entry_size, &e, &bm);
+  l2cache_put (img->cache, pin);
+  if (has_own_host (img, e) ||
+      (img->h.extended_l2 && (bm & 0xffffffffULL))) {
+    pthread_mutex_unlock (&img->meta_lock);
+    return 0;
+  }
+  claim (img, &f, cstart, cstart + cs);
+  pthread_mutex_unlock (&img->meta_lock);
+
+  buf = calloc (1, cs);
+  if (!buf) {
+    qc_error ("%s: %m", img->name);
+    r = -1;
+    goto release;
+  }
+  if (blkdev_pread (&v->dev, buf, cend - cstart, cstart) == -1) {
+    free (buf);
+    r = -1;
+    goto release;
+  }
+  memcpy (buf + (offset - cstart), p, count);
+  r = write_compressed (v, buf, cstart, &f);   /* releases f */
+  free (buf);
+  return r <= 0 ? r : (int64_t) count;
+
+ release:
+  pthread_mutex_lock (&img->meta_lock);
+  release (img, &f);
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
+/* With compress=, whole clusters are written compressed, and so are
+ * parts of clusters (merge_compressed).  Returns bytes done, or 0 if
+ * the request does not start with such a cluster.
  */
 static int64_t
 try_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
@@ -535,37 +627,14 @@ try_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
 {
   struct qc_image *img = v->img;
   const uint64_t cs = img->h.cluster_size;
-  uint64_t size = v->dev.size;
-  uint8_t *padded;
   int r;
 
-  if (img->compress < 0 || offset % cs)
+  if (img->compress < 0)
     return 0;
-  if (count >= cs)
-    r = write_compressed (v, p, offset, false);
-  else {
-    /* A partial cluster whose rest reads as zeros (the end of a copy)
-     * is compressed with the zeros.
-     */
-    uint64_t end = offset + cs < size ? offset + cs : size;
-    bool zero;
-
-    if (reads_as_zero (v, offset + count, end - offset - count, &zero) == -1)
-      return -1;
-    if (!zero)
-      return 0;
-    padded = calloc (1, cs);
-    if (!padded) {
-      qc_error ("%s: %m", img->name);
-      return -1;
-    }
-    memcpy (padded, p, count);
-    r = write_compressed (v, padded, offset, true);
-    free (padded);
-  }
-  if (r <= 0)
-    return r;
-  return count < cs ? count : cs;
+  if (offset % cs || count < cs)
+    return merge_compressed (v, p, offset, count);
+  r = write_compressed (v, p, offset, NULL);
+  return r <= 0 ? r : (int64_t) cs;
 }
 
 int
@@ -651,7 +720,35 @@ reads_as_zero (struct qc_view *v, uint64_t offset, uint64_t len, bool *ret)
     struct qc_run run;
     if (qc_map (v, offset, len, &run) == -1)
       return -1;
-    if (run.kind == QC_DATA || run.kind == QC_COMPRESSED ||
+    if (run.kind == QC_COMPRESSED && img->compress >= 0) {
+      /* Rewriting it would decompress and compress it again: see
+       * whether that part holds zeros already (nbdcopy zeroes the
+       * holes of clusters it has written).
+       */
+      uint8_t *buf;
+      bool zero;
+
+      /* A cluster at a time: the run may be long. */
+      if (run.length > img->h.cluster_size - offset % img->h.cluster_size)
+        run.length = img->h.cluster_size - offset % img->h.cluster_size;
+      buf = malloc (run.length);
+
+      if (!buf) {
+        qc_error ("%s: %m", img->name);
+        return -1;
+      }
+      if (blkdev_pread (&v->dev, buf, run.length, offset) == -1) {
+        free (buf);
+        return -1;
+      }
+      zero = buf[0] == 0 && memcmp (buf, buf + 1, run.length - 1) == 0;
+      free (buf);
+      if (!zero) {
+        *ret = false;
+        return 0;
+      }
+    }
+    else if (run.kind == QC_DATA || run.kind == QC_COMPRESSED ||
         (run.kind == QC_UNALLOCATED && img->backing)) {
       *ret = false;
       return 0;

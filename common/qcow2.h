@@ -152,4 +152,10 @@ extern struct blkdev *qc_image_view (struct qc_image *img, const char *name);
  */
 extern const char *qc_image_description (struct qc_image *img);
 
+/* The request size clients should use, 0 for no preference: with
+ * compress=, whole clusters (a smaller write into a cluster costs a
+ * decompression and a compression, or is stored uncompressed).
+ */
+extern uint32_t qc_image_preferred_block (struct qc_image *img);
+
 #endif /* QC_QCOW2_H */

@@ -80,3 +80,21 @@ glue_set_option (struct qc_options *opts, const char *key, const char *value)
   free (secret);
   return r;
 }
+
+void
+glue_block_size (struct qc_image *img, uint32_t *minimum,
+                 uint32_t *preferred, uint32_t *maximum)
+{
+  uint32_t pref = img ? qc_image_preferred_block (img) : 0;
+
+  /* No minimum: any byte range works.  nbdcopy, for one, sizes its
+   * zero detection by the preferred size, so it does not cut clusters.
+   */
+  if (pref >= 512) {
+    *minimum = 1;
+    *preferred = pref;
+    *maximum = 0xffffffff;
+  }
+  else
+    *minimum = *preferred = *maximum = 0;
+}

@@ -30,6 +30,13 @@ extern int glue_extents (struct blkdev *view, uint32_t count,
  * "-" to prompt, "+FILE", "-FD"), read with nbdkit_read_password and
  * wiped after use.  key has no module prefix.
  */
+/* nbdkit's .block_size for an image (NULL: no constraints): the
+ * core's preferred request size, if any.
+ */
+struct qc_image;
+extern void glue_block_size (struct qc_image *img, uint32_t *minimum,
+                             uint32_t *preferred, uint32_t *maximum);
+
 extern int glue_set_option (struct qc_options *opts, const char *key,
                             const char *value);
 

@@ -183,6 +183,14 @@ qcow2_get_size (void *handle)
 }
 
 static int
+qcow2_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                  uint32_t *maximum)
+{
+  glue_block_size (img, minimum, preferred, maximum);
+  return 0;
+}
+
+static int
 qcow2_can_write (void *handle)
 {
   struct handle *h = handle;
@@ -311,6 +319,7 @@ static struct nbdkit_plugin plugin = {
   .get_size = qcow2_get_size,
   .can_write = qcow2_can_write,
   .can_multi_conn = qcow2_can_multi_conn,
+  .block_size = qcow2_block_size,
   .can_extents = qcow2_can_extents,
   .can_fua = qcow2_can_fua,
   .can_zero = qcow2_can_zero,

@@ -571,7 +571,7 @@ overlay_block_size (nbdkit_next *next, void *handle,
                     uint32_t *minimum, uint32_t *preferred,
                     uint32_t *maximum)
 {
-  *minimum = *preferred = *maximum = 0;   /* no constraints */
+  glue_block_size (img, minimum, preferred, maximum);
   return 0;
 }
 
