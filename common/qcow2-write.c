@@ -18,12 +18,18 @@
 #include "byteorder.h"
 #include "codec.h"
 #include "qc-error.h"
+#include "parfor.h"
 #include "qcow2-int.h"
 
 #define ALL_ZERO_BITS 0xffffffff00000000ULL
 
 static bool entry_reads_zero (const struct qc_image *img, uint64_t e,
                               uint64_t bm);
+static int store_compressed (struct qc_view *v, const uint8_t *out,
+                             long len, uint64_t offset,
+                             struct qc_inflight *held);
+static int64_t write_plain (struct qc_view *v, const uint8_t *p,
+                            uint64_t offset, uint64_t count);
 static int reads_as_zero (struct qc_view *v, uint64_t offset, uint64_t len,
                           bool *ret);
 
@@ -448,9 +454,6 @@ reserve_compressed (struct qc_image *img, uint64_t len, uint64_t *off)
   return 0;
 }
 
-/* Write one whole guest cluster compressed.  Returns 1 if done, 0 if it
- * does not compress (the caller writes it normally), -1 on error.
- */
 /* Does the cluster entry (e, bm) read as zeros as a whole? */
 static bool
 entry_reads_zero (const struct qc_image *img, uint64_t e, uint64_t bm)
@@ -465,33 +468,43 @@ entry_reads_zero (const struct qc_image *img, uint64_t e, uint64_t bm)
     (!img->backing || (bm >> 32) == 0xffffffffULL);
 }
 
+/* Compress one guest cluster into out (cluster_size bytes), outside
+ * any lock.  Returns the stream's length, 0 if it does not compress,
+ * -1 on error.
+ */
+static long
+compress_cluster (struct qc_image *img, const uint8_t *data, uint8_t *out)
+{
+  const uint64_t cs = img->h.cluster_size;
+  long len = codec_compress (img->compress, img->compress_level, data, cs,
+                             out, cs - 1);
+
+  if (len == -1)
+    qc_error ("%s: compressing a cluster: %m", img->name);
+  return len;
+}
+
+/* Write one whole guest cluster compressed.  Returns 1 if done, 0 if it
+ * does not compress (the caller writes it normally), -1 on error.  held:
+ * the caller's claim on the cluster, released here in every case.
+ */
 static int
 write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
                   struct qc_inflight *held)
 {
   struct qc_image *img = v->img;
-  const struct qcow2_header *h = &img->h;
-  const uint64_t cs = h->cluster_size;
-  const unsigned x = 62 - (h->cluster_bits - 8);
-  uint8_t *out = malloc (cs);
-  struct l2cache_entry *pin = NULL;
-  struct qc_inflight f;
-  uint8_t *table;
-  uint64_t idx = (offset % l2_span (img)) / cs, e, bm, off, nsect;
+  uint8_t *out = malloc (img->h.cluster_size);
   long len;
-  int r = -1;
+  int r;
 
   if (!out) {
     qc_error ("%s: %m", img->name);
-    return -1;
+    len = -1;
   }
-  /* Compress outside any lock. */
-  len = codec_compress (img->compress, img->compress_level, data, cs,
-                        out, cs - 1);
+  else
+    len = compress_cluster (img, data, out);
   if (len <= 0) {
     free (out);
-    if (len == -1)
-      qc_error ("%s: compressing a cluster: %m", img->name);
     if (held) {
       pthread_mutex_lock (&img->meta_lock);
       release (img, held);
@@ -499,6 +512,27 @@ write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
     }
     return len == 0 ? 0 : -1;
   }
+  r = store_compressed (v, out, len, offset, held);
+  free (out);
+  return r;
+}
+
+/* Store a compressed stream of len bytes as guest cluster offset.
+ * Returns 1, or -1 on error.  held as for write_compressed.
+ */
+static int
+store_compressed (struct qc_view *v, const uint8_t *out, long len,
+                  uint64_t offset, struct qc_inflight *held)
+{
+  struct qc_image *img = v->img;
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const unsigned x = 62 - (h->cluster_bits - 8);
+  struct l2cache_entry *pin = NULL;
+  struct qc_inflight f;
+  uint8_t *table;
+  uint64_t idx = (offset % l2_span (img)) / cs, e, bm, off, nsect;
+  int r = -1;
 
   pthread_mutex_lock (&img->meta_lock);
   /* A caller that read the cluster to merge a partial write holds the
@@ -541,7 +575,6 @@ write_compressed (struct qc_view *v, const uint8_t *data, uint64_t offset,
     release (img, held);
   l2cache_put (img->cache, pin);
   pthread_mutex_unlock (&img->meta_lock);
-  free (out);
   return r;
 }
 
@@ -617,6 +650,74 @@ merge_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
   return r;
 }
 
+/* The clusters of one large write are compressed in parallel (the
+ * caller's thread and idle pool threads, see parfor.h), then stored in
+ * order; those that do not compress are written normally.
+ */
+#define BATCH_MAX 32
+
+struct batch {
+  struct qc_image *img;
+  const uint8_t *in;
+  uint8_t *out;
+  long len[BATCH_MAX];
+};
+
+static void
+batch_item (void *arg, size_t i)
+{
+  struct batch *b = arg;
+  const uint64_t cs = b->img->h.cluster_size;
+
+  b->len[i] = compress_cluster (b->img, b->in + i * cs, b->out + i * cs);
+}
+
+static int64_t
+write_compressed_batch (struct qc_view *v, const uint8_t *p,
+                        uint64_t offset, uint64_t count)
+{
+  struct qc_image *img = v->img;
+  const uint64_t cs = img->h.cluster_size;
+  struct batch b = { .img = img, .in = p };
+  size_t n = count / cs, i;
+  int64_t done = 0;
+
+  if (n > BATCH_MAX)
+    n = BATCH_MAX;
+  b.out = malloc (n * cs);
+  if (!b.out) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  parfor (batch_item, &b, n);
+  for (i = 0; i < n; i++) {
+    uint64_t at = offset + i * cs;
+    if (b.len[i] == -1)
+      goto err;
+    if (b.len[i] > 0) {
+      if (store_compressed (v, b.out + i * cs, b.len[i], at, NULL) == -1)
+        goto err;
+    }
+    else {
+      uint64_t left = cs;
+      while (left > 0) {
+        int64_t w = write_plain (v, p + (at - offset) + (cs - left),
+                                 at + (cs - left), left);
+        if (w == -1)
+          goto err;
+        left -= w;
+      }
+    }
+    done += cs;
+  }
+  free (b.out);
+  return done;
+ err:
+  free (b.out);
+  /* What was written stays written; the request fails as a whole. */
+  return -1;
+}
+
 /* With compress=, whole clusters are written compressed, and so are
  * parts of clusters (merge_compressed).  Returns bytes done, or 0 if
  * the request does not start with such a cluster.
@@ -633,8 +734,39 @@ try_compressed (struct qc_view *v, const uint8_t *p, uint64_t offset,
     return 0;
   if (offset % cs || count < cs)
     return merge_compressed (v, p, offset, count);
+  if (count >= 2 * cs)
+    return write_compressed_batch (v, p, offset, count);
   r = write_compressed (v, p, offset, NULL);
   return r <= 0 ? r : (int64_t) cs;
+}
+
+/* Write uncompressed: in place where the clusters are ours, else
+ * through write_slow.  Returns bytes done (some), -1 on error.
+ */
+static int64_t
+write_plain (struct qc_view *v, const uint8_t *p, uint64_t offset,
+             uint64_t count)
+{
+  struct qc_image *img = v->img;
+  struct qc_run run;
+  unsigned epoch;
+  uint64_t in_l2;
+  int r;
+
+  epoch = qc_io_begin (img);
+  if (qc_map (v, offset, count, &run) == -1) {
+    qc_io_end (img, epoch);
+    return -1;
+  }
+  if (run.kind == QC_DATA && run.copied) {
+    r = qc_data_write (img, run.host, offset, p, run.length);
+    qc_io_end (img, epoch);
+    return r == -1 ? -1 : (int64_t) run.length;
+  }
+  qc_io_end (img, epoch);
+
+  in_l2 = l2_span (img) - offset % l2_span (img);
+  return write_slow (v, p, offset, count < in_l2 ? count : in_l2);
 }
 
 int
@@ -643,12 +775,9 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
 {
   struct qc_image *img = v->img;
   const uint8_t *p = buf;
-  int r = 0;
 
   while (count > 0) {
-    struct qc_run run;
-    unsigned epoch;
-    uint64_t in_l2, piece;
+    uint64_t piece;
     int64_t n = try_compressed (v, p, offset, count);
 
     if (n == -1)
@@ -666,26 +795,7 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
       if (piece > cs - offset % cs)
         piece = cs - offset % cs;
     }
-
-    epoch = qc_io_begin (img);
-    if (qc_map (v, offset, piece, &run) == -1) {
-      qc_io_end (img, epoch);
-      return -1;
-    }
-    if (run.kind == QC_DATA && run.copied) {
-      r = qc_data_write (img, run.host, offset, p, run.length);
-      qc_io_end (img, epoch);
-      if (r == -1)
-        return -1;
-      p += run.length;
-      offset += run.length;
-      count -= run.length;
-      continue;
-    }
-    qc_io_end (img, epoch);
-
-    in_l2 = l2_span (img) - offset % l2_span (img);
-    n = write_slow (v, p, offset, piece < in_l2 ? piece : in_l2);
+    n = write_plain (v, p, offset, piece);
     if (n == -1)
       return -1;
     p += n;
