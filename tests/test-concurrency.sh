@@ -3,7 +3,9 @@
 #
 # For each kind of image (64k clusters; 512-byte clusters; extended L2
 # entries; a raw backing file; compressed clusters with an internal
-# snapshot), nbdkit serves it read-write and concurrency.py hammers it
+# snapshot; compress=zlib, where partial writes are merged into
+# compressed clusters and large writes compressed in parallel), nbdkit
+# serves it read-write and concurrency.py hammers it
 # from several processes, each with its own connection and many requests
 # in flight, on neighbouring and overlapping ranges: closely interleaved
 # ranges owned by each worker (checked against a model as it goes),
@@ -23,7 +25,8 @@
 #
 # Environment: QC_CONC_OPS (requests per worker in phase 1, default 400),
 # QC_CONC_WORKERS (default 6), QC_CONC_SEED (default: a new one, printed),
-# QC_CONC_VARIANTS (a subset of: c64k c512 ext64k backing snapshot),
+# QC_CONC_VARIANTS (a subset of: c64k c512 ext64k backing snapshot
+# compress),
 # QC_CONC_ARGS (more options for concurrency.py run, e.g.
 # "--duel-rounds 50 --storm-rounds 4").
 . "${srcdir:-$(dirname "$0")}/functions.sh"
@@ -36,7 +39,7 @@ hammer=${srcdir:-$(dirname "$0")}/concurrency.py
 ops=${QC_CONC_OPS:-400}
 workers=${QC_CONC_WORKERS:-6}
 seed=${QC_CONC_SEED:-$(( $(date +%s) % 100000 ))}
-variants=${QC_CONC_VARIANTS:-c64k c512 ext64k backing snapshot}
+variants=${QC_CONC_VARIANTS:-c64k c512 ext64k backing snapshot compress}
 echo "seed $seed (rerun with QC_CONC_SEED=$seed), $workers workers," \
      "$ops requests each"
 
@@ -86,7 +89,7 @@ run_variant ()
       "$dir/snap-before.raw"
   fi
 
-  start_nbdkit srv -f qcow2 "$img"   # -f: errors go to the log
+  start_nbdkit srv -f qcow2 "$img" ${serve_args:-}   # -f: errors go to the log
   log="${srv%.sock}.log"
   if [ -n "$snap" ]; then
     snapargs=(--snap-uri "$(nbd_uri "$srv" "$snap")"
@@ -178,6 +181,18 @@ with open(sys.argv[1], "wb") as f:
             -c "write -q -P 0x22 $((40*M-8*K)) 16k" "$img"
     run_variant backing "$img" $((4*K)) $((4*K)) \
       "0:$M,$((2*M-300*K)):$((600*K)),$((40*M-512*K)):$M,$((48*M-256*K)):$((256*K))"
+    ;;
+  compress)
+    # compress=zlib over qemu-compressed 16k clusters: whole-cluster
+    # writes compressed (several clusters of one request in parallel),
+    # 4k writes merged into compressed clusters, zeroes and trims.
+    src=$tmpdir/csrc.qcow2 img=$tmpdir/comp.qcow2
+    qemu-img create -q -f qcow2 "$src" 32M
+    qemu-io -c "write -q -P 0x61 0 3M" \
+            -c "write -q -P 0x62 $((20*M)) 2M" "$src"
+    qemu-img convert -c -f qcow2 -O qcow2 -o cluster_size=16k "$src" "$img"
+    serve_args=compress=zlib run_variant compress "$img" $((16*K)) $((4*K)) \
+      "0:$((3*M)),$((20*M-64*K)):$((2*M))"
     ;;
   snapshot)
     # Compressed clusters (16k; an L2 table covers 32M), a zero cluster,
