@@ -58,6 +58,8 @@ ROWS = [
      "qemu-nbd+compress"),
     ("h-zlib-write", "(h)   zlib, vs qemu-img convert -c", "MB/s",
      "qemu-img"),
+    ("h-zlibfast-write", "(h)   zlib compress-level=fast (ISA-L), vs "
+     "qemu-img convert -c (zlib)", "MB/s", "qemu-img@h-zlib-write"),
     ("h-zstd-write", f"(h) compressed write zstd, {smp} sample", "MB/s",
      "qemu-nbd+compress"),
     ("h-zstd-write", "(h)   zstd, vs qemu-img convert -c", "MB/s",
@@ -131,7 +133,10 @@ for case, label, unit, qcol in ROWS:
     if not any(k[0] == case for k in vals):
         continue
     o, _ = med(case, ("ours",))
-    q, qs = med(case, QEMU_SERVER[qcol])
+    qcase = case
+    if "@" in qcol:             # compared with another case's qemu
+        qcol, qcase = qcol.split("@")
+    q, qs = med(qcase, QEMU_SERVER[qcol])
     r, _ = med(case, ("raw",))
     label = label if qcol in ("qemu-nbd",) or "vs" in label else \
         label + " [qemu: " + qcol + "]"
@@ -182,7 +187,7 @@ show(hdr2, table2)
 
 # Compressed sizes.
 sizes = []
-for c in ("zlib", "zstd"):
+for c in ("zlib", "zlibfast", "zstd"):
     for s, name in (("ours", "ours (nbdcopy, compress=%s)" % c),
                     ("qemu", "qemu-nbd + compress filter"),
                     ("qemu-img", "qemu-img convert -c")):
