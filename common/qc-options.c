@@ -26,6 +26,7 @@ qc_options_init (struct qc_options *opts)
   opts->locking = true;
   opts->compress = -1;
   opts->compression_type = -1;
+  opts->compressed_cache = QC_COMPRESSED_CACHE_DEFAULT;
 }
 
 /* Secrets do not stay in freed memory. */
@@ -155,6 +156,8 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
     return set_string (&opts->snapshot, value);
   if (strcmp (key, "cache-size") == 0)
     return parse_size (key, value, &opts->cache_size);
+  if (strcmp (key, "compressed-cache") == 0)
+    return parse_size (key, value, &opts->compressed_cache);
   if (strcmp (key, "locking") == 0)
     return parse_bool (key, value, &opts->locking);
 

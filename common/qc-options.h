@@ -29,6 +29,8 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Serve this internal snapshot (name or ID) by default.")           \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
      "L2 table cache size (suffixes k, M, G).")                         \
+  X ("compressed-cache", QC_OPT_SIZE, "SIZE", "8M",                     \
+     "Cache of decompressed clusters per image, 0 = off.")              \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
      "Take qemu-compatible image locks.")                               \
   X ("snapshot-create", QC_OPT_STRING, "NAME", NULL,                    \
@@ -95,6 +97,9 @@ struct qc_option {
   const char *default_value;    /* as shown to users, NULL = none */
   const char *help;
 };
+
+/* The default of compressed-cache=. */
+#define QC_COMPRESSED_CACHE_DEFAULT (8ULL << 20)
 
 extern const struct qc_option qc_option_table[];
 extern const size_t qc_option_table_len;

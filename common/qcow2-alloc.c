@@ -173,6 +173,10 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     /* Whatever table this cluster held is gone. */
     l2cache_drop (img->cache, off);
     l2cache_drop (img->rcache, off);
+    /* Compressed streams in it may be followed by new ones at the
+     * same place.
+     */
+    dcache_drop (img->dcache, off, off + img->h.cluster_size);
     if (cluster < img->free_cursor)
       img->free_cursor = cluster;
     /* Never pack compressed streams into a freed cluster (qemu 7.2 did,

@@ -249,6 +249,8 @@ qc_rebuild_refcounts (struct qc_image *img)
   uint8_t *block = NULL, hdr[12];
   int ret = -1;
 
+  /* Clusters are freed here without qc_refcount_add seeing them. */
+  dcache_clear (img->dcache);
   /* The old refcount structures are not counted: they become free. */
   if (qc_count_refs (img, false, &r) == -1)
     return -1;

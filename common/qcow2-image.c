@@ -266,6 +266,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.format = (char *) format;   /* NULL: probe */
   bopts.readonly = true;
   bopts.cache_size = opts->cache_size;
+  bopts.compressed_cache = opts->compressed_cache;
   bopts.locking = false;
   bopts.passphrase = opts->backing_passphrase;
   /* ...and for the files below it: backing-passphrase= is the one
@@ -441,6 +442,10 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
                             img->h.cluster_size);
   if (!img->cache)
     goto err;
+  /* NULL when smaller than a cluster: off. */
+  img->dcache = dcache_new (opts->compressed_cache, img->h.cluster_size);
+  if (!img->dcache && opts->compressed_cache >= img->h.cluster_size)
+    goto err;
   if (qc_detect_metadata_prealloc (img, &img->metadata_prealloc) == -1)
     goto err;
   img->default_view = &img->active.dev;
@@ -482,6 +487,17 @@ qc_image_close (struct qc_image *img)
   qc_crypto_close (img->crypto);
   qc_snapshots_free (img);
   free (img->active.l1);
+  if (img->nr_decompressed) {
+    struct dcache_stats st;
+
+    dcache_get_stats (img->dcache, &st);
+    qc_debug ("%s: %" PRIu64 " compressed clusters decompressed; cache of "
+              "decompressed clusters: %" PRIu64 " hits, %" PRIu64 " misses, "
+              "%" PRIu64 " evictions, %" PRIu64 " invalidations",
+              img->name, img->nr_decompressed, st.hits, st.misses,
+              st.evictions, st.drops);
+  }
+  dcache_free (img->dcache);
   l2cache_free (img->cache);
   if (img->backing_img)
     qc_image_close (img->backing_img);

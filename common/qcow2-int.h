@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "blkdev.h"
+#include "dcache.h"
 #include "l2cache.h"
 #include "qcow2.h"
 #include "qcow2-header.h"
@@ -80,6 +81,9 @@ struct qc_image {
   struct qc_image *backing_img; /* owner of backing */
   struct qcow2_header h;
   struct l2cache *cache;
+  struct dcache *dcache;        /* decompressed clusters, or NULL */
+  uint64_t nr_decompressed;     /* atomic: clusters decompressed, for
+                                 * tests and debug messages */
   struct qc_view active;
   struct qcow2_snapshot *snapshots;
   uint32_t nr_snapshots;
@@ -155,6 +159,23 @@ extern int qc_data_read (struct qc_image *img, uint64_t host, uint64_t guest,
                          void *buf, size_t len);
 extern int qc_data_write (struct qc_image *img, uint64_t host,
                           uint64_t guest, const void *buf, size_t len);
+
+/* Where the stream of a compressed cluster lies in the image file:
+ * bytes [*host, *host + *len) for descriptor desc (the L2 entry without
+ * its flags).  The length is the sectors the descriptor counts, so it
+ * may include bytes after the stream.
+ */
+static inline void
+qc_compressed_extent (const struct qc_image *img, uint64_t desc,
+                      uint64_t *host, uint64_t *len)
+{
+  const unsigned bits = img->h.cluster_bits - 8;
+  const unsigned x = 62 - bits;
+  uint64_t nsect = (desc >> x) & ((1ULL << bits) - 1);
+
+  *host = desc & ((1ULL << x) - 1);
+  *len = (nsect + 1) * 512 - (*host & 511);
+}
 
 /* Read a compressed cluster (descriptor desc) into out (cluster size). */
 extern int qc_read_compressed (struct qc_image *img, uint64_t desc,

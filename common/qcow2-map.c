@@ -194,13 +194,11 @@ int
 qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
 {
   const struct qcow2_header *h = &img->h;
-  unsigned x = 62 - (h->cluster_bits - 8);
-  uint64_t coff = desc & ((1ULL << x) - 1);
-  uint64_t nsect = (desc >> x) & ((1ULL << (h->cluster_bits - 8)) - 1);
-  uint64_t clen = (nsect + 1) * 512 - (coff & 511);
+  uint64_t coff, clen;
   uint8_t *in;
   int r;
 
+  qc_compressed_extent (img, desc, &coff, &clen);
   if (coff >= blkdev_size (img->file))
     CORRUPT ("%s: compressed cluster at host offset 0x%" PRIx64
              " lies beyond the end of the file", img->name, coff);
@@ -211,6 +209,7 @@ qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
   }
   r = blkdev_pread (img->file, in, clen, coff);
   if (r == 0) {
+    __atomic_add_fetch (&img->nr_decompressed, 1, __ATOMIC_RELAXED);
     r = codec_decompress (h->compression_type, in, clen, out,
                           h->cluster_size);
     if (r == -1)

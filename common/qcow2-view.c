@@ -17,17 +17,31 @@
  */
 #define EXTENTS_MAX_RUNS 4096
 
+/* Part of a compressed cluster: from the cache of decompressed
+ * clusters, or decompressed and then cached, so that a client reading
+ * the cluster in small pieces decompresses it once.  A whole cluster is
+ * decompressed straight into buf (a sequential reader with large
+ * requests gains nothing from the cache, and it saves a copy).
+ *
+ * Called inside the I/O epoch in which the cluster was mapped, which
+ * dcache_insert relies on.
+ */
 static int
 read_compressed_part (struct qc_image *img, const struct qc_run *run,
                       uint8_t *buf, uint64_t offset)
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t in_cluster = offset % cs;
+  uint64_t host, len;
   uint8_t *tmp;
   int r;
 
   if (in_cluster == 0 && run->length == cs)
     return qc_read_compressed (img, run->host, buf);
+  qc_compressed_extent (img, run->host, &host, &len);
+  if (img->dcache &&
+      dcache_read (img->dcache, host, len, buf, in_cluster, run->length))
+    return 0;
   tmp = malloc (cs);
   if (!tmp) {
     qc_error ("%s: %m", img->name);
@@ -36,7 +50,10 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   r = qc_read_compressed (img, run->host, tmp);
   if (r == 0)
     memcpy (buf, tmp + in_cluster, run->length);
-  free (tmp);
+  if (r == 0 && img->dcache)
+    dcache_insert (img->dcache, host, len, tmp);
+  else
+    free (tmp);
   return r;
 }
 

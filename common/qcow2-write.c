@@ -120,13 +120,11 @@ drop_host (struct qc_image *img, uint64_t e)
   const uint64_t cs = img->h.cluster_size;
 
   if (e & QCOW2_OFLAG_COMPRESSED) {
-    unsigned x = 62 - (img->h.cluster_bits - 8);
     uint64_t desc = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
-    uint64_t coff = desc & ((1ULL << x) - 1);
-    uint64_t nsect = (desc >> x) & ((1ULL << (img->h.cluster_bits - 8)) - 1);
-    uint64_t last = coff + (nsect + 1) * 512 - (coff & 511) - 1;
-    uint64_t c;
+    uint64_t coff, clen, last, c;
 
+    qc_compressed_extent (img, desc, &coff, &clen);
+    last = coff + clen - 1;
     for (c = coff & ~(cs - 1); c <= (last & ~(cs - 1)); c += cs)
       if (qc_free_later (img, c) == -1)
         return -1;
