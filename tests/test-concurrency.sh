@@ -4,7 +4,9 @@
 # For each kind of image (64k clusters; 512-byte clusters; extended L2
 # entries; a raw backing file; compressed clusters with an internal
 # snapshot; compress=zlib, where partial writes are merged into
-# compressed clusters and large writes compressed in parallel), nbdkit
+# compressed clusters and large writes compressed in parallel; the same
+# over compressible text with a cache of decompressed clusters smaller
+# than the windows), nbdkit
 # serves it read-write and concurrency.py hammers it
 # from several processes, each with its own connection and many requests
 # in flight, on neighbouring and overlapping ranges: closely interleaved
@@ -26,7 +28,7 @@
 # Environment: QC_CONC_OPS (requests per worker in phase 1, default 400),
 # QC_CONC_WORKERS (default 6), QC_CONC_SEED (default: a new one, printed),
 # QC_CONC_VARIANTS (a subset of: c64k c512 ext64k backing snapshot
-# compress),
+# compress ccache),
 # QC_CONC_ARGS (more options for concurrency.py run, e.g.
 # "--duel-rounds 50 --storm-rounds 4").
 . "${srcdir:-$(dirname "$0")}/functions.sh"
@@ -39,7 +41,7 @@ hammer=${srcdir:-$(dirname "$0")}/concurrency.py
 ops=${QC_CONC_OPS:-400}
 workers=${QC_CONC_WORKERS:-6}
 seed=${QC_CONC_SEED:-$(( $(date +%s) % 100000 ))}
-variants=${QC_CONC_VARIANTS:-c64k c512 ext64k backing snapshot compress}
+variants=${QC_CONC_VARIANTS:-c64k c512 ext64k backing snapshot compress ccache}
 echo "seed $seed (rerun with QC_CONC_SEED=$seed), $workers workers," \
      "$ops requests each"
 
@@ -130,6 +132,8 @@ run_variant ()
     cmp "$dir/snap-before.raw" "$dir/snap-after.raw" ||
       fail "$name: snapshot $snap changed"
   fi
+  # With NBDKIT running nbdkit -v: the cache's counters.
+  grep -h "decompressed" "$log" || :
   rm -f "$dir"/*.raw
   echo "$name: OK"
 }
@@ -193,6 +197,32 @@ with open(sys.argv[1], "wb") as f:
     qemu-img convert -c -f qcow2 -O qcow2 -o cluster_size=16k "$src" "$img"
     serve_args=compress=zlib run_variant compress "$img" $((16*K)) $((4*K)) \
       "0:$((3*M)),$((20*M-64*K)):$((2*M))"
+    ;;
+  ccache)
+    # compress=zlib over a qemu-img compressed image of text (16k
+    # clusters), with a cache of decompressed clusters smaller than the
+    # windows (64 clusters): reads of parts of compressed clusters hit
+    # and evict it while writes of whole clusters (compressed again when
+    # they compress) and trims free the host bytes of its streams for
+    # new ones.
+    src=$tmpdir/ctext.raw img=$tmpdir/ccache.qcow2
+    "$PYTHON" -c '
+import random, sys
+r = random.Random(int(sys.argv[2]))
+words = [bytes(r.randrange(97, 123) for _ in range(r.randrange(2, 9)))
+         for _ in range(500)]
+with open(sys.argv[1], "wb") as f:
+    n = 0
+    while n < 8 << 20:
+        line = b" ".join(r.choice(words) for _ in range(2000)) + b"\n"
+        f.write(line[:(8 << 20) - n])
+        n += min(len(line), (8 << 20) - n)
+' "$src" "$seed"
+    qemu-img convert -c -f raw -O qcow2 -o cluster_size=16k "$src" "$img"
+    qemu-img resize -q "$img" 16M
+    serve_args="compress=zlib compressed-cache=1M" \
+      run_variant ccache "$img" $((16*K)) $((16*K)) \
+      "0:$((2*M)),$((7*M)):$((2*M)),$((15*M)):$M"
     ;;
   snapshot)
     # Compressed clusters (16k; an L2 table covers 32M), a zero cluster,
