@@ -20,6 +20,7 @@ START_TEST (test_init_free)
   ck_assert_ptr_null (o.backing);
   ck_assert_ptr_null (o.snapshot);
   ck_assert_uint_eq (o.cache_size, 0);
+  ck_assert_uint_eq (o.compressed_cache, 8 << 20);
   ck_assert (o.locking);
   ck_assert (!o.readonly);
 
@@ -29,6 +30,7 @@ START_TEST (test_init_free)
   ck_assert_int_eq (qc_options_set (&o, "backing-format", "qcow2"), 0);
   ck_assert_int_eq (qc_options_set (&o, "snapshot", "s1"), 0);
   ck_assert_int_eq (qc_options_set (&o, "cache-size", "1M"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "compressed-cache", "0"), 0);
   ck_assert_int_eq (qc_options_set (&o, "locking", "off"), 0);
   ck_assert_str_eq (o.file, "/x/disk.qcow2");
   ck_assert_str_eq (o.format, "raw");
@@ -36,6 +38,7 @@ START_TEST (test_init_free)
   ck_assert_str_eq (o.backing_format, "qcow2");
   ck_assert_str_eq (o.snapshot, "s1");
   ck_assert_uint_eq (o.cache_size, 1 << 20);
+  ck_assert_uint_eq (o.compressed_cache, 0);
   ck_assert (!o.locking);
 
   /* set twice: the last one wins (and nothing leaks, see ASan) */
