@@ -15,10 +15,14 @@
 #include "dcache.h"
 #include "qc-error.h"
 
+/* An entry; reserved ("loading") from a miss until dcache_fill. */
 struct dcache_entry {
   uint64_t host, len;                   /* the compressed stream */
   unsigned refs;                        /* atomic: 1 while linked, plus
-                                         * one per reader copying out */
+                                         * one per reader copying out and
+                                         * one for the thread loading it */
+  bool loading;                         /* reserved, no data yet */
+  bool linked;                          /* in the table (else dropped) */
   struct dcache_entry *hnext;           /* hash chain */
   struct dcache_entry *prev, *next;     /* LRU list, most recent first */
   uint8_t *data;                        /* cluster_size bytes */
@@ -26,6 +30,7 @@ struct dcache_entry {
 
 struct dcache {
   pthread_mutex_t lock;
+  pthread_cond_t loaded;                /* a slot was filled or given up */
   uint64_t capacity;                    /* entries */
   uint64_t count;                       /* atomic (read unlocked) */
   unsigned cluster_bits;
@@ -61,6 +66,7 @@ dcache_new (uint64_t max_bytes, uint32_t cluster_size)
     return NULL;
   }
   pthread_mutex_init (&c->lock, NULL);
+  pthread_cond_init (&c->loaded, NULL);
   return c;
 }
 
@@ -85,6 +91,7 @@ dcache_free (struct dcache *c)
     put (e);
   }
   free (c->buckets);
+  pthread_cond_destroy (&c->loaded);
   pthread_mutex_destroy (&c->lock);
   free (c);
 }
@@ -130,7 +137,8 @@ lru_push_front (struct dcache *c, struct dcache_entry *e)
 }
 
 /* Unlink e and chain it on *gone (through next) for a put after the
- * lock is dropped: freeing a large buffer may be a munmap.
+ * lock is dropped: freeing a large buffer may be a munmap.  Threads
+ * waiting for a reserved slot look again.
  */
 static void
 unlink_entry (struct dcache *c, struct dcache_entry *e,
@@ -143,6 +151,9 @@ unlink_entry (struct dcache *c, struct dcache_entry *e,
   *pp = e->hnext;
   lru_unlink (c, e);
   __atomic_store_n (&c->count, c->count - 1, __ATOMIC_RELEASE);
+  e->linked = false;
+  if (e->loading)
+    pthread_cond_broadcast (&c->loaded);
   e->next = *gone;
   *gone = e;
 }
@@ -159,50 +170,44 @@ put_all (struct dcache_entry *gone)
 }
 
 bool
-dcache_read (struct dcache *c, uint64_t host, uint64_t len, void *buf,
-             size_t in_cluster, size_t count)
+dcache_get (struct dcache *c, uint64_t host, uint64_t len, void *buf,
+            size_t in_cluster, size_t count, struct dcache_entry **slot)
 {
-  struct dcache_entry *e;
+  struct dcache_entry *e, *gone = NULL;
+  bool waited = false;
 
+  *slot = NULL;
   pthread_mutex_lock (&c->lock);
-  e = find (c, host, len);
+  while ((e = find (c, host, len)) != NULL && e->loading) {
+    pthread_cond_wait (&c->loaded, &c->lock);
+    waited = true;
+  }
+  if (e) {
+    c->stats.hits++;
+    if (waited)
+      c->stats.waits++;
+    lru_unlink (c, e);
+    lru_push_front (c, e);
+    __atomic_add_fetch (&e->refs, 1, __ATOMIC_ACQ_REL);
+    pthread_mutex_unlock (&c->lock);
+
+    memcpy (buf, e->data + in_cluster, count);
+    put (e);
+    return true;
+  }
+
+  /* A miss: reserve the slot, so that others wait for this thread. */
+  c->stats.misses++;
+  e = calloc (1, sizeof *e);
   if (!e) {
-    c->stats.misses++;
     pthread_mutex_unlock (&c->lock);
     return false;
   }
-  c->stats.hits++;
-  lru_unlink (c, e);
-  lru_push_front (c, e);
-  __atomic_add_fetch (&e->refs, 1, __ATOMIC_ACQ_REL);
-  pthread_mutex_unlock (&c->lock);
-
-  memcpy (buf, e->data + in_cluster, count);
-  put (e);
-  return true;
-}
-
-void
-dcache_insert (struct dcache *c, uint64_t host, uint64_t len, uint8_t *data)
-{
-  struct dcache_entry *e = malloc (sizeof *e), *gone = NULL;
-
-  if (!e) {                     /* not cached: no harm */
-    free (data);
-    return;
-  }
   e->host = host;
   e->len = len;
-  e->refs = 1;
-  e->data = data;
-
-  pthread_mutex_lock (&c->lock);
-  if (find (c, host, len)) {    /* another thread was quicker */
-    pthread_mutex_unlock (&c->lock);
-    free (data);
-    free (e);
-    return;
-  }
+  e->refs = 2;                  /* the table's and the loader's */
+  e->loading = true;
+  e->linked = true;
   while (c->count >= c->capacity) {
     unlink_entry (c, c->tail, &gone);
     c->stats.evictions++;
@@ -216,9 +221,30 @@ dcache_insert (struct dcache *c, uint64_t host, uint64_t len, uint8_t *data)
   __atomic_store_n (&c->count, c->count + 1, __ATOMIC_RELEASE);
   if (len > c->max_len)
     c->max_len = len;
-  c->stats.inserts++;
   pthread_mutex_unlock (&c->lock);
   put_all (gone);
+  *slot = e;
+  return false;
+}
+
+void
+dcache_fill (struct dcache *c, struct dcache_entry *e, uint8_t *data)
+{
+  struct dcache_entry *gone = NULL;
+
+  pthread_mutex_lock (&c->lock);
+  e->data = data;               /* freed with the entry in any case */
+  if (e->linked && !data)
+    unlink_entry (c, e, &gone); /* given up: wakes those waiting */
+  else if (e->linked) {
+    e->loading = false;
+    c->stats.inserts++;
+    pthread_cond_broadcast (&c->loaded);
+  }
+  /* (Dropped or evicted while loading: nobody waits for it any more.) */
+  pthread_mutex_unlock (&c->lock);
+  put_all (gone);
+  put (e);
 }
 
 void
@@ -270,8 +296,10 @@ dcache_clear (struct dcache *c)
   if (!c)
     return;
   pthread_mutex_lock (&c->lock);
-  while (c->head)
+  while (c->head) {
     unlink_entry (c, c->head, &gone);
+    c->stats.drops++;
+  }
   pthread_mutex_unlock (&c->lock);
   put_all (gone);
 }

@@ -23,8 +23,8 @@
  * decompressed straight into buf (a sequential reader with large
  * requests gains nothing from the cache, and it saves a copy).
  *
- * Called inside the I/O epoch in which the cluster was mapped, which
- * dcache_insert relies on.
+ * Called inside the I/O epoch in which the cluster was mapped, as
+ * dcache_get requires.
  */
 static int
 read_compressed_part (struct qc_image *img, const struct qc_run *run,
@@ -32,6 +32,7 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t in_cluster = offset % cs;
+  struct dcache_entry *slot = NULL;
   uint64_t host, len;
   uint8_t *tmp;
   int r;
@@ -40,19 +41,18 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
     return qc_read_compressed (img, run->host, buf);
   qc_compressed_extent (img, run->host, &host, &len);
   if (img->dcache &&
-      dcache_read (img->dcache, host, len, buf, in_cluster, run->length))
+      dcache_get (img->dcache, host, len, buf, in_cluster, run->length,
+                  &slot))
     return 0;
   tmp = malloc (cs);
-  if (!tmp) {
+  r = tmp ? qc_read_compressed (img, run->host, tmp) : -1;
+  if (!tmp)
     qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  r = qc_read_compressed (img, run->host, tmp);
   if (r == 0)
     memcpy (buf, tmp + in_cluster, run->length);
-  if (r == 0 && img->dcache)
-    dcache_insert (img->dcache, host, len, tmp);
-  else
+  if (slot)
+    dcache_fill (img->dcache, slot, r == 0 ? tmp : NULL);
+  if (r == -1 || !slot)
     free (tmp);
   return r;
 }

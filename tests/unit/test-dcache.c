@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blkdev.h"
 #include "dcache.h"
@@ -176,46 +177,67 @@ filled (uint32_t cs, uint8_t byte)
 static bool
 has (struct dcache *c, uint64_t host, uint64_t len, uint8_t byte)
 {
+  struct dcache_entry *slot;
   uint8_t b[16];
 
-  if (!dcache_read (c, host, len, b, 100, sizeof b))
+  if (!dcache_get (c, host, len, b, 100, sizeof b, &slot)) {
+    ck_assert_ptr_nonnull (slot);
+    dcache_fill (c, slot, NULL);                /* leave it uncached */
     return false;
+  }
   ck_assert_uint_eq (b[0], byte);
   ck_assert_uint_eq (b[15], byte);
   return true;
+}
+
+/* What a reader does on a miss. */
+static void
+insert (struct dcache *c, uint64_t host, uint64_t len, uint8_t *data)
+{
+  struct dcache_entry *slot;
+  uint8_t b[1];
+
+  ck_assert (!dcache_get (c, host, len, b, 0, 1, &slot));
+  ck_assert_ptr_nonnull (slot);
+  dcache_fill (c, slot, data);
 }
 
 START_TEST (test_api)
 {
   const uint32_t cs = 64 * KiB;
   struct dcache *c;
+  struct dcache_entry *slot, *slot2;
   struct dcache_stats st;
+  uint8_t b[1];
 
   /* Less than a cluster: off. */
   ck_assert_ptr_null (dcache_new (0, cs));
   ck_assert_ptr_null (dcache_new (cs - 1, cs));
 
-  /* Two clusters: least recently used goes. */
+  /* Two clusters: least recently used goes.  (A miss reserves a
+   * place, which evicts too: B is looked for last.)
+   */
   c = dcache_new (2 * cs + 100, cs);
   ck_assert_ptr_nonnull (c);
-  dcache_insert (c, 0x30000, 1000, filled (cs, 'A'));
-  dcache_insert (c, 0x30400, 1000, filled (cs, 'B'));
+  insert (c, 0x30000, 1000, filled (cs, 'A'));
+  insert (c, 0x30400, 1000, filled (cs, 'B'));
   ck_assert (has (c, 0x30000, 1000, 'A'));
-  ck_assert (!has (c, 0x30000, 999, 'A'));      /* same start, other length */
-  dcache_insert (c, 0x40000, 1000, filled (cs, 'C'));   /* B goes */
+  insert (c, 0x40000, 1000, filled (cs, 'C'));  /* B goes */
+  ck_assert (has (c, 0x30000, 1000, 'A'));
+  ck_assert (has (c, 0x40000, 1000, 'C'));
   ck_assert (!has (c, 0x30400, 1000, 'B'));
-  ck_assert (has (c, 0x30000, 1000, 'A'));
-  ck_assert (has (c, 0x40000, 1000, 'C'));
-  /* A second insert of a cached stream keeps the first. */
-  dcache_insert (c, 0x40000, 1000, filled (cs, 'D'));
-  ck_assert (has (c, 0x40000, 1000, 'C'));
   dcache_get_stats (c, &st);
   ck_assert_uint_eq (st.inserts, 3);
-  ck_assert_uint_eq (st.evictions, 1);
-  ck_assert_uint_eq (st.hits, 4);
-  ck_assert_uint_eq (st.misses, 2);
+  ck_assert_uint_eq (st.hits, 3);
+  ck_assert_uint_eq (st.misses, 4);
+  ck_assert_uint_eq (st.evictions, 2);
+  dcache_free (c);
 
   /* Drops: by overlap with the stream's bytes, ends exclusive. */
+  c = dcache_new (8 * cs, cs);
+  insert (c, 0x30000, 1000, filled (cs, 'A'));
+  insert (c, 0x40000, 1000, filled (cs, 'C'));
+  ck_assert (!has (c, 0x30000, 999, 'A'));      /* same start, other length */
   dcache_drop (c, 0x30000 + 1000, 0x40000);     /* touches neither */
   ck_assert (has (c, 0x30000, 1000, 'A'));
   ck_assert (has (c, 0x40000, 1000, 'C'));
@@ -226,24 +248,103 @@ START_TEST (test_api)
   /* A stream crossing into the next host cluster goes when that
    * cluster is freed.
    */
-  dcache_insert (c, 0x50000 - 300, 1000, filled (cs, 'E'));
+  insert (c, 0x50000 - 300, 1000, filled (cs, 'E'));
   dcache_drop (c, 0x50000, 0x60000);
   ck_assert (!has (c, 0x50000 - 300, 1000, 'E'));
   ck_assert (has (c, 0x40000, 1000, 'C'));
 
   /* A range wider than the hash table. */
-  dcache_insert (c, 0x7000000, 5000, filled (cs, 'F'));
+  insert (c, 0x7000000, 5000, filled (cs, 'F'));
   dcache_drop (c, 0, 1ULL << 40);
   ck_assert (!has (c, 0x40000, 1000, 'C'));
   ck_assert (!has (c, 0x7000000, 5000, 'F'));
 
-  dcache_insert (c, 0x80000, 1000, filled (cs, 'G'));
+  /* Given up: not cached. */
+  ck_assert (!dcache_get (c, 0x90000, 1000, b, 0, 1, &slot));
+  dcache_fill (c, slot, NULL);
+  ck_assert (!has (c, 0x90000, 1000, 0));
+
+  /* Dropped (or evicted) while being decompressed: not cached, its
+   * data freed (see ASan).
+   */
+  ck_assert (!dcache_get (c, 0xa0000, 1000, b, 0, 1, &slot));
+  dcache_drop (c, 0xa0000, 0xa0001);
+  dcache_fill (c, slot, filled (cs, 'H'));
+  ck_assert (!has (c, 0xa0000, 1000, 'H'));
+  dcache_free (c);
+  c = dcache_new (2 * cs, cs);
+  ck_assert (!dcache_get (c, 0xb0000, 1000, b, 0, 1, &slot));
+  ck_assert (!dcache_get (c, 0xc0000, 1000, b, 0, 1, &slot2));
+  insert (c, 0xd0000, 1000, filled (cs, 'J'));  /* the first slot goes */
+  dcache_fill (c, slot, filled (cs, 'I'));
+  dcache_fill (c, slot2, filled (cs, 'K'));
+  ck_assert (has (c, 0xd0000, 1000, 'J'));
+  ck_assert (has (c, 0xc0000, 1000, 'K'));
+  ck_assert (!has (c, 0xb0000, 1000, 'I'));
+  dcache_free (c);
+  c = dcache_new (8 * cs, cs);
+
+  insert (c, 0x80000, 1000, filled (cs, 'G'));
   dcache_clear (c);
   ck_assert (!has (c, 0x80000, 1000, 'G'));
   dcache_get_stats (c, &st);
-  ck_assert_uint_eq (st.drops, 4);
+  ck_assert_uint_eq (st.drops, 1);
   dcache_free (c);
   dcache_drop (NULL, 0, 1);                     /* caching off */
+}
+END_TEST
+
+/* A reader asking for a cluster another is decompressing waits for it
+ * (and then has it), rather than decompressing it too.
+ */
+struct waiter {
+  struct dcache *c;
+  uint8_t byte;
+  bool hit;
+};
+
+static void *
+wait_thread (void *arg)
+{
+  struct waiter *w = arg;
+  struct dcache_entry *slot;
+  uint8_t b[8];
+
+  w->hit = dcache_get (w->c, 0x10000, 4000, b, 8, sizeof b, &slot);
+  if (!w->hit)
+    dcache_fill (w->c, slot, NULL);
+  w->byte = b[0];
+  return NULL;
+}
+
+START_TEST (test_wait)
+{
+  const uint32_t cs = 4 * KiB;
+  struct dcache *c = dcache_new (16 * cs, cs);
+  struct dcache_entry *slot;
+  struct dcache_stats st;
+  struct waiter w[3];
+  pthread_t t[3];
+  uint8_t b[1];
+  int i;
+
+  ck_assert (!dcache_get (c, 0x10000, 4000, b, 0, 1, &slot));
+  for (i = 0; i < 3; i++) {
+    w[i] = (struct waiter) { c, 0, false };
+    ck_assert_int_eq (pthread_create (&t[i], NULL, wait_thread, &w[i]), 0);
+  }
+  /* Most likely they all wait by then; those that come later hit. */
+  usleep (20000);
+  dcache_fill (c, slot, filled (cs, 'W'));
+  for (i = 0; i < 3; i++) {
+    pthread_join (t[i], NULL);
+    ck_assert (w[i].hit);
+    ck_assert_uint_eq (w[i].byte, 'W');
+  }
+  dcache_get_stats (c, &st);
+  ck_assert_uint_eq (st.misses, 1);
+  ck_assert_uint_eq (st.hits, 3);
+  dcache_free (c);
 }
 END_TEST
 
@@ -547,6 +648,7 @@ dcache_suite (void)
 
   tc = tcase_create ("api");
   tcase_add_test (tc, test_api);
+  tcase_add_test (tc, test_wait);
   suite_add_tcase (s, tc);
 
   tc = tcase_create ("images");
