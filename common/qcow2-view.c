@@ -45,11 +45,17 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
                   &slot))
     return 0;
   tmp = malloc (cs);
-  r = tmp ? qc_read_compressed (img, run->host, tmp) : -1;
-  if (!tmp)
+  if (tmp)
+    r = qc_read_compressed (img, run->host, tmp);
+  else {
     qc_error ("%s: %m", img->name);
+    r = -1;
+  }
   if (r == 0)
     memcpy (buf, tmp + in_cluster, run->length);
+  /* The cache takes the cluster; on failure, those waiting for it
+   * try themselves.
+   */
   if (slot)
     dcache_fill (img->dcache, slot, r == 0 ? tmp : NULL);
   if (r == -1 || !slot)
