@@ -442,10 +442,15 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
                             img->h.cluster_size);
   if (!img->cache)
     goto err;
-  /* NULL when smaller than a cluster: off. */
-  img->dcache = dcache_new (opts->compressed_cache, img->h.cluster_size);
-  if (!img->dcache && opts->compressed_cache >= img->h.cluster_size)
-    goto err;
+  {
+    uint64_t bytes = qc_compressed_cache_bytes (opts->compressed_cache,
+                                                img->h.cluster_size);
+
+    /* NULL when smaller than a cluster: off. */
+    img->dcache = dcache_new (bytes, img->h.cluster_size);
+    if (!img->dcache && bytes >= img->h.cluster_size)
+      goto err;
+  }
   if (qc_detect_metadata_prealloc (img, &img->metadata_prealloc) == -1)
     goto err;
   img->default_view = &img->active.dev;

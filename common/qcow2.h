@@ -40,7 +40,8 @@ struct qc_options {
                                  * stays the caller's (overlay filter) */
   uint64_t cache_size;          /* L2 cache bytes, 0 = default */
   uint64_t compressed_cache;    /* bytes of decompressed clusters cached
-                                 * per image, 0 = none */
+                                 * per image, 0 = none, UINT64_MAX = the
+                                 * default (qc_compressed_cache_bytes) */
   bool locking;                 /* qemu-compatible image locks */
   bool readonly;
   int compress;                 /* -1 off, else store full-cluster

@@ -20,7 +20,12 @@ START_TEST (test_init_free)
   ck_assert_ptr_null (o.backing);
   ck_assert_ptr_null (o.snapshot);
   ck_assert_uint_eq (o.cache_size, 0);
-  ck_assert_uint_eq (o.compressed_cache, 8 << 20);
+  ck_assert_uint_eq (o.compressed_cache, QC_COMPRESSED_CACHE_DEFAULT);
+  ck_assert_uint_eq (qc_compressed_cache_bytes (o.compressed_cache, 65536),
+                     8 << 20);
+  ck_assert_uint_eq (qc_compressed_cache_bytes (o.compressed_cache,
+                                                2 << 20), 32 << 20);
+  ck_assert_uint_eq (qc_compressed_cache_bytes (1 << 20, 2 << 20), 1 << 20);
   ck_assert (o.locking);
   ck_assert (!o.readonly);
 
