@@ -541,9 +541,60 @@ rebuild_dirty (struct qc_image *img)
   return 0;
 }
 
+/* Do [a, a + alen) and [b, b + blen) share a cluster? */
+static bool
+clusters_meet (uint64_t cs, uint64_t a, uint64_t alen, uint64_t b,
+               uint64_t blen)
+{
+  if (alen == 0 || blen == 0)
+    return false;
+  /* Last clusters computed without overflow: a hostile offset may be
+   * anything.
+   */
+  return a / cs <= b / cs + (b % cs + blen - 1) / cs &&
+    b / cs <= a / cs + (a % cs + alen - 1) / cs;
+}
+
+/* The structure the active L1 table shares a cluster with, or NULL.
+ * Writes update the active L1 table in place: in a corrupt image where
+ * it lies in the header, the snapshot table, a snapshot's L1 table, the
+ * refcount structures or the encryption header, they would overwrite
+ * those (qemu's overlap checks refuse such writes and mark the image
+ * corrupt).  Refcounts cannot tell: a repair counts both references.
+ */
+static const char *
+active_l1_overlap (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const uint64_t a = h->l1_table_offset, alen = (uint64_t) h->l1_size * 8;
+  uint64_t k;
+
+  if (clusters_meet (cs, a, alen, 0, cs))
+    return "the header";
+  if (h->nb_snapshots &&
+      clusters_meet (cs, a, alen, h->snapshots_offset, img->snapshots_size))
+    return "the snapshot table";
+  for (k = 0; k < img->nr_snapshots; k++)
+    if (clusters_meet (cs, a, alen, img->snapshots[k].l1_table_offset,
+                       (uint64_t) img->snapshots[k].l1_size * 8))
+      return "the L1 table of a snapshot";
+  if (clusters_meet (cs, a, alen, h->refcount_table_offset,
+                     (uint64_t) h->refcount_table_clusters * cs))
+    return "the refcount table";
+  for (k = 0; k < img->reftable_entries; k++)
+    if (img->reftable[k] && clusters_meet (cs, a, alen, img->reftable[k], cs))
+      return "a refcount block";
+  if (h->has_crypto_ext &&
+      clusters_meet (cs, a, alen, h->crypto_offset, h->crypto_length))
+    return "the encryption header";
+  return NULL;
+}
+
 int
 qc_image_make_writable (struct qc_image *img)
 {
+  const char *overlap;
   int r = -1;
 
   pthread_mutex_lock (&img->lock);
@@ -595,6 +646,14 @@ qc_image_make_writable (struct qc_image *img)
     goto out;
   if (!img->reftable && qc_refcount_open (img) == -1)
     goto out;
+  overlap = active_l1_overlap (img);
+  if (overlap) {
+    qc_error ("%s: the active L1 table shares a cluster with %s (a "
+              "corrupt image): it can only be served read-only",
+              img->name, overlap);
+    errno = EROFS;
+    goto out;
+  }
   img->dirty_limit = (32ULL << 20) / img->h.cluster_size;
   if (img->dirty_limit < 64)
     img->dirty_limit = 64;

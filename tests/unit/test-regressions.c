@@ -755,6 +755,60 @@ START_TEST (test_reftable_growth_fixed_container)
 }
 END_TEST
 
+
+/* Finding (fuzz-write oracle, tests/fuzz/regressions/fuzz-write/
+ * active-l1-in-snapshot-table): a corrupt image whose active L1 table
+ * lies inside the snapshot table (both past the end of a 96-byte file).
+ * repair=all counts the shared cluster's two references and sets its
+ * refcount to 2, so refcounts look consistent; the first write then
+ * updates an L1 entry in place, in the middle of the snapshot table,
+ * and the image no longer opens for checking ("snapshot '' has an
+ * invalid L1 table").  qemu refuses such a write (its metadata overlap
+ * check) and marks the image corrupt.  Making such an image writable
+ * must be refused; it still reads.
+ */
+START_TEST (test_active_l1_in_snapshot_table)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *view;
+  uint8_t *image, *cont, buf[1024];
+  size_t len;
+  uint64_t sno;
+  const uint64_t cont_size = 256 * KiB;
+  int r;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
+           "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
+           dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  sno = unit_get_be64 (image + 64);
+  ck_assert_uint_eq (sno % 512, 0);
+  unit_put_be64 (image + 40, sno);      /* l1_table_offset */
+  cont = calloc (1, cont_size);
+  ck_assert (cont != NULL);
+  memcpy (cont, image, len);
+
+  dev = blkdev_memory_new (cont, cont_size, false);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  view = qc_image_default_view (img);
+  ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 0), 0);
+  errno = 0;
+  r = qc_image_make_writable (img);
+  ck_assert_msg (r == -1 && errno == EROFS,
+                 "an image whose active L1 table lies in its snapshot "
+                 "table was made writable (r %d, errno %d)", r, errno);
+  ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 0), 0);
+  qc_image_close (img);
+  free (cont);
+  free (image);
+}
+END_TEST
+
 Suite *
 regressions_suite (void)
 {
@@ -775,6 +829,7 @@ regressions_suite (void)
   tcase_add_test (tf, test_reftable_growth_fixed_container);
   tcase_add_test (tf, test_repair_refblock_shared_with_data);
   tcase_add_test (tf, test_snapshot_apply_huge_disk_size);
+  tcase_add_test (tf, test_active_l1_in_snapshot_table);
   suite_add_tcase (s, tf);
   return s;
 }
