@@ -78,6 +78,24 @@
  */
 #define MAX_KEY_MATERIAL (16u * 1024 * 1024)
 
+/* The fuzz build (tests/fuzz defines libFuzzer's conventional macro;
+ * never a normal build) runs every PBKDF2 with at most FUZZ_ITERATIONS
+ * iterations, and the headers it creates record exactly that: an input
+ * asking for 100 million iterations would otherwise take minutes, and
+ * a seed made with the usual thousands would make every run slow.
+ * Headers made by the fuzz build open there; others (qemu-img's, with
+ * 1000 iterations or more) are parsed and tried, but do not open.
+ * Its headers also split the master key in 64 stripes, not
+ * 4000: merging 4000 stripes costs some 8000 hash calls, milliseconds
+ * per run, and makes a header area 2 MB, past the fuzzers' max_len
+ * (inputs still choose any number of stripes their size holds).
+ */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define FUZZ_ITERATIONS 4u
+#undef LUKS_STRIPES
+#define LUKS_STRIPES 64
+#endif
+
 /* ----------------------------------------------------------- ciphers */
 
 enum chain_mode { MODE_CBC, MODE_XTS };
@@ -540,7 +558,13 @@ pbkdf2 (int hash, const void *pass, size_t passlen, const uint8_t *salt,
   static uint8_t empty[1];
   gnutls_datum_t k = { passlen ? (uint8_t *) pass : empty, passlen };
   gnutls_datum_t s = { (uint8_t *) salt, saltlen };
-  int r = gnutls_pbkdf2 (hashes[hash].mac, &k, &s, iter, out, outlen);
+  int r;
+
+#ifdef FUZZ_ITERATIONS
+  if (iter > FUZZ_ITERATIONS)
+    iter = FUZZ_ITERATIONS;
+#endif
+  r = gnutls_pbkdf2 (hashes[hash].mac, &k, &s, iter, out, outlen);
 
   if (r < 0)
     return gnutls_fail (r, name, "PBKDF2");
@@ -1020,6 +1044,9 @@ pbkdf2_rate (int hash, const char *pass, size_t passlen, uint64_t *rate,
 static uint32_t
 clamp_iter (uint64_t n)
 {
+#ifdef FUZZ_ITERATIONS
+  return FUZZ_ITERATIONS;       /* what pbkdf2 () really runs there */
+#endif
   if (n < LUKS_MIN_ITER)
     return LUKS_MIN_ITER;
   if (n > QC_CRYPTO_MAX_ITERATIONS)

@@ -15,6 +15,11 @@
 #include "blkdev.h"
 #include "qcow2.h"
 
+/* The passphrase of encrypted inputs: the seeds made by make-luks-seeds
+ * use it, and the targets unlock images with it.
+ */
+#define FUZZ_PASSPHRASE "fuzz passphrase"
+
 /* Silence the core (QC_FUZZ_VERBOSE=1 prints its messages). */
 extern void fuzz_init_log (void);
 

@@ -186,6 +186,8 @@ replay_open_read (const uint8_t *d, size_t n, const char *what)
   qc_options_init (&opts);
   opts.locking = false;
   opts.readonly = true;
+  /* As fuzz-open-read (FUZZ_PASSPHRASE in tests/fuzz/fuzz-common.h). */
+  opts.passphrase = (char *) "fuzz passphrase";
   if (names_backing (d, n))
     opts.backing_dev = backing = pattern_backing ();
   else

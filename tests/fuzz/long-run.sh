@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# long-run.sh TARGET TOTAL [CHUNK]
+#
+# Fuzz TARGET (built in this directory) until it has executed TOTAL
+# inputs in all, in chunks of CHUNK executions (-runs, default 1000000),
+# new inputs going to work/TARGET (the stored corpus only changes by
+# `make merge`).  Counting executions, not seconds, keeps the figures
+# right when the process is paused (SIGSTOP) for a while.
+#
+# Resumable: every chunk appends "date runs seconds result" to
+# work/TARGET.runs and the script starts from the sum there, so after an
+# interruption (Ctrl-C, kill of the script: the running chunk is stopped
+# with SIGINT and counted) run it again with the same arguments.
+# `touch work/stop` ends it after the current chunk.
+#
+# A chunk that ends with a finding stops the script (exit 1), the input
+# in work/TARGET-crash-* etc., except a timeout that does not reproduce
+# when run again alone: a pause of the process makes libFuzzer's wall
+# clock timeout fire, so such a timeout is logged and discarded.
+set -uo pipefail
+
+cd "$(dirname "$0")"
+t=${1:?usage: long-run.sh TARGET TOTAL [CHUNK]}
+total=${2:?usage: long-run.sh TARGET TOTAL [CHUNK]}
+chunk=${3:-1000000}
+flags=(-rss_limit_mb="${RSS_LIMIT:-2048}" -malloc_limit_mb="${MALLOC_LIMIT:-256}"
+       -max_len="${MAX_LEN:-262144}" -timeout="${TIMEOUT:-20}"
+       -print_final_stats=1)
+
+[ -x "$t" ] || { echo "$t is not built (make -C tests/fuzz)" >&2; exit 2; }
+mkdir -p work/"$t" work/bin
+state=work/$t.runs
+
+done_runs () {
+  awk '{ n += $2 } END { print n + 0 }' "$state" 2>/dev/null || echo 0
+}
+
+# Executions of a chunk from its log: the final stats, else (killed
+# hard) the last status line "#N ...".
+executed () {
+  local n
+  n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$1" | tail -n 1)
+  [ -n "$n" ] || n=$(sed -n 's/^#\([0-9][0-9]*\)[[:space:]].*/\1/p' "$1" |
+                       tail -n 1)
+  echo "${n:-0}"
+}
+
+pid=
+trap '[ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; stopping=1' INT TERM
+stopping=
+
+while :; do
+  have=$(done_runs)
+  if [ "$have" -ge "$total" ]; then
+    echo "$t: $have executions (target $total) done"
+    exit 0
+  fi
+  if [ -e work/stop ] || [ -n "$stopping" ]; then
+    echo "$t: stopped at $have executions"
+    exit 0
+  fi
+  n=$((total - have < chunk ? total - have : chunk))
+  # A private copy: rebuilding the target does not disturb the chunk.
+  cp "$t" work/bin/"$t".tmp && mv work/bin/"$t".tmp work/bin/"$t"
+  log=work/$t-$(date +%Y%m%d-%H%M%S).log
+  rm -f work/"$t"-timeout-*
+  start=$(date +%s)
+  ./work/bin/"$t" "${flags[@]}" -runs="$n" -artifact_prefix=work/"$t"- \
+    work/"$t" corpus/"$t" > "$log" 2>&1 &
+  pid=$!
+  wait "$pid"; rc=$?
+  # wait returns early when a trapped signal arrives: wait for the end.
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+  pid=
+  secs=$(($(date +%s) - start))
+  result=ok
+  for a in work/"$t"-timeout-*; do
+    [ -e "$a" ] || continue
+    if ./work/bin/"$t" "${flags[@]}" "$a" >> "$log.timeout" 2>&1; then
+      echo "$(date -Is) $a: timeout does not reproduce (paused?), discarded" \
+        >> "$log.timeout"
+      rm -f "$a"
+      result=spurious-timeout
+    else
+      result=finding
+    fi
+  done
+  for a in work/"$t"-crash-* work/"$t"-leak-* work/"$t"-oom-*; do
+    [ -e "$a" ] && result=finding
+  done
+  [ "$result" != ok ] || [ $rc -eq 0 ] || [ -n "$stopping" ] || result=rc$rc
+  echo "$(date -Is) $(executed "$log") $secs $result $(basename "$log")" \
+    >> "$state"
+  tail -n 1 "$state"
+  case $result in
+    finding|rc*) echo "$t: finding, see $log" >&2; exit 1 ;;
+  esac
+done
