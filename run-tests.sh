@@ -6,7 +6,10 @@
 #      "make check": the unit tests of the core and the shell tests that
 #      drive the real plugin with nbdkit, libnbd and QEMU's tools;
 #   3. build again with ASan and UBSan (./configure --enable-sanitizers)
-#      in build-asan/, and run the unit tests there.
+#      in build-asan/, and run the unit tests there;
+#   4. build the libFuzzer targets (tests/fuzz), replay their stored
+#      corpus and saved regressions, and fuzz each for QC_FUZZ_TIME s;
+#   5. the concurrency test under ThreadSanitizer.
 #
 #   bash run-tests.sh
 #
@@ -16,6 +19,7 @@
 #                       there every tool is installed, so a skip means a
 #                       missing install step)
 #   JOBS=N              parallel make jobs (default: number of CPUs)
+#   QC_FUZZ_TIME=S      seconds of fuzzing per fuzz target (default 45)
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -143,6 +147,40 @@ if ! CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-3} \
   check_failed="${check_failed:+$check_failed and }the ASan unit tests"
 fi
 count_results build-asan/build/tests
+
+# ---------------------------------------------------------------------
+# The libFuzzer targets (tests/fuzz, clang): every stored input and
+# saved regression once, then a short run of each target from the stored
+# corpus.  Any finding fails.  New inputs go to tests/fuzz/work/.
+fuzz_time=${QC_FUZZ_TIME:-45}
+section "fuzz targets: regressions, then ${fuzz_time} s of fuzzing each"
+fuzz_make () { make -s --no-print-directory -C tests/fuzz "$@"; }
+if ! command -v clang >/dev/null 2>&1; then
+  if [ "${QC_FAIL_ON_SKIP:-0}" = 1 ]; then
+    echo "clang is not installed: the fuzz targets cannot be built" \
+         "(QC_FAIL_ON_SKIP=1: a failure)" >&2
+    failed=$((failed + 1)); status=1
+  else
+    echo "skipped: clang is not installed (the fuzz targets need it)"
+    skipped=$((skipped + 1))
+  fi
+else
+  mkdir -p tests/fuzz/work
+  if ! fuzz_make -j"$jobs" > tests/fuzz/work/build.log 2>&1; then
+    tail -n 20 tests/fuzz/work/build.log
+    echo "building the fuzz targets failed (tests/fuzz/work/build.log)" >&2
+    failed=$((failed + 1)); status=1
+  else
+    for step in regress fuzz-short; do
+      if fuzz_make "$step" FUZZ_TIME="$fuzz_time"; then
+        passed=$((passed + 1))
+      else
+        failed=$((failed + 1)); status=1
+        check_failed="${check_failed:+$check_failed and }fuzz $step"
+      fi
+    done
+  fi
+fi
 
 # ---------------------------------------------------------------------
 # The concurrency test once more, with the core and the plugin built

@@ -9,7 +9,7 @@
 #
 # Resumable: every chunk appends "date runs seconds result" to
 # work/TARGET.runs and the script starts from the sum there, so after an
-# interruption (Ctrl-C, kill of the script: the running chunk is stopped
+# interruption (Ctrl-C, or SIGTERM to the script: the running chunk is stopped
 # with SIGINT and counted) run it again with the same arguments.
 # `touch work/stop` ends it after the current chunk.
 #
