@@ -211,13 +211,35 @@ view_close (struct blkdev *dev)
   /* Views belong to their image: closed with it. */
 }
 
+/* A change past the end of the disk would index the L1 table past its
+ * end (and write there).  nbdkit checks bounds before calling us, but
+ * the core's other callers need not: refuse it, as a fixed-size device
+ * refuses writes past its end (NBD: ENOSPC, EINVAL for a trim).
+ */
+static int
+inside (struct qc_view *v, uint64_t count, uint64_t offset, int err,
+        const char *what)
+{
+  uint64_t size = blkdev_size (&v->dev);
+
+  if (offset > size || count > size - offset) {
+    qc_error ("%s: %s of %" PRIu64 " bytes at offset %" PRIu64 " is past "
+              "the end of the disk (%" PRIu64 " bytes)", v->dev.name, what,
+              count, offset, size);
+    errno = err;
+    return 0;
+  }
+  return 1;
+}
+
 static int
 view_pwrite (struct blkdev *dev, const void *buf, size_t count,
              uint64_t offset, unsigned flags)
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "write") ||
+      qc_before_first_write (v->img) == -1)
     return -1;
   return qc_view_write (v, buf, count, offset, flags);
 }
@@ -228,7 +250,8 @@ view_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "zero") ||
+      qc_before_first_write (v->img) == -1)
     return -1;
   return qc_view_zero (v, count, offset, flags);
 }
@@ -239,7 +262,8 @@ view_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, EINVAL, "trim") ||
+      qc_before_first_write (v->img) == -1)
     return -1;
   return qc_view_trim (v, count, offset, flags);
 }

@@ -811,6 +811,72 @@ START_TEST (test_active_l1_in_snapshot_table)
 }
 END_TEST
 
+
+/* Found while writing tests/fuzz/make-luks-seeds.c (a write at offset
+ * 0 - 512): a write, zero or trim past the end of the disk went through
+ * to qc_view_write, which indexes the L1 table with it (ASan: SEGV in
+ * l2_for_write, qcow2-write.c:141, reading img->active.l1[2^47]); just
+ * past the end it reads and then writes the entry after the table.
+ * nbdkit checks bounds first, but the core's contract must not depend
+ * on it: such requests fail with ENOSPC (EINVAL for a trim) and change
+ * nothing.
+ */
+START_TEST (test_write_past_end_of_disk)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev, *view;
+  uint8_t buf[1024] = { 0 }, back[1024];
+  const uint64_t cont_size = 256 * KiB;
+  const struct { uint64_t off, len; } bad[] = {
+    { 64 * KiB, 512 }, { 64 * KiB - 512, 1024 }, { UINT64_MAX - 511, 512 },
+    { 1ULL << 56, 512 },
+  };
+  size_t i;
+
+  dev = blkdev_memory_new (NULL, cont_size, false);
+  ck_assert (dev != NULL);
+  qc_options_init (&opts);
+  opts.locking = false;
+  opts.size = 64 * KiB;
+  opts.cluster_size = 512;
+  ck_assert_msg (qc_image_create (&opts, dev) == 0, "create: %s",
+                 qc_last_error ());
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  ck_assert_int_eq (qc_image_make_writable (img), 0);
+  view = qc_image_default_view (img);
+  ck_assert_uint_eq (view->size, 64 * KiB);
+  memset (buf, 0x5a, sizeof buf);
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    errno = 0;
+    ck_assert_msg (blkdev_pwrite (view, buf, bad[i].len, bad[i].off, 0) == -1
+                   && errno == ENOSPC, "write at %" PRIu64 " not refused",
+                   bad[i].off);
+    errno = 0;
+    ck_assert_msg (blkdev_zero (view, bad[i].len, bad[i].off, 0) == -1 &&
+                   errno == ENOSPC, "zero at %" PRIu64 " not refused",
+                   bad[i].off);
+    errno = 0;
+    ck_assert_msg (blkdev_trim (view, bad[i].len, bad[i].off, 0) == -1 &&
+                   errno == EINVAL, "trim at %" PRIu64 " not refused",
+                   bad[i].off);
+  }
+  /* Nothing changed; the last sector is still writable. */
+  ck_assert_int_eq (blkdev_pread (view, back, sizeof back,
+                                  64 * KiB - sizeof back), 0);
+  memset (buf, 0, sizeof buf);
+  unit_assert_mem_eq (back, buf, sizeof back, "the end of the disk");
+  memset (buf, 0x5a, sizeof buf);
+  ck_assert_int_eq (blkdev_pwrite (view, buf, 512, 64 * KiB - 512, 0), 0);
+  ck_assert_int_eq (blkdev_pread (view, back, 512, 64 * KiB - 512), 0);
+  unit_assert_mem_eq (back, buf, 512, "the last sector");
+  qc_image_close (img);
+}
+END_TEST
+
 Suite *
 regressions_suite (void)
 {
@@ -832,6 +898,7 @@ regressions_suite (void)
   tcase_add_test (tf, test_repair_refblock_shared_with_data);
   tcase_add_test (tf, test_snapshot_apply_huge_disk_size);
   tcase_add_test (tf, test_active_l1_in_snapshot_table);
+  tcase_add_test (tf, test_write_past_end_of_disk);
   suite_add_tcase (s, tf);
   return s;
 }
