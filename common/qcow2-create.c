@@ -95,14 +95,24 @@ qc_create_check (const struct qc_options *o)
   return 0;
 }
 
-/* Append an extension: type, length, data padded to 8 bytes. */
-static size_t
-put_ext (uint8_t *p, uint32_t type, const void *data, uint32_t len)
+/* Append an extension at *pos of the header cluster (cs bytes): type,
+ * length, data padded to 8 bytes.  False, writing nothing, if it and
+ * the end marker do not fit: with 512-byte clusters the extensions
+ * (the feature name table alone is 392 bytes) may not.
+ */
+static bool
+put_ext (uint8_t *buf, uint64_t cs, size_t *pos, uint32_t type,
+         const void *data, uint32_t len)
 {
-  put_be32 (p, type);
-  put_be32 (p + 4, len);
-  memcpy (p + 8, data, len);
-  return 8 + ((len + 7) & ~7U);
+  uint64_t need = 8 + (((uint64_t) len + 7) & ~7ULL);
+
+  if (*pos + need + 8 > cs)
+    return false;
+  put_be32 (buf + *pos, type);
+  put_be32 (buf + *pos + 4, len);
+  memcpy (buf + *pos + 8, data, len);
+  *pos += need;
+  return true;
 }
 
 static const struct { uint8_t type, bit; const char *name; } features[] = {
@@ -160,21 +170,27 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     pos = HEADER_LENGTH;
   }
 
-  if (o->backing_file && o->backing_format)
-    pos += put_ext (buf + pos, EXT_BACKING_FMT, o->backing_format,
-                    strlen (o->backing_format));
+  if (o->backing_file && o->backing_format &&
+      !put_ext (buf, cs, &pos, EXT_BACKING_FMT, o->backing_format,
+                strlen (o->backing_format)))
+    REFUSE ("backing-format= does not fit in the header cluster (%" PRIu64
+            " bytes)", cs);
   if (luks_len) {
     uint8_t ext[16];
     put_be32 (buf + 32, 2);                     /* crypt_method: LUKS */
     put_be64 (ext, luks_off);
     put_be64 (ext + 8, luks_len);
-    pos += put_ext (buf + pos, EXT_CRYPTO, ext, sizeof ext);
+    if (!put_ext (buf, cs, &pos, EXT_CRYPTO, ext, sizeof ext))
+      REFUSE ("the encryption header extension does not fit in the header "
+              "cluster (%" PRIu64 " bytes)", cs);
   }
   if (o->data_file) {
     if (strlen (o->data_file) > 1023)
       REFUSE ("data-file name is longer than 1023 bytes");
-    pos += put_ext (buf + pos, EXT_DATA_FILE, o->data_file,
-                    strlen (o->data_file));
+    if (!put_ext (buf, cs, &pos, EXT_DATA_FILE, o->data_file,
+                  strlen (o->data_file)))
+      REFUSE ("data-file name does not fit in the header cluster (%" PRIu64
+              " bytes)", cs);
   }
   if (compat == 3) {
     uint8_t table[sizeof features / sizeof features[0] * 48];
@@ -185,7 +201,10 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
       memcpy (table + i * 48 + 2, features[i].name,
               strlen (features[i].name));
     }
-    pos += put_ext (buf + pos, EXT_FEATURE_NAMES, table, sizeof table);
+    /* Only names for messages: left out when it does not fit, as
+     * qemu-img does (512-byte clusters with any other extension).
+     */
+    (void) put_ext (buf, cs, &pos, EXT_FEATURE_NAMES, table, sizeof table);
   }
   pos += 8;                     /* end of extensions */
   if (o->backing_file) {
