@@ -533,6 +533,10 @@ set_options (struct qc_options *opts, uint8_t cfg, struct blkdev *backing)
   qc_options_init (opts);
   opts->locking = false;
   opts->compress = (cfg & 3) >= 2 ? (cfg & 3) - 2 : -1;
+  /* Encrypted images made with it open (make-luks-seeds.c), so that
+   * encrypted writes (whole and partial sectors) are fuzzed too.
+   */
+  opts->passphrase = (char *) FUZZ_PASSPHRASE;
   if (cfg & 4)
     opts->cache_size = 1;       /* at least one table */
   if (backing)

@@ -11,11 +11,14 @@
  * read: smaller inputs, faster runs).
  *
  * OUTDIR/fuzz-open-read/luks-aes128-cbc.qcow2: a LUKS-encrypted qcow2
- * image (4 KiB clusters) with some data.  qc_image_create makes it with
+ * image (512-byte clusters) with some data.  qc_image_create makes it with
  * an aes-256-xts header area (qemu-img's choice, already a fuzz target
  * seed); that area is replaced by a cut aes-128-cbc one, for another
  * cipher and a smaller file, the clusters it no longer uses are freed in
  * the refcount block, and the data is written through the core.
+ *
+ * OUTDIR/fuzz-write/luks-aes128-cbc-[01]: that image behind two write
+ * scripts (whole sectors, byte ranges, zeroes, a trim, a flush).
  */
 #include <config.h>
 
@@ -33,7 +36,7 @@
 #include "qcow2-crypto.h"
 #include "qcow2.h"
 
-#define CS 4096                         /* cluster size of the image */
+#define CS 512                          /* cluster size of the image */
 #define CONTAINER (4 * 1024 * 1024)
 
 static const char pass[] = FUZZ_PASSPHRASE;
@@ -139,8 +142,55 @@ crypto_ext (const uint8_t *img)
   exit (1);
 }
 
+/* One operation of a fuzz-write script (see fuzz-write.c). */
+static uint8_t *
+op (uint8_t *p, uint8_t opcode, uint32_t off, uint16_t len)
+{
+  p[0] = opcode;
+  p[1] = off >> 16; p[2] = off >> 8; p[3] = off;
+  p[4] = len >> 8; p[5] = len;
+  return p + 6;
+}
+
+/* fuzz-write inputs over an encrypted image: [L][config][ops][image]. */
 static void
-qcow2_seed (const char *dir)
+write_seeds (const char *out, const char *name, const uint8_t *img,
+             size_t len)
+{
+  char dir[4096], fname[256];
+  uint8_t *buf = malloc (256 + len), *p;
+  int v;
+
+  if (!buf)
+    abort ();
+  snprintf (dir, sizeof dir, "%s/fuzz-write", out);
+  mkdir (dir, 0755);
+  for (v = 0; v < 2; v++) {
+    p = buf + 1;
+    *p++ = v == 0 ? 0x30 : 0x14;  /* room past the image; tiny cache */
+    /* Whole sectors, then byte ranges (partial sectors: read, decrypt,
+     * merge, encrypt), zeroes, a trim, a flush, a read-back.
+     */
+    p = op (p, 0, 0, 3);
+    p = op (p, 0, 17, 8);
+    p = op (p, 0 | 8, 1000, 299);
+    p = op (p, 1 | 8, 8191, 2);
+    p = op (p, 2, 2, 2);
+    p = op (p, 3 | 8, 700, 99);
+    p = op (p, 4, 16, 7);
+    p = op (p, 5, 0, 0);
+    p = op (p, 0 | 0x40, 40, 1);
+    p = op (p, 7, 0, 63);
+    buf[0] = p - buf - 1;
+    memcpy (p, img, len);
+    snprintf (fname, sizeof fname, "%s-%d", name, v);
+    save (dir, fname, buf, p - buf + len);
+  }
+  free (buf);
+}
+
+static void
+qcow2_seed (const char *out, const char *dir)
 {
   struct keepdev k = { .dev = { .ops = &keep_ops, .name = (char *) "seed",
                                 .size = CONTAINER, .fixed_size = true } };
@@ -156,7 +206,7 @@ qcow2_seed (const char *dir)
     abort ();
   qc_options_init (&o);
   o.locking = false;
-  o.size = 1024 * 1024;
+  o.size = 128 * 1024;
   o.cluster_size = CS;
   o.encrypt = true;
   o.encrypt_iter_time = 1;
@@ -174,12 +224,15 @@ qcow2_seed (const char *dir)
   put_be64 (k.data + ext + 8, len);
   free (area);
 
-  /* Free its clusters past the new end (one refcount block of 16-bit
-   * entries covers 8 MiB here; the area is the last thing allocated).
+  /* Free its clusters past the new end (the area is the last thing
+   * allocated; one refcount block of 16-bit entries covers 256
+   * clusters, all of this image).
    */
   rb = get_be64 (k.data + get_be64 (k.data + 48));
-  if (get_be32 (k.data + 96) != 4)
-    die ("unexpected refcount width");
+  if (get_be32 (k.data + 96) != 4 || (area_off + old_len) / CS >= CS / 2) {
+    fprintf (stderr, "make-luks-seeds: unexpected image layout\n");
+    exit (1);
+  }
   for (i = (area_off + len + CS - 1) / CS;
        i < (area_off + old_len + CS - 1) / CS; i++)
     put_be16 (k.data + rb + i * 2, 0);
@@ -197,7 +250,7 @@ qcow2_seed (const char *dir)
     buf[i] = 0x11 + i / 512;
   if (blkdev_pwrite (view, buf, CS, 0, 0) == -1 ||
       blkdev_pwrite (view, buf, 1000, 3 * CS + 100, 0) == -1 ||
-      blkdev_pwrite (view, buf, 2 * CS, 64 * CS - CS / 2, 0) == -1 ||
+      blkdev_pwrite (view, buf, 2 * CS, 16 * CS - CS / 2, 0) == -1 ||
       blkdev_zero (view, CS, 8 * CS, 0) == -1 ||
       blkdev_pwrite (view, buf, 512, view->size - 512, 0) == -1 ||
       blkdev_flush (view) == -1)
@@ -210,6 +263,7 @@ qcow2_seed (const char *dir)
     if (get_be16 (k.data + rb + i * 2) != 0)
       end = (i + 1) * CS;
   save (dir, "luks-aes128-cbc.qcow2", k.data, end);
+  write_seeds (out, "luks-aes128-cbc", k.data, end);
   free (k.data);
 }
 
@@ -245,6 +299,6 @@ main (int argc, char *argv[])
   }
   snprintf (dir, sizeof dir, "%s/fuzz-open-read", out);
   mkdir (dir, 0755);
-  qcow2_seed (dir);
+  qcow2_seed (out, dir);
   return 0;
 }

@@ -239,6 +239,7 @@ replay_write (const uint8_t *d, size_t n, const char *what)
 
   qc_options_init (&opts);
   opts.locking = false;
+  opts.passphrase = (char *) "fuzz passphrase";     /* as fuzz-write */
   opts.compress = (cfg & 3) >= 2 ? (cfg & 3) - 2 : -1;
   if (cfg & 4)
     opts.cache_size = 1;
