@@ -219,6 +219,29 @@ free_clusters (struct qc_image *img, uint64_t offset, uint64_t len)
 /* Serialize the snapshot table (all entries but skip, if any) and
  * switch the header to it; the old table's clusters are freed.
  */
+/* The extra data written for s: at least 16 bytes, so that it records
+ * the snapshot's disk size.  Without it the size of a snapshot is the
+ * image's size when it is opened: applying another snapshot of another
+ * size would change it (qemu writes the disk size into every entry too).
+ */
+static uint32_t
+extra_out_size (const struct qcow2_snapshot *s)
+{
+  return s->extra_size < 16 ? 16 : s->extra_size;
+}
+
+static void
+put_extra (uint8_t *p, const struct qcow2_snapshot *s)
+{
+  memcpy (p, s->extra, s->extra_size);
+  if (s->extra_size < 16) {
+    memset (p + s->extra_size, 0, 16 - s->extra_size);
+    if (s->extra_size < 8)      /* vm_state_size_large */
+      put_be64 (p, s->vm_state_size);
+    put_be64 (p + 8, s->disk_size);
+  }
+}
+
 static int
 rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
                         *extra, int64_t skip)
@@ -234,7 +257,7 @@ rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
       i < img->nr_snapshots ? &img->snapshots[i] : extra;
     if (!s || (int64_t) i == skip)
       continue;
-    size += (SNAPSHOT_FIXED + s->extra_size + strlen (s->id) +
+    size += (SNAPSHOT_FIXED + extra_out_size (s) + strlen (s->id) +
              strlen (s->name) + 7) & ~7ULL;
   }
   buf = calloc (1, size ? size : 1);
@@ -246,11 +269,12 @@ rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
     const struct qcow2_snapshot *s =
       i < img->nr_snapshots ? &img->snapshots[i] : extra;
     uint8_t *p = buf + pos;
-    size_t il, nl;
+    size_t il, nl, xl;
     if (!s || (int64_t) i == skip)
       continue;
     il = strlen (s->id);
     nl = strlen (s->name);
+    xl = extra_out_size (s);
     put_be64 (p, s->l1_table_offset);
     put_be32 (p + 8, s->l1_size);
     put_be16 (p + 12, il);
@@ -259,11 +283,11 @@ rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
     put_be32 (p + 20, s->date_nsec);
     put_be64 (p + 24, s->vm_clock_nsec);
     put_be32 (p + 32, s->vm_state_size);
-    put_be32 (p + 36, s->extra_size);
-    memcpy (p + 40, s->extra, s->extra_size);
-    memcpy (p + 40 + s->extra_size, s->id, il);
-    memcpy (p + 40 + s->extra_size + il, s->name, nl);
-    pos += (SNAPSHOT_FIXED + s->extra_size + il + nl + 7) & ~7ULL;
+    put_be32 (p + 36, xl);
+    put_extra (p + 40, s);
+    memcpy (p + 40 + xl, s->id, il);
+    memcpy (p + 40 + xl + il, s->name, nl);
+    pos += (SNAPSHOT_FIXED + xl + il + nl + 7) & ~7ULL;
   }
   if (n > 0 && (write_new (img, buf, size, &off) == -1 ||
                 qc_flush_locked (img) == -1))

@@ -486,6 +486,16 @@ START_TEST (test_replay_luks)
 }
 END_TEST
 
+/* The size of the snapshot view named name. */
+static uint64_t
+qc_snapshot_view_size (struct qc_image *img, const char *name)
+{
+  struct blkdev *v = qc_image_view (img, name);
+
+  ck_assert_msg (v != NULL, "no snapshot %s: %s", name, qc_last_error ());
+  return v->size;
+}
+
 /* ------------------------------------------------- the findings */
 
 /* Finding (fuzz-write, tests/fuzz/regressions/fuzz-write/
@@ -993,6 +1003,74 @@ START_TEST (test_create_luks_512_byte_clusters)
 }
 END_TEST
 
+
+/* Finding (fuzz-write oracle, after 516 018 executions; its input is
+ * tests/fuzz/regressions/fuzz-write/snapshot-without-disk-size): a
+ * snapshot whose extra data has no disk size (older writers) takes the
+ * image's size at open.  The core rewrote such entries as they were, so
+ * after applying another snapshot of another size and reopening, the
+ * snapshot had the new size and read differently.  qemu writes the disk
+ * size into every entry it rewrites; so must we.
+ */
+START_TEST (test_snapshot_without_disk_size)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *dev;
+  uint8_t *image, *cont, *e;
+  size_t len, i;
+  uint64_t sno;
+  uint32_t xl;
+  const uint64_t cont_size = 256 * KiB;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 32K && qemu-io -f qcow2 -c 'write -P 0x11 0 1024' "
+           "img.qcow2 >/dev/null && qemu-img snapshot -c small img.qcow2 && "
+           "qemu-img resize -q img.qcow2 64K && "
+           "qemu-img snapshot -c big img.qcow2", dir);
+  image = unit_read_file (P ("img.qcow2"), &len);
+  ck_assert_uint_eq (unit_get_be32 (image + 60), 2);
+  /* Drop the extra data of the second entry ("big", 64 KiB): its size
+   * is then the image's, 64 KiB.
+   */
+  sno = unit_get_be64 (image + 64);
+  e = image + sno;
+  e += (40 + unit_get_be32 (e + 36) + ((e[12] << 8) | e[13]) +
+        ((e[14] << 8) | e[15]) + 7) & ~7u;
+  xl = unit_get_be32 (e + 36);
+  ck_assert_uint_eq (xl, 24);
+  memmove (e + 40, e + 40 + xl, ((e[12] << 8) | e[13]) +
+           ((e[14] << 8) | e[15]));
+  unit_put_be32 (e + 36, 0);
+  cont = calloc (1, cont_size);
+  ck_assert (cont != NULL);
+  memcpy (cont, image, len);
+
+  for (i = 0; i < 2; i++) {
+    dev = blkdev_memory_new (cont, cont_size, false);
+    qc_options_init (&opts);
+    opts.locking = false;
+    img = qc_image_open (&opts, dev);
+    ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+    ck_assert_uint_eq (qc_snapshot_view_size (img, "big"), 64 * KiB);
+    if (i == 0) {
+      ck_assert_int_eq (qc_image_make_writable (img), 0);
+      ck_assert_int_eq (qc_image_snapshot_op (img, QC_SNAPSHOT_CREATE,
+                                              "new"), 0);
+      ck_assert_int_eq (qc_image_snapshot_op (img, QC_SNAPSHOT_APPLY,
+                                              "small"), 0);
+      ck_assert_uint_eq (qc_image_default_view (img)->size, 32 * KiB);
+      ck_assert_int_eq (blkdev_flush (qc_image_default_view (img)), 0);
+      /* The image's bytes, for the reopen. */
+      ck_assert_int_eq (blkdev_pread (dev, cont, cont_size, 0), 0);
+    }
+    qc_image_close (img);
+  }
+  free (cont);
+  free (image);
+}
+END_TEST
+
 Suite *
 regressions_suite (void)
 {
@@ -1017,6 +1095,7 @@ regressions_suite (void)
   tcase_add_test (tf, test_active_l1_in_snapshot_table);
   tcase_add_test (tf, test_write_past_end_of_disk);
   tcase_add_test (tf, test_create_luks_512_byte_clusters);
+  tcase_add_test (tf, test_snapshot_without_disk_size);
   suite_add_tcase (s, tf);
   return s;
 }
