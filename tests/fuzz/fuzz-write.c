@@ -154,6 +154,24 @@ consistent (struct qc_image *img, const char **why)
     *why = "references past the end of the file";
     ok = false;
   }
+  /* A refcount table or block cluster that is also something else (say
+   * guest data) is a corruption qemu-img check reports; a refcount
+   * update then changes that data, as it does in qemu.
+   */
+  for (i = 0; ok && i < img->reftable_entries; i++) {
+    c = img->reftable[i] / cs;
+    if (img->reftable[i] && c < r.nr_clusters && r.count[c] > 1) {
+      *why = "a refcount block shares its cluster";
+      ok = false;
+    }
+  }
+  for (i = 0; ok && i < h->refcount_table_clusters; i++) {
+    c = h->refcount_table_offset / cs + i;
+    if (c < r.nr_clusters && r.count[c] > 1) {
+      *why = "the refcount table shares a cluster";
+      ok = false;
+    }
+  }
   for (c = 0; ok && c < r.nr_clusters; c++) {
     if (qc_refcount_get (img, c, &v) == -1) {
       *why = "reading a refcount failed";
