@@ -625,7 +625,7 @@ START_TEST (test_repair_refblock_shared_with_data)
   struct qc_image *img;
   struct qc_check_result res;
   struct blkdev *dev, *view;
-  uint8_t *image, before[4096], after[4096];
+  uint8_t *image, *cont, before[4096], after[4096];
   size_t len;
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
@@ -642,7 +642,12 @@ START_TEST (test_repair_refblock_shared_with_data)
                                     "grep -q 'ERROR refcount block 0'",
                                     P ("shared.qcow2")), 0);
 
-  dev = blkdev_memory_new (image, len + 64 * KiB, false);
+  /* A container with 64 KiB free after the image. */
+  cont = calloc (1, len + 64 * KiB);
+  ck_assert (cont != NULL);
+  memcpy (cont, image, len);
+  dev = blkdev_memory_new (cont, len + 64 * KiB, false);
+  free (cont);
   qc_options_init (&opts);
   opts.locking = false;
   img = qc_image_open (&opts, dev);
