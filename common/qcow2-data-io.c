@@ -51,17 +51,47 @@ qc_data_read (struct qc_image *img, uint64_t host, uint64_t guest,
   return r;
 }
 
+static int write_encrypted (struct qc_image *img, uint64_t host,
+                            uint64_t guest, const void *buf, size_t len);
+
+/* Encrypted writes go through a bounce buffer: in pieces of at most
+ * this size, so that many large requests in flight do not each hold a
+ * copy of their whole data (peak memory).  Pieces after the first start
+ * on a sector boundary.
+ */
+#define CRYPT_CHUNK (64 * 1024)
+
 int
 qc_data_write (struct qc_image *img, uint64_t host, uint64_t guest,
                const void *buf, size_t len)
+{
+  const uint8_t *p = buf;
+
+  if (!img->crypto)
+    return blkdev_pwrite (img->data, buf, len, host, 0);
+  while (len > 0) {
+    size_t n = CRYPT_CHUNK - host % CRYPT_CHUNK;
+    if (n > len)
+      n = len;
+    if (write_encrypted (img, host, guest, p, n) == -1)
+      return -1;
+    host += n;
+    guest += n;
+    p += n;
+    len -= n;
+  }
+  return 0;
+}
+
+static int
+write_encrypted (struct qc_image *img, uint64_t host, uint64_t guest,
+                 const void *buf, size_t len)
 {
   uint64_t lo, hi;
   uint8_t *tmp;
   bool whole;
   int r;
 
-  if (!img->crypto)
-    return blkdev_pwrite (img->data, buf, len, host, 0);
   lo = host & ~(SECTOR - 1);
   hi = (host + len + SECTOR - 1) & ~(SECTOR - 1);
   whole = lo == host && hi == host + len;
