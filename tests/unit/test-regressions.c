@@ -107,6 +107,23 @@ keepdev_init (struct keepdev *k, uint8_t *data, uint64_t size, bool ro)
   k->data = data;
 }
 
+/* A fixed-size container holding image and then zeros up to size, and
+ * k, the device over it: the returned buffer (the caller frees it) is
+ * what the device holds, before and after the image is closed.
+ */
+static uint8_t *
+container_new (struct keepdev *k, const uint8_t *image, size_t len,
+               size_t size)
+{
+  uint8_t *cont = calloc (1, size);
+
+  ck_assert (cont != NULL);
+  ck_assert_uint_le (len, size);
+  memcpy (cont, image, len);
+  keepdev_init (k, cont, size, false);
+  return cont;
+}
+
 /* The backing device the fuzz targets give images naming a backing
  * file (fuzz-common.c).
  */
@@ -624,6 +641,7 @@ START_TEST (test_repair_refblock_shared_with_data)
   struct qc_options opts;
   struct qc_image *img;
   struct qc_check_result res;
+  struct keepdev k;
   struct blkdev *dev, *view;
   uint8_t *image, *cont, before[4096], after[4096];
   size_t len;
@@ -643,11 +661,8 @@ START_TEST (test_repair_refblock_shared_with_data)
                                     P ("shared.qcow2")), 0);
 
   /* A container with 64 KiB free after the image. */
-  cont = calloc (1, len + 64 * KiB);
-  ck_assert (cont != NULL);
-  memcpy (cont, image, len);
-  dev = blkdev_memory_new (cont, len + 64 * KiB, false);
-  free (cont);
+  cont = container_new (&k, image, len, len + 64 * KiB);
+  dev = &k.dev;
   qc_options_init (&opts);
   opts.locking = false;
   img = qc_image_open (&opts, dev);
@@ -661,6 +676,7 @@ START_TEST (test_repair_refblock_shared_with_data)
   unit_assert_mem_eq (after, before, sizeof after,
                       "guest data after repair=all");
   qc_image_close (img);
+  free (cont);
   free (image);
 }
 END_TEST
@@ -681,6 +697,7 @@ START_TEST (test_snapshot_apply_huge_disk_size)
 {
   struct qc_options opts;
   struct qc_image *img;
+  struct keepdev k;
   struct blkdev *dev, *view;
   uint8_t *image, *cont, buf[1024];
   size_t len;
@@ -697,11 +714,8 @@ START_TEST (test_snapshot_apply_huge_disk_size)
   ck_assert_uint_eq (unit_get_be32 (image + sno + 36), 24);  /* extra */
   ck_assert_uint_eq (unit_get_be64 (image + sno + 48), 64 * KiB);
   unit_put_be64 (image + sno + 48, 0x00ffffffffffffffULL);
-  cont = calloc (1, cont_size);
-  ck_assert (cont != NULL);
-  memcpy (cont, image, len);
-
-  dev = blkdev_memory_new (cont, cont_size, false);
+  cont = container_new (&k, image, len, cont_size);
+  dev = &k.dev;
   qc_options_init (&opts);
   opts.locking = false;
   img = qc_image_open (&opts, dev);
@@ -787,6 +801,7 @@ START_TEST (test_reftable_growth_fixed_container)
 {
   struct qc_options opts;
   struct qc_image *img;
+  struct keepdev k;
   struct blkdev *dev, *view;
   uint8_t *image, *data, *back, *cont;
   size_t len;
@@ -796,10 +811,8 @@ START_TEST (test_reftable_growth_fixed_container)
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
            "refcount_bits=64 img.qcow2 4M", dir);
   image = unit_read_file (P ("img.qcow2"), &len);
-  cont = calloc (1, cont_size);
-  ck_assert (cont != NULL);
-  memcpy (cont, image, len);
-  dev = blkdev_memory_new (cont, cont_size, false);
+  cont = container_new (&k, image, len, cont_size);
+  dev = &k.dev;
   qc_options_init (&opts);
   opts.locking = false;
   img = qc_image_open (&opts, dev);
@@ -841,6 +854,7 @@ START_TEST (test_active_l1_in_snapshot_table)
 {
   struct qc_options opts;
   struct qc_image *img;
+  struct keepdev k;
   struct blkdev *dev, *view;
   uint8_t *image, *cont, buf[1024];
   size_t len;
@@ -856,11 +870,8 @@ START_TEST (test_active_l1_in_snapshot_table)
   sno = unit_get_be64 (image + 64);
   ck_assert_uint_eq (sno % 512, 0);
   unit_put_be64 (image + 40, sno);      /* l1_table_offset */
-  cont = calloc (1, cont_size);
-  ck_assert (cont != NULL);
-  memcpy (cont, image, len);
-
-  dev = blkdev_memory_new (cont, cont_size, false);
+  cont = container_new (&k, image, len, cont_size);
+  dev = &k.dev;
   qc_options_init (&opts);
   opts.locking = false;
   img = qc_image_open (&opts, dev);
@@ -1021,6 +1032,7 @@ START_TEST (test_snapshot_without_disk_size)
 {
   struct qc_options opts;
   struct qc_image *img;
+  struct keepdev k;
   struct blkdev *dev;
   uint8_t *image, *cont, *e;
   size_t len, i;
@@ -1047,12 +1059,12 @@ START_TEST (test_snapshot_without_disk_size)
   memmove (e + 40, e + 40 + xl, ((e[12] << 8) | e[13]) +
            ((e[14] << 8) | e[15]));
   unit_put_be32 (e + 36, 0);
-  cont = calloc (1, cont_size);
-  ck_assert (cont != NULL);
-  memcpy (cont, image, len);
+  cont = container_new (&k, image, len, cont_size);
 
+  /* Open, change and close; then open what that left. */
   for (i = 0; i < 2; i++) {
-    dev = blkdev_memory_new (cont, cont_size, false);
+    keepdev_init (&k, cont, cont_size, false);
+    dev = &k.dev;
     qc_options_init (&opts);
     opts.locking = false;
     img = qc_image_open (&opts, dev);
@@ -1066,8 +1078,6 @@ START_TEST (test_snapshot_without_disk_size)
                                               "small"), 0);
       ck_assert_uint_eq (qc_image_default_view (img)->size, 32 * KiB);
       ck_assert_int_eq (blkdev_flush (qc_image_default_view (img)), 0);
-      /* The image's bytes, for the reopen. */
-      ck_assert_int_eq (blkdev_pread (dev, cont, cont_size, 0), 0);
     }
     qc_image_close (img);
   }
