@@ -34,6 +34,9 @@ struct codec_state {
 #endif
   z_stream inflater;
   bool have_inflater;
+  z_stream deflater;            /* kept: allocating it per cluster */
+  int deflater_level;           /* costs ~270 KiB of fresh pages */
+  bool have_deflater;
   ZSTD_DCtx *zstd_d;
   ZSTD_CCtx *zstd_c;
 #ifdef HAVE_ISAL
@@ -58,6 +61,8 @@ free_state (void *p)
 #endif
   if (s->have_inflater)
     inflateEnd (&s->inflater);
+  if (s->have_deflater)
+    deflateEnd (&s->deflater);
   ZSTD_freeDCtx (s->zstd_d);
   ZSTD_freeCCtx (s->zstd_c);
   free (s);
@@ -192,28 +197,43 @@ codec_decompress (int type, const void *in, size_t in_len,
   }
 }
 
-/* zlib's deflate with qemu's parameters (level 6, 4 KiB window). */
+/* zlib's deflate with qemu's parameters (level 6, 4 KiB window).  The
+ * stream is reset, not made again, for each cluster: same output.
+ */
 static long
-zlib_compress (int level, const void *in, size_t in_len, void *out,
-               size_t out_max)
+zlib_compress (struct codec_state *s, int level, const void *in,
+               size_t in_len, void *out, size_t out_max)
 {
-  z_stream z;
+  z_stream *z = &s->deflater;
   long n;
   int r;
 
-  memset (&z, 0, sizeof z);
-  if (deflateInit2 (&z, level ? level : ZLIB_DEFAULT_LEVEL, Z_DEFLATED,
-                    -ZLIB_WINDOW_BITS, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
-    errno = ENOMEM;
+  if (!level)
+    level = ZLIB_DEFAULT_LEVEL;
+  if (s->have_deflater && s->deflater_level != level) {
+    deflateEnd (z);
+    s->have_deflater = false;
+  }
+  if (!s->have_deflater) {
+    memset (z, 0, sizeof *z);
+    if (deflateInit2 (z, level, Z_DEFLATED, -ZLIB_WINDOW_BITS, 9,
+                      Z_DEFAULT_STRATEGY) != Z_OK) {
+      errno = ENOMEM;
+      return -1;
+    }
+    s->have_deflater = true;
+    s->deflater_level = level;
+  }
+  else if (deflateReset (z) != Z_OK) {
+    errno = EIO;
     return -1;
   }
-  z.next_in = (Bytef *) in;
-  z.avail_in = in_len;
-  z.next_out = out;
-  z.avail_out = out_max;
-  r = deflate (&z, Z_FINISH);
-  n = r == Z_STREAM_END ? (long) (out_max - z.avail_out) : 0;
-  deflateEnd (&z);
+  z->next_in = (Bytef *) in;
+  z->avail_in = in_len;
+  z->next_out = out;
+  z->avail_out = out_max;
+  r = deflate (z, Z_FINISH);
+  n = r == Z_STREAM_END ? (long) (out_max - z->avail_out) : 0;
   return n;
 }
 
@@ -282,7 +302,7 @@ codec_compress (int type, int level, const void *in, size_t in_len,
       level = 1;
 #endif
     }
-    return zlib_compress (level, in, in_len, out, out_max);
+    return zlib_compress (s, level, in, in_len, out, out_max);
   case QCOW2_COMPRESS_ZSTD:
     if (!s->zstd_c && !(s->zstd_c = ZSTD_createCCtx ())) {
       errno = ENOMEM;

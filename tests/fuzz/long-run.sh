@@ -13,6 +13,10 @@
 # with SIGINT and counted) run it again with the same arguments.
 # `touch work/stop` ends it after the current chunk.
 #
+# WORKERS=N (default 1) runs N fuzzer processes side by side, each doing
+# its share of every chunk over the same corpus directory (one per core);
+# each process's chunk is a line of its own in work/TARGET.runs.
+#
 # A chunk that ends with a finding stops the script (exit 1), the input
 # in work/TARGET-crash-* etc., except a timeout that does not reproduce
 # when run again alone: a pause of the process makes libFuzzer's wall
@@ -46,7 +50,9 @@ executed () {
 }
 
 pid=
-trap '[ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; stopping=1' INT TERM
+workers=${WORKERS:-1}
+# $pid: the running fuzzer processes (a list).
+trap '[ -n "$pid" ] && kill -INT $pid 2>/dev/null; stopping=1' INT TERM
 stopping=
 
 while :; do
@@ -62,23 +68,32 @@ while :; do
   n=$((total - have < chunk ? total - have : chunk))
   # A private copy: rebuilding the target does not disturb the chunk.
   cp "$t" work/bin/"$t".tmp && mv work/bin/"$t".tmp work/bin/"$t"
-  log=work/$t-$(date +%Y%m%d-%H%M%S).log
+  stamp=$(date +%Y%m%d-%H%M%S)
   rm -f work/"$t"-timeout-*
   start=$(date +%s)
-  ./work/bin/"$t" "${flags[@]}" -runs="$n" -artifact_prefix=work/"$t"- \
-    work/"$t" corpus/"$t" > "$log" 2>&1 &
-  pid=$!
-  wait "$pid"; rc=$?
-  # wait returns early when a trapped signal arrives: wait for the end.
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+  pids=() logs=()
+  for ((w = 1; w <= workers; w++)); do
+    log=work/$t-$stamp$([ "$workers" -gt 1 ] && echo "-w$w").log
+    ./work/bin/"$t" "${flags[@]}" -runs=$(((n + workers - 1) / workers)) \
+      -artifact_prefix=work/"$t"- work/"$t" corpus/"$t" > "$log" 2>&1 &
+    pids+=($!) logs+=("$log")
+  done
+  pid=${pids[*]}
+  rcs=()
+  for p in "${pids[@]}"; do
+    wait "$p"; rc=$?
+    # wait returns early when a trapped signal arrives: wait for the end.
+    while kill -0 "$p" 2>/dev/null; do wait "$p"; rc=$?; done
+    rcs+=($rc)
+  done
   pid=
   secs=$(($(date +%s) - start))
   result=ok
   for a in work/"$t"-timeout-*; do
     [ -e "$a" ] || continue
-    if ./work/bin/"$t" "${flags[@]}" "$a" >> "$log.timeout" 2>&1; then
+    if ./work/bin/"$t" "${flags[@]}" "$a" >> "${logs[0]}.timeout" 2>&1; then
       echo "$(date -Is) $a: timeout does not reproduce (paused?), discarded" \
-        >> "$log.timeout"
+        >> "${logs[0]}.timeout"
       rm -f "$a"
       result=spurious-timeout
     else
@@ -88,10 +103,15 @@ while :; do
   for a in work/"$t"-crash-* work/"$t"-leak-* work/"$t"-oom-*; do
     [ -e "$a" ] && result=finding
   done
-  [ "$result" != ok ] || [ $rc -eq 0 ] || [ -n "$stopping" ] || result=rc$rc
-  echo "$(date -Is) $(executed "$log") $secs $result $(basename "$log")" \
-    >> "$state"
-  tail -n 1 "$state"
+  for ((w = 0; w < workers; w++)); do
+    r=$result
+    [ "$r" != ok ] || [ "${rcs[w]}" -eq 0 ] || [ -n "$stopping" ] ||
+      r=rc${rcs[w]}
+    echo "$(date -Is) $(executed "${logs[w]}") $secs $r" \
+      "$(basename "${logs[w]}")" >> "$state"
+    tail -n 1 "$state"
+    [ "$r" = ok ] || [ "$r" = spurious-timeout ] || result=$r
+  done
   case $result in
     finding|rc*) echo "$t: finding, see $log" >&2; exit 1 ;;
   esac
