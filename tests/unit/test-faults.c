@@ -8,8 +8,11 @@
  * workload runs through the core: allocating writes, copy-on-write,
  * zeroing with and without MAY_TRIM, trimming (frees and reuse), refcount
  * table growth (512-byte clusters with 64-bit refcounts: one table
- * cluster covers only 2 MiB of host), compressed writes (compress=zlib).
- * (The L1 table never grows without a resize: not covered.)
+ * cluster covers only 2 MiB of host), compressed writes (compress=zlib),
+ * internal snapshot operations (apply, create, delete) on an image made
+ * by qemu with two snapshots of different sizes, so that applying one
+ * shrinks the active L1 table and applying the other grows it again.
+ * One workload ("everything") does all of these in one run.
  *
  * A recording run counts the I/O points; then for every point k and
  * every fault that applies to it (reads: EIO; writes: EIO, ENOSPC,
@@ -21,16 +24,17 @@
  *   - every other request succeeds or fails cleanly (errno set);
  *   - after the final flush and close (which may fail), the container
  *     has 0 corruptions for qemu-img check --output=json (leaks are
- *     allowed), opens with qc_image_open, and every request that
- *     succeeded reads back (if the final flush succeeded).
+ *     allowed), opens with qc_image_open, every request that succeeded
+ *     reads back (if the final flush succeeded), and every snapshot the
+ *     image had at the start that still exists reads as it did.
  *
  * qemu-img check runs in parallel batches over sparse copies of the
- * containers; identical containers are checked once.  The large
- * workloads are sampled (FAULTS_SAMPLE=N points per workload, default
- * 100 and 60 for them; FAULTS_ALL=1 checks every point of every
- * workload).
+ * containers; identical containers are checked once.  Every I/O point
+ * of every workload is covered; FAULTS_SAMPLE=N checks only N points
+ * per workload (each write point then gets one of the three faults in
+ * turn), for the slower sanitizer build.
  * FAULTS_POINT=k runs only point k (with UNIT_VERBOSE=1 to see what the
- * core says).
+ * core says), FAULTS_WORKLOAD=NAME only that workload.
  */
 #include <config.h>
 
@@ -243,20 +247,22 @@ faultdev_init (struct faultdev *f, const uint8_t *image, size_t len,
 /* --------------------------------------------------------- workloads */
 
 struct step {
-  char op;                      /* w write, z zero, t trim, f flush */
+  char op;                      /* w write, z zero, t trim, f flush,
+                                 * A/C/D apply/create/delete snapshot */
   uint64_t off, len;
   unsigned flags;
   int fill;                     /* w: byte value, or -1 for random */
+  const char *name;             /* A/C/D: the snapshot */
 };
 
 struct workload {
   const char *name;
   const char *create;           /* qemu-img create -o ... (4 MiB) */
+  const char *prepare;          /* else: shell commands making $IMG */
   const char *compress;         /* compress= value, or NULL */
   uint64_t cache_size;          /* L2 cache bytes, 0: default */
   const struct step *steps;
   size_t nsteps;
-  unsigned sample;              /* points checked (0: all) */
   uint64_t container;           /* capacity of the device */
   bool growable;                /* a device that grows (a file), else
                                  * a fixed-size container */
@@ -265,10 +271,11 @@ struct workload {
 };
 
 #define MAY_TRIM BLKDEV_MAY_TRIM
-#define W(off, len, flags, fill) { 'w', off, len, flags, fill }
-#define Z(off, len, flags) { 'z', off, len, flags, 0 }
-#define T(off, len) { 't', off, len, 0, 0 }
-#define FLUSH { 'f', 0, 0, 0, 0 }
+#define W(off, len, flags, fill) { 'w', off, len, flags, fill, NULL }
+#define Z(off, len, flags) { 'z', off, len, flags, 0, NULL }
+#define T(off, len) { 't', off, len, 0, 0, NULL }
+#define FLUSH { 'f', 0, 0, 0, 0, NULL }
+#define SNAP(op, name) { op, 0, 0, 0, 0, name }
 
 /* Allocation, copy-on-write, frees and reuse, tables crossing. */
 static const struct step small_steps[] = {
@@ -326,24 +333,66 @@ static const struct step comp_steps[] = {
   W (64 * KiB, 32 * KiB, 0, 0x25),
 };
 
+/* An image with two snapshots: "small" (256 KiB, an L1 table of 8
+ * entries) and "big" (4 MiB, 128 entries), and an active disk that
+ * differs from both.  512-byte clusters with 64-bit refcounts: the
+ * refcount table grows once the file passes 2 MiB, and the file is just
+ * short of that (1.95 MiB), so that a few writes are enough (with
+ * compression each cluster is a write of its own).
+ */
+static const char everything_image[] =
+  "qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "
+  "  \"$IMG\" 256K && "
+  "qemu-io -c 'write -P 0x31 0 40k' -c 'write -P 0x32 200k 8k' \"$IMG\" && "
+  "qemu-img snapshot -c small \"$IMG\" && "
+  "qemu-img resize -q \"$IMG\" 4M && "
+  "qemu-io -c 'write -P 0x41 32k 64k' -c 'write -P 0x42 3M 16k' "
+  "  -c 'write -P 0x43 1M 1800k' \"$IMG\" && "
+  "qemu-img snapshot -c big \"$IMG\" && "
+  "qemu-io -c 'write -P 0x51 0 4k' \"$IMG\"";
+
+/* L1 shrink and growth (snapshot apply), snapshot create and delete,
+ * then (snapshot operations come before the image serves) allocation,
+ * frees, copy-on-write from clusters shared with snapshots, compressed
+ * and plain writes, and refcount table growth, with compress=zlib.
+ */
+static const struct step everything_steps[] = {
+  SNAP ('A', "small"),                  /* L1: 128 -> 8 entries */
+  SNAP ('A', "big"),                    /* L1: 8 -> 128 entries */
+  SNAP ('C', "s3"),
+  SNAP ('D', "small"),                  /* frees its own clusters */
+  W (4 * KiB, 4 * KiB, 0, 0x61),        /* compressed, over shared */
+  W (3 * MiB + 100, 1000, 0, 0x62),     /* partial, into shared */
+  W (32 * KiB, 8 * KiB, 0, 0x63),       /* replaces shared clusters */
+  Z (0, 8 * KiB, MAY_TRIM),
+  FLUSH,
+  W (3200 * KiB, 96 * KiB, 0, -1),      /* plain: the file passes 2 MiB */
+  W (3400 * KiB, 16 * KiB, 0, 0x64),    /* compressed */
+  T (36 * KiB, 4 * KiB),
+  W (1 * MiB, 64 * KiB, 0, -1),         /* plain, over shared */
+};
+
 #define N(a) (sizeof (a) / sizeof (a)[0])
 static const struct workload workloads[] = {
-  { "small", "cluster_size=512,refcount_bits=64", NULL, 0,
-    small_steps, N (small_steps), 0, MiB, false, NULL, false },
+  { "small", "cluster_size=512,refcount_bits=64", NULL, NULL, 0,
+    small_steps, N (small_steps), MiB, false, NULL, false },
   /* One L2 table cached: tables are read (and can fail) all the time. */
-  { "small-tiny-cache", "cluster_size=512,refcount_bits=64", NULL, 512,
-    small_steps, N (small_steps), 0, MiB, false, NULL, false },
-  { "compressed", "cluster_size=4096", "zlib", 0,
-    comp_steps, N (comp_steps), 0, MiB, false, NULL, true },
+  { "small-tiny-cache", "cluster_size=512,refcount_bits=64", NULL, NULL, 512,
+    small_steps, N (small_steps), MiB, false, NULL, false },
+  { "compressed", "cluster_size=4096", NULL, "zlib", 0,
+    comp_steps, N (comp_steps), MiB, false, NULL, true },
   /* On a growable device (a file) the new table goes to the end; in a
    * fixed-size container into a free run.
    */
-  { "refcount-growth", "cluster_size=512,refcount_bits=64", NULL, 0,
-    grow_steps, N (grow_steps), 100, 4 * MiB, true, "refcount table grown",
+  { "refcount-growth", "cluster_size=512,refcount_bits=64", NULL, NULL, 0,
+    grow_steps, N (grow_steps), 4 * MiB, true, "refcount table grown",
     false },
-  { "refcount-growth-fixed", "cluster_size=512,refcount_bits=64", NULL, 0,
-    grow_steps, N (grow_steps), 60, 4 * MiB, false, "refcount table grown",
-    false },
+  { "refcount-growth-fixed", "cluster_size=512,refcount_bits=64", NULL,
+    NULL, 0, grow_steps, N (grow_steps), 4 * MiB, false,
+    "refcount table grown", false },
+  { "everything", NULL, everything_image, "zlib", 0,
+    everything_steps, N (everything_steps), 4 * MiB, true,
+    "refcount table grown", true },
 };
 
 /* ------------------------------------------------------- one run */
@@ -353,6 +402,8 @@ struct outcome {
   const char *where;            /* where the fault fired */
   bool opened;                  /* qc_image_open and make_writable done */
   bool final_flush_ok;
+  bool size_unknown;            /* a snapshot apply failed */
+  bool l1_grew;                 /* a snapshot apply grew the L1 table */
   unsigned failed_steps;        /* requests that failed */
   bool swallowed;               /* a request hid the fault: what it
                                  * did is undefined */
@@ -373,6 +424,88 @@ static int
 expected_errno (enum fault f)
 {
   return f == F_ENOSPC ? ENOSPC : EIO;
+}
+
+/* What the image reads at the start (read through the core without
+ * faults): the active disk and the snapshots.
+ */
+struct content {
+  char *name;                   /* NULL: the active disk */
+  uint8_t *data;
+  uint64_t size;
+};
+#define MAX_SNAPS 4
+static struct content active0, snaps[MAX_SNAPS];
+static size_t nsnaps;
+
+static void
+read_view (struct blkdev *v, struct content *c)
+{
+  c->size = v->size;
+  c->data = malloc (c->size ? c->size : 1);
+  ck_assert (c->data != NULL);
+  ck_assert_msg (blkdev_pread (v, c->data, c->size, 0) == 0,
+                 "reading the image: %s", qc_last_error ());
+}
+
+static void
+load_contents (const uint8_t *image, size_t len)
+{
+  struct blkdev *dev = blkdev_memory_new (image, len, true);
+  struct qc_options opts;
+  struct qc_image *img;
+  size_t i;
+
+  ck_assert (dev != NULL);
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open (&opts, dev);
+  ck_assert_msg (img != NULL, "opening the image: %s", qc_last_error ());
+  read_view (qc_image_default_view (img), &active0);
+  nsnaps = qc_image_nr_snapshots (img);
+  ck_assert (nsnaps <= MAX_SNAPS);
+  for (i = 0; i < nsnaps; i++) {
+    snaps[i].name = strdup (qc_image_snapshot_name (img, i));
+    ck_assert (snaps[i].name != NULL);
+    read_view (qc_image_view (img, snaps[i].name), &snaps[i]);
+  }
+  qc_image_close (img);
+  qc_options_free (&opts);
+}
+
+static void
+free_contents (void)
+{
+  size_t i;
+
+  free (active0.data);
+  for (i = 0; i < nsnaps; i++) {
+    free (snaps[i].name);
+    free (snaps[i].data);
+  }
+  memset (&active0, 0, sizeof active0);
+  memset (snaps, 0, sizeof snaps);
+  nsnaps = 0;
+}
+
+static const struct content *
+find_snap (const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < nsnaps; i++)
+    if (strcmp (snaps[i].name, name) == 0)
+      return &snaps[i];
+  return NULL;
+}
+
+/* The L1 size in the header on the device. */
+static uint32_t
+header_l1_size (const struct faultdev *f)
+{
+  const uint8_t *p = f->data + 36;
+
+  return (uint32_t) p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
 }
 
 /* Run w on f (fault already configured).  Failures fail the test. */
@@ -426,16 +559,19 @@ run (const struct workload *w, struct faultdev *f, struct outcome *o,
   o->opened = true;
   view = qc_image_default_view (img);
   o->size = view->size;
-  o->shadow = calloc (1, o->size);
+  ck_assert_int_eq (o->size, active0.size);
+  o->shadow = malloc (o->size);
   o->known = malloc (o->size);
   ck_assert (o->shadow && o->known);
-  memset (o->known, 1, o->size);      /* qemu-img create: all zeros */
+  memcpy (o->shadow, active0.data, o->size);
+  memset (o->known, 1, o->size);
 
   for (i = 0; i <= w->nsteps; i++) {
     const struct step *s = i < w->nsteps ? &w->steps[i]
       : &final_flush;   /* the final flush */
     bool before = f->fired;
     uint8_t *buf = NULL;
+    uint32_t l1_before = header_l1_size (f);
 
     errno = 0;
     switch (s->op) {
@@ -450,6 +586,11 @@ run (const struct workload *w, struct faultdev *f, struct outcome *o,
       break;
     case 't':
       r = blkdev_trim (view, s->len, s->off, s->flags);
+      break;
+    case 'A': case 'C': case 'D':
+      r = qc_image_snapshot_op (img, s->op == 'A' ? QC_SNAPSHOT_APPLY :
+                                s->op == 'C' ? QC_SNAPSHOT_CREATE :
+                                QC_SNAPSHOT_DELETE, s->name);
       break;
     default:
       r = blkdev_flush (view);
@@ -477,6 +618,33 @@ run (const struct workload *w, struct faultdev *f, struct outcome *o,
       o->failed_steps++;
     if (i == w->nsteps)
       o->final_flush_ok = r == 0;
+    else if (s->op == 'A') {
+      /* The disk becomes the snapshot; after a failure, one or the
+       * other (a request that succeeded must still read back).
+       */
+      const struct content *c = find_snap (s->name);
+
+      ck_assert (c != NULL);
+      if (r == 0 && !o->swallowed) {
+        o->l1_grew |= header_l1_size (f) > l1_before;
+        free (o->shadow);
+        free (o->known);
+        o->size = c->size;
+        o->shadow = malloc (o->size);
+        o->known = malloc (o->size);
+        ck_assert (o->shadow && o->known);
+        memcpy (o->shadow, c->data, o->size);
+        memset (o->known, 1, o->size);
+        view = qc_image_default_view (img);
+        ck_assert_int_eq (view->size, o->size);
+      }
+      else {
+        o->size_unknown = true;
+        memset (o->known, 0, o->size);
+      }
+    }
+    else if (s->op == 'C' || s->op == 'D' || o->size_unknown)
+      ;                         /* the disk must not change / unknown */
     else if (r == -1 || s->op == 't' || o->swallowed)
       memset (o->known + s->off, 0, s->len);     /* undefined */
     else if (s->op == 'w') {
@@ -516,7 +684,7 @@ verify_reopen (const struct faultdev *f, const struct outcome *o,
              qc_last_error ());
     return;
   }
-  if (o->opened && o->final_flush_ok) {
+  if (o->opened && o->final_flush_ok && !o->size_unknown) {
     view = qc_image_default_view (img);
     ck_assert_int_eq (view->size, o->size);
     buf = malloc (o->size);
@@ -532,6 +700,28 @@ verify_reopen (const struct faultdev *f, const struct outcome *o,
                    buf[i], o->shadow[i]);
           break;
         }
+    free (buf);
+  }
+  /* The snapshots it had that are still there read as they did. */
+  for (i = 0; i < nsnaps; i++) {
+    const struct content *c = &snaps[i];
+    size_t j;
+
+    for (j = 0; j < qc_image_nr_snapshots (img); j++)
+      if (strcmp (qc_image_snapshot_name (img, j), c->name) == 0)
+        break;
+    if (j == qc_image_nr_snapshots (img))
+      continue;
+    view = qc_image_view (img, c->name);
+    buf = malloc (c->size ? c->size : 1);
+    ck_assert (buf != NULL);
+    if (!view || view->size != c->size)
+      failure ("%s: snapshot '%s' has a different size", ctx, c->name);
+    else if (blkdev_pread (view, buf, c->size, 0) == -1)
+      failure ("%s: reading snapshot '%s' failed: %s", ctx, c->name,
+               qc_last_error ());
+    else if (memcmp (buf, c->data, c->size) != 0)
+      failure ("%s: snapshot '%s' changed", ctx, c->name);
     free (buf);
   }
   qc_image_close (img);
@@ -670,10 +860,11 @@ START_TEST (test_faults)
   size_t nhashes = 0, stride = 1, fired_where[4] = { 0 };
   struct pending_check *pc = NULL;
   const char *env;
-  unsigned sample = w->sample;
+  unsigned sample = 0;
   double t0 = now ();
-  bool all = getenv ("FAULTS_ALL") != NULL;
 
+  if ((env = getenv ("FAULTS_WORKLOAD")) != NULL && strcmp (env, w->name))
+    return;
   fail_buf[0] = '\0';
   nfail = 0;
   /* Hundreds of runs allocate and free the same few MiB: keep them in
@@ -683,12 +874,14 @@ START_TEST (test_faults)
   mallopt (M_TRIM_THRESHOLD, 256 * MiB);
   if ((env = getenv ("FAULTS_SAMPLE")) != NULL)
     sample = atoi (env);
-  if (all)
-    sample = 0;
 
-  unit_sh ("qemu-img create -q -f qcow2 -o %s '%s' 4M", w->create,
-           P ("base.qcow2"));
+  if (w->prepare)
+    unit_sh ("IMG='%s' && %s >/dev/null", P ("base.qcow2"), w->prepare);
+  else
+    unit_sh ("qemu-img create -q -f qcow2 -o %s '%s' 4M", w->create,
+             P ("base.qcow2"));
   image = unit_read_file (P ("base.qcow2"), &ilen);
+  load_contents (image, ilen);
 
   /* The recording run: how many I/O points, of which kinds. */
   faultdev_init (&rec, image, ilen, w->container, w->growable);
@@ -699,6 +892,9 @@ START_TEST (test_faults)
                  qc_last_error ());
   verify_reopen (&rec, &o, "recording run");
   ck_assert_msg (nfail == 0, "recording run: %s", fail_buf);
+  /* Snapshot workloads apply a snapshot with a larger L1 table. */
+  ck_assert_msg (nsnaps == 0 || o.l1_grew,
+                 "%s: no snapshot apply grew the L1 table", w->name);
   /* The workload does what it is meant to. */
   if (w->expect_debug)
     ck_assert_msg (unit_log_has (QC_LOG_DEBUG, w->expect_debug),
@@ -814,6 +1010,7 @@ START_TEST (test_faults)
   free (hashes);
   free (pc);
   free (image);
+  free_contents ();
   ck_assert_msg (nfail == 0, "%s: %zu failures; the first:\n%s", w->name,
                  nfail, fail_buf);
 }
@@ -826,7 +1023,8 @@ faults_suite (void)
   TCase *tc = tcase_create ("faults");
 
   tcase_add_checked_fixture (tc, setup, teardown);
-  tcase_set_timeout (tc, 2 * UNIT_QEMU_TIMEOUT);
+  /* "everything": ~2000 runs, about a minute. */
+  tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_faults, 0, N (workloads));
   suite_add_tcase (s, tc);
   return s;
