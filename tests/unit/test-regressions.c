@@ -124,6 +124,40 @@ container_new (struct keepdev *k, const uint8_t *image, size_t len,
   return cont;
 }
 
+/* The image in a new container of size bytes (container_new), opened
+ * with default options but no locking; *cont gets the container.
+ */
+static struct qc_image *
+container_open (struct keepdev *k, const uint8_t *image, size_t len,
+                size_t size, struct qc_options *opts, uint8_t **cont)
+{
+  struct qc_image *img;
+
+  *cont = container_new (k, image, len, size);
+  qc_options_init (opts);
+  opts->locking = false;
+  img = qc_image_open (opts, &k->dev);
+  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  return img;
+}
+
+/* A 64 KiB image with 512-byte clusters, 1 KiB of data and one
+ * snapshot, "s1" (its table entry's offset in *sno).
+ */
+static uint8_t *
+image_with_snapshot (size_t *len, uint64_t *sno)
+{
+  uint8_t *image;
+
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
+           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
+           "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
+           dir);
+  image = unit_read_file (P ("img.qcow2"), len);
+  *sno = unit_get_be64 (image + 64);
+  return image;
+}
+
 /* The backing device the fuzz targets give images naming a backing
  * file (fuzz-common.c).
  */
@@ -642,7 +676,7 @@ START_TEST (test_repair_refblock_shared_with_data)
   struct qc_image *img;
   struct qc_check_result res;
   struct keepdev k;
-  struct blkdev *dev, *view;
+  struct blkdev *view;
   uint8_t *image, *cont, before[4096], after[4096];
   size_t len;
 
@@ -661,12 +695,7 @@ START_TEST (test_repair_refblock_shared_with_data)
                                     P ("shared.qcow2")), 0);
 
   /* A container with 64 KiB free after the image. */
-  cont = container_new (&k, image, len, len + 64 * KiB);
-  dev = &k.dev;
-  qc_options_init (&opts);
-  opts.locking = false;
-  img = qc_image_open (&opts, dev);
-  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  img = container_open (&k, image, len, len + 64 * KiB, &opts, &cont);
   view = qc_image_default_view (img);
   ck_assert_int_eq (blkdev_pread (view, before, sizeof before, 0), 0);
   ck_assert_int_eq (qc_image_make_writable (img), 0);
@@ -698,28 +727,18 @@ START_TEST (test_snapshot_apply_huge_disk_size)
   struct qc_options opts;
   struct qc_image *img;
   struct keepdev k;
-  struct blkdev *dev, *view;
+  struct blkdev *view;
   uint8_t *image, *cont, buf[1024];
   size_t len;
   uint64_t sno;
   const uint64_t cont_size = 256 * KiB;
   int r;
 
-  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
-           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
-           "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
-           dir);
-  image = unit_read_file (P ("img.qcow2"), &len);
-  sno = unit_get_be64 (image + 64);
+  image = image_with_snapshot (&len, &sno);
   ck_assert_uint_eq (unit_get_be32 (image + sno + 36), 24);  /* extra */
   ck_assert_uint_eq (unit_get_be64 (image + sno + 48), 64 * KiB);
   unit_put_be64 (image + sno + 48, 0x00ffffffffffffffULL);
-  cont = container_new (&k, image, len, cont_size);
-  dev = &k.dev;
-  qc_options_init (&opts);
-  opts.locking = false;
-  img = qc_image_open (&opts, dev);
-  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  img = container_open (&k, image, len, cont_size, &opts, &cont);
   ck_assert_int_eq (qc_image_make_writable (img), 0);
   errno = 0;
   r = qc_image_snapshot_op (img, QC_SNAPSHOT_APPLY, "s1");
@@ -802,7 +821,7 @@ START_TEST (test_reftable_growth_fixed_container)
   struct qc_options opts;
   struct qc_image *img;
   struct keepdev k;
-  struct blkdev *dev, *view;
+  struct blkdev *view;
   uint8_t *image, *data, *back, *cont;
   size_t len;
   const uint64_t cont_size = 8 * MiB, wlen = 2560 * KiB;
@@ -811,12 +830,7 @@ START_TEST (test_reftable_growth_fixed_container)
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
            "refcount_bits=64 img.qcow2 4M", dir);
   image = unit_read_file (P ("img.qcow2"), &len);
-  cont = container_new (&k, image, len, cont_size);
-  dev = &k.dev;
-  qc_options_init (&opts);
-  opts.locking = false;
-  img = qc_image_open (&opts, dev);
-  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  img = container_open (&k, image, len, cont_size, &opts, &cont);
   ck_assert_int_eq (qc_image_make_writable (img), 0);
   view = qc_image_default_view (img);
   data = malloc (wlen);
@@ -855,27 +869,17 @@ START_TEST (test_active_l1_in_snapshot_table)
   struct qc_options opts;
   struct qc_image *img;
   struct keepdev k;
-  struct blkdev *dev, *view;
+  struct blkdev *view;
   uint8_t *image, *cont, buf[1024];
   size_t len;
   uint64_t sno;
   const uint64_t cont_size = 256 * KiB;
   int r;
 
-  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
-           "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
-           "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
-           dir);
-  image = unit_read_file (P ("img.qcow2"), &len);
-  sno = unit_get_be64 (image + 64);
+  image = image_with_snapshot (&len, &sno);
   ck_assert_uint_eq (sno % 512, 0);
   unit_put_be64 (image + 40, sno);      /* l1_table_offset */
-  cont = container_new (&k, image, len, cont_size);
-  dev = &k.dev;
-  qc_options_init (&opts);
-  opts.locking = false;
-  img = qc_image_open (&opts, dev);
-  ck_assert_msg (img != NULL, "open: %s", qc_last_error ());
+  img = container_open (&k, image, len, cont_size, &opts, &cont);
   view = qc_image_default_view (img);
   ck_assert_int_eq (blkdev_pread (view, buf, sizeof buf, 0), 0);
   errno = 0;
