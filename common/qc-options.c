@@ -24,6 +24,7 @@ qc_options_init (struct qc_options *opts)
 {
   memset (opts, 0, sizeof *opts);
   opts->locking = true;
+  opts->overlap_check = true;
   opts->compress = -1;
   opts->compression_type = -1;
   opts->compressed_cache = QC_COMPRESSED_CACHE_DEFAULT;
@@ -160,6 +161,8 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
     return parse_size (key, value, &opts->compressed_cache);
   if (strcmp (key, "locking") == 0)
     return parse_bool (key, value, &opts->locking);
+  if (strcmp (key, "overlap-check") == 0)
+    return parse_bool (key, value, &opts->overlap_check);
 
   if (strcmp (key, "create") == 0) {
     bool b;

@@ -33,6 +33,9 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Cache of decompressed clusters per image, 0 = off.")              \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
      "Take qemu-compatible image locks.")                               \
+  X ("overlap-check", QC_OPT_BOOL, "on|off", "on",                      \
+     "Refuse writes over metadata or snapshot data, whatever the "      \
+     "refcounts say.")                                                  \
   X ("snapshot-create", QC_OPT_STRING, "NAME", NULL,                    \
      "Take an internal snapshot before serving (repeatable, in order).")\
   X ("snapshot-apply", QC_OPT_STRING, "NAME", NULL,                     \

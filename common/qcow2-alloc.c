@@ -140,6 +140,13 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
 
   if (get_block (img, cluster, &block, &pin) == -1)
     return -1;
+  if (block &&
+      qc_guard_inplace_check (img, img->reftable[cluster / per_block (img)],
+                              img->h.cluster_size,
+                              "updating a refcount in", true) == -1) {
+    l2cache_put (img->rcache, pin);
+    return -1;
+  }
   if (!block) {
     qc_error ("%s: cluster %" PRIu64 " has no refcount block (internal "
               "error or corrupt image)", img->name, cluster);
@@ -161,6 +168,10 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
               "image's %u-bit refcounts", img->name, cluster, 1U << order);
     l2cache_put (img->rcache, pin);
     errno = EOVERFLOW;
+    return -1;
+  }
+  if (qc_guard_refcount_changed (img, cluster, v, nv) == -1) {
+    l2cache_put (img->rcache, pin);
     return -1;
   }
   qc_refcount_entry_set (block, index, order, nv);
@@ -185,7 +196,9 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
     for (i = 0; i < QC_ZOPEN; i++)
       if (img->zopen[i] && img->zopen[i] / img->h.cluster_size == cluster)
         img->zopen[i] = 0;
-    blkdev_trim (img->file, img->h.cluster_size, off, 0);
+    /* Unless something still refers to it (damaged refcounts). */
+    if (qc_guard_may_discard (img, cluster))
+      blkdev_trim (img->file, img->h.cluster_size, off, 0);
   }
   return 0;
 }
@@ -235,7 +248,8 @@ find_free_run (struct qc_image *img, uint64_t len, uint64_t *start)
       seen_free = true;
   }
   *start = run;
-  return 0;
+  /* Free by its refcounts: make sure nothing refers to it all the same. */
+  return qc_guard_alloc_check (img, run, len);
 }
 
 static bool
@@ -371,7 +385,7 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
     goto err;
   put_be64 (hdr, start * cs);
   put_be32 (hdr + 8, clusters);
-  if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
+  if (qc_write_header_field (img, QCOW2_HDR_REFCOUNT_TABLE, hdr, sizeof hdr) == -1 ||
       blkdev_flush (img->file) == -1) {
     /* The header may or may not point to the new table now: nothing
      * more can be written safely.
@@ -503,6 +517,8 @@ qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster)
     return 0;
   if (img->file->fixed_size && (cluster + 1) * cs > blkdev_size (img->file))
     return 0;
+  if (qc_guard_alloc_check (img, cluster, 1) == -1)
+    return -1;
   if (qc_refcount_add (img, cluster, 1) == -1)
     return -1;
   if ((cluster + 1) * cs > img->alloc_end)
@@ -586,5 +602,8 @@ int
 qc_write_header_field (struct qc_image *img, uint64_t offset,
                        const void *buf, size_t len)
 {
+  if (qc_guard_inplace_check (img, offset, len, "updating the header in",
+                              true) == -1)
+    return -1;
   return blkdev_pwrite (img->file, buf, len, offset, 0);
 }

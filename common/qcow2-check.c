@@ -30,8 +30,11 @@ ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
   first = offset / cs;
   last = (offset + bytes - 1) / cs;
   for (c = first; c <= last; c++) {
-    if (c >= r->nr_clusters)
+    if (c >= r->nr_clusters) {
       r->out_of_range++;
+      if (c < r->past_end)
+        r->past_end = c;
+    }
     else if (r->count[c] < UINT32_MAX)
       r->count[c]++;
   }
@@ -117,6 +120,7 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
   uint32_t i;
 
   memset (r, 0, sizeof *r);
+  r->past_end = UINT64_MAX;
   r->nr_clusters = (end + cs - 1) / cs;
   r->count = calloc (r->nr_clusters ? r->nr_clusters : 1, sizeof *r->count);
   if (!r->count) {

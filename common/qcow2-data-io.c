@@ -67,6 +67,10 @@ qc_data_write (struct qc_image *img, uint64_t host, uint64_t guest,
 {
   const uint8_t *p = buf;
 
+  if (!img->external_data &&
+      qc_guard_inplace_check (img, host, len, "writing guest data to",
+                              false) == -1)
+    return -1;
   if (!img->crypto)
     return blkdev_pwrite (img->data, buf, len, host, 0);
   while (len > 0) {

@@ -49,7 +49,10 @@ qc_write_table_range (struct qc_image *img, const uint64_t *table,
 static int
 write_l1 (struct qc_image *img)
 {
-  if (qc_write_table_range (img, img->active.l1, img->active.l1_size,
+  if (qc_guard_inplace_check (img, img->h.l1_table_offset,
+                              (uint64_t) img->active.l1_size * 8,
+                              "updating the L1 table in", true) == -1 ||
+      qc_write_table_range (img, img->active.l1, img->active.l1_size,
                             img->l1_dirty_lo, img->l1_dirty_hi,
                             img->h.l1_table_offset) == -1)
     return -1;
@@ -60,7 +63,10 @@ write_l1 (struct qc_image *img)
 static int
 write_reftable_entries (struct qc_image *img)
 {
-  if (qc_write_table_range (img, img->reftable, img->reftable_entries,
+  if (qc_guard_inplace_check (img, img->h.refcount_table_offset,
+                              img->reftable_entries * 8,
+                              "updating the refcount table in", true) == -1 ||
+      qc_write_table_range (img, img->reftable, img->reftable_entries,
                             img->reftable_dirty_lo, img->reftable_dirty_hi,
                             img->h.refcount_table_offset) == -1)
     return -1;

@@ -17,6 +17,11 @@
 #define QCOW2_INCOMPAT_EXTL2       (1ULL << 4)
 #define QCOW2_INCOMPAT_KNOWN       0x1fULL
 /* Compatible and autoclear bits. */
+/* Header fields that are updated in place (byte offsets). */
+#define QCOW2_HDR_REFCOUNT_TABLE 48   /* offset (8) and clusters (4) */
+#define QCOW2_HDR_INCOMPAT       72   /* version 3 only */
+#define QCOW2_HDR_AUTOCLEAR      88
+
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ULL << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW    (1ULL << 1)

@@ -369,6 +369,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     goto err;
   }
   img->locking = opts->locking;
+  img->overlap_check = opts->overlap_check;
   if (opts->locking) {
     int fd = blkdev_file_fd (dev);
     if (fd >= 0 && qc_lock_image (fd, false, img->name) == -1)
@@ -488,6 +489,7 @@ qc_image_close (struct qc_image *img)
       qc_flush_locked (img);
     pthread_mutex_unlock (&img->meta_lock);
   }
+  qc_guard_free (img);
   qc_refcount_close (img);
   qc_crypto_close (img->crypto);
   qc_snapshots_free (img);
@@ -534,7 +536,7 @@ rebuild_dirty (struct qc_image *img)
 
   qc_debug ("%s: image is dirty: rebuilding its refcounts", img->name);
   if (qc_rebuild_refcounts (img) == -1 ||
-      qc_write_header_field (img, 72, &be, 8) == -1 ||
+      qc_write_header_field (img, QCOW2_HDR_INCOMPAT, &be, 8) == -1 ||
       blkdev_flush (img->file) == -1)
     return -1;
   img->h.incompatible_features = incompat;
@@ -678,6 +680,13 @@ qc_before_first_write (struct qc_image *img)
     errno = EIO;
     return -1;
   }
+  if (__atomic_load_n (&img->marked_corrupt, __ATOMIC_ACQUIRE)) {
+    qc_error ("%s: the image was marked corrupt (see the first error): no "
+              "more writes; repair it with qemu-img check -r all",
+              img->name);
+    errno = EIO;
+    return -1;
+  }
   if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
     return 0;
   pthread_mutex_lock (&img->meta_lock);
@@ -694,7 +703,7 @@ qc_before_first_write (struct qc_image *img)
     bool had_bitmaps =
       img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
 
-    if (qc_write_header_field (img, 88, &be, 8) == -1 ||
+    if (qc_write_header_field (img, QCOW2_HDR_AUTOCLEAR, &be, 8) == -1 ||
         blkdev_flush (img->file) == -1) {
       r = -1;
       goto out;
@@ -707,6 +716,11 @@ qc_before_first_write (struct qc_image *img)
       r = -1;
       goto out;
     }
+  }
+  /* What the refcounts cannot be trusted with, from here on. */
+  if (qc_guard_build (img) == -1) {
+    r = -1;
+    goto out;
   }
   __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
  out:

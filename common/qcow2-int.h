@@ -100,6 +100,10 @@ struct qc_image {
   bool failed;                          /* metadata state unknown after an
                                          * I/O error: no more writes */
   bool written;                         /* atomic: first write done */
+  bool overlap_check;                   /* build the guard (overlap-check=) */
+  bool marked_corrupt;                  /* atomic: the guard refused a
+                                         * write: no more writes */
+  struct qc_guard *guard;               /* qcow2-guard.c, or NULL */
   pthread_mutex_t meta_lock;
   pthread_cond_t inflight_done;
   struct qc_inflight *inflight;
@@ -293,6 +297,7 @@ struct qc_refs {
   uint64_t nr_clusters;
   uint32_t *count;              /* references per host cluster */
   uint64_t out_of_range;        /* references past nr_clusters */
+  uint64_t past_end;            /* lowest of those, or UINT64_MAX */
 };
 extern int qc_count_refs (struct qc_image *img, bool refcount_structures,
                           struct qc_refs *refs);
@@ -307,6 +312,28 @@ extern int qc_bitmaps_walk (struct qc_image *img,
                             void *opaque);
 /* Give back the clusters of bitmaps nobody trusts any more. */
 extern int qc_bitmaps_release (struct qc_image *img);
+
+/* The safety net over damaged refcounts (qcow2-guard.c).  Built before
+ * the first write (meta_lock held); each check returns -1 with errno
+ * EIO after logging which structure the cluster holds and marking the
+ * image corrupt.
+ */
+extern int qc_guard_build (struct qc_image *img);
+extern void qc_guard_free (struct qc_image *img);
+/* Clusters [c, c + n) are about to be allocated (meta_lock held). */
+extern int qc_guard_alloc_check (struct qc_image *img, uint64_t c,
+                                 uint64_t n);
+/* Cluster c's refcount went from old to nv (meta_lock held). */
+extern int qc_guard_refcount_changed (struct qc_image *img, uint64_t c,
+                                      uint64_t old, uint64_t nv);
+/* May a cluster whose refcount dropped to 0 be discarded? */
+extern bool qc_guard_may_discard (struct qc_image *img, uint64_t c);
+/* Bytes [offset, offset + bytes) of the image file are about to be
+ * written in place; what says how ("writing guest data to").
+ */
+extern int qc_guard_inplace_check (struct qc_image *img, uint64_t offset,
+                                   uint64_t bytes, const char *what,
+                                   bool locked);
 
 /* Apply every pending free (no I/O may be in flight: at close). */
 extern int qc_free_all (struct qc_image *img);

@@ -158,6 +158,9 @@ l2_for_write (struct qc_image *img, uint64_t l1_index, bool create,
     return -1;
   }
   if (off && (l1e & QCOW2_OFLAG_COPIED)) {
+    if (qc_guard_inplace_check (img, off, cs, "updating the L2 table in",
+                                true) == -1)
+      return -1;
     *table = l2cache_get (img->cache, img->file, off, pin);
     return *table ? 0 : -1;
   }

@@ -43,6 +43,7 @@ struct qc_options {
                                  * per image, 0 = none, UINT64_MAX = the
                                  * default (qc_compressed_cache_bytes) */
   bool locking;                 /* qemu-compatible image locks */
+  bool overlap_check;           /* the safety net over bad refcounts */
   bool readonly;
   int compress;                 /* -1 off, else store full-cluster
                                  * writes compressed: 0 zlib, 1 zstd */
