@@ -90,7 +90,7 @@ static int
 used_grow (struct qc_image *img, uint64_t c)
 {
   struct qc_guard *g = img->guard;
-  uint64_t words, old = g->used_clusters / 64 + 1, *p;
+  uint64_t words, old = g->used_clusters / 64, *p;
 
   if (c < g->used_clusters)
     return 0;
