@@ -17,10 +17,10 @@
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-/* Count one reference to every cluster in [offset, offset+bytes). */
+/* Count n references to every cluster in [offset, offset+bytes). */
 static void
-ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
-           uint64_t bytes)
+ref_range_n (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
+             uint64_t bytes, uint32_t n)
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t c, first, last;
@@ -31,47 +31,88 @@ ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
   last = (offset + bytes - 1) / cs;
   for (c = first; c <= last; c++) {
     if (c >= r->nr_clusters) {
-      r->out_of_range++;
+      r->out_of_range += n;
       if (c < r->past_end)
         r->past_end = c;
     }
-    else if (r->count[c] < UINT32_MAX)
-      r->count[c]++;
+    else
+      r->count[c] = r->count[c] > UINT32_MAX - n ? UINT32_MAX
+                                                 : r->count[c] + n;
   }
 }
 
 static void
-ref_compressed (const struct qc_image *img, struct qc_refs *r, uint64_t e)
+ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
+           uint64_t bytes)
 {
-  unsigned x = 62 - (img->h.cluster_bits - 8);
-  uint64_t desc = e & ~(QCOW2_OFLAG_COPIED | QCOW2_OFLAG_COMPRESSED);
-  uint64_t coff = desc & ((1ULL << x) - 1);
-  uint64_t nsect = (desc >> x) & ((1ULL << (img->h.cluster_bits - 8)) - 1);
-
-  ref_range (img, r, coff, (nsect + 1) * 512 - (coff & 511));
+  ref_range_n (img, r, offset, bytes, 1);
 }
 
-/* An L1 table and everything it points to. */
+/* The L2 tables of every L1 table, each with how many L1 entries point
+ * at it: a table shared by the active image and 20 snapshots is read
+ * once, its entries counted 21 times.
+ */
+struct l2_list {
+  uint64_t *off;
+  size_t len, cap;
+};
+
 static int
-ref_l1 (struct qc_image *img, struct qc_refs *r, const uint64_t *l1,
-        uint32_t l1_size)
+l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
+             uint32_t l1_size)
+{
+  uint32_t i;
+
+  for (i = 0; i < l1_size; i++) {
+    uint64_t off = __atomic_load_n (&l1[i], __ATOMIC_RELAXED) &
+      QCOW2_OFFSET_MASK;
+
+    if (off == 0)
+      continue;
+    if (l->len == l->cap) {
+      size_t cap = l->cap ? l->cap * 2 : 256;
+      uint64_t *p = realloc (l->off, cap * sizeof *p);
+      if (!p) {
+        qc_error ("%s: %m", img->name);
+        return -1;
+      }
+      l->off = p;
+      l->cap = cap;
+    }
+    l->off[l->len++] = off;
+  }
+  return 0;
+}
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* The tables themselves, then what each distinct table points to. */
+static int
+ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
   const uint64_t entries = 1ULL << h->l2_bits;
   bool external = img->external_data;
-  uint32_t i;
+  size_t i, k;
   uint64_t j;
 
-  for (i = 0; i < l1_size; i++) {
-    uint64_t l2off = __atomic_load_n (&l1[i], __ATOMIC_RELAXED) &
-      QCOW2_OFFSET_MASK;
+  qsort (l->off, l->len, sizeof *l->off, cmp_u64);
+  for (i = 0; i < l->len; i = k) {
+    uint64_t l2off = l->off[i];
+    uint32_t n;
     struct l2cache_entry *pin;
     uint8_t *t;
 
-    if (l2off == 0)
-      continue;
-    ref_range (img, r, l2off, cs);
+    for (k = i; k < l->len && l->off[k] == l2off; k++)
+      ;
+    n = k - i > UINT32_MAX ? UINT32_MAX : k - i;
+    ref_range_n (img, r, l2off, cs, n);
     if ((l2off & (cs - 1)) || l2off / cs >= r->nr_clusters)
       continue;                 /* counted as out of range or unaligned */
     t = l2cache_get (img->cache, img->file, l2off, &pin);
@@ -80,10 +121,15 @@ ref_l1 (struct qc_image *img, struct qc_refs *r, const uint64_t *l1,
     for (j = 0; j < entries; j++) {
       uint64_t e, bm;
       qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
-      if (e & QCOW2_OFLAG_COMPRESSED)
-        ref_compressed (img, r, e);
+      if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coff, clen;
+        qc_compressed_extent (img, e & ~(QCOW2_OFLAG_COPIED |
+                                         QCOW2_OFLAG_COMPRESSED),
+                              &coff, &clen);
+        ref_range_n (img, r, coff, clen, n);
+      }
       else if ((e & QCOW2_OFFSET_MASK) && !external)
-        ref_range (img, r, e & QCOW2_OFFSET_MASK, cs);
+        ref_range_n (img, r, e & QCOW2_OFFSET_MASK, cs, n);
     }
     l2cache_put (img->cache, pin);
   }
@@ -117,6 +163,7 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
   const uint64_t cs = h->cluster_size;
   uint64_t end = blkdev_size (img->file) > img->alloc_end ?
     blkdev_size (img->file) : img->alloc_end;
+  struct l2_list l2s = { 0 };
   uint32_t i;
 
   memset (r, 0, sizeof *r);
@@ -129,7 +176,7 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
   }
   ref_range (img, r, 0, cs);                    /* header */
   ref_range (img, r, h->l1_table_offset, (uint64_t) h->l1_size * 8);
-  if (ref_l1 (img, r, img->active.l1, img->active.l1_size) == -1)
+  if (l2_list_add (img, &l2s, img->active.l1, img->active.l1_size) == -1)
     goto err;
   if (h->nb_snapshots)
     ref_range (img, r, h->snapshots_offset, img->snapshots_size);
@@ -139,9 +186,11 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
       goto err;
     ref_range (img, r, img->snapshots[i].l1_table_offset,
                (uint64_t) img->snapshots[i].l1_size * 8);
-    if (ref_l1 (img, r, v->l1, v->l1_size) == -1)
+    if (l2_list_add (img, &l2s, v->l1, v->l1_size) == -1)
       goto err;
   }
+  if (ref_l2_tables (img, r, &l2s) == -1)
+    goto err;
   if (h->has_crypto_ext)
     ref_range (img, r, h->crypto_offset, h->crypto_length);
   if (ref_bitmaps (img, r) == -1)
@@ -154,8 +203,10 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
       if (img->reftable[k])
         ref_range (img, r, img->reftable[k], cs);
   }
+  free (l2s.off);
   return 0;
  err:
+  free (l2s.off);
   qc_refs_free (r);
   return -1;
 }
@@ -165,13 +216,6 @@ qc_refs_free (struct qc_refs *r)
 {
   free (r->count);
   r->count = NULL;
-}
-
-static int
-cmp_u64 (const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
 }
 
 /* Where the new refcount table and blocks go: the first run of clusters

@@ -200,11 +200,14 @@ find_shared_inplace (struct qc_image *img, const struct qc_refs *r,
     struct l2cache_entry *pin;
     const uint8_t *t;
 
-    if (!off || !(l1e & QCOW2_OFLAG_COPIED) || (off & (cs - 1)) ||
-        off / cs >= r->nr_clusters)
+    if (!off || (off & (cs - 1)) || off / cs >= r->nr_clusters)
       continue;
-    if (check_inplace (img, r, inplace, n, off, cs) == -1)
+    if ((l1e & QCOW2_OFLAG_COPIED) &&
+        check_inplace (img, r, inplace, n, off, cs) == -1)
       return -1;
+    /* Entries keep their flags when a shared table is copied: look at
+     * the entries of every table of the active image.
+     */
     if (img->external_data)
       continue;
     t = l2cache_get (img->cache, img->file, off, &pin);

@@ -9,6 +9,11 @@ Usage:
                                       set the refcount of the cluster at
                                       host OFFSET to VALUE
   qcow2-damage.py getref IMAGE OFFSET print that refcount
+  qcow2-damage.py setcopied IMAGE l1|l2 GUEST_OFFSET
+                                      set the COPIED flag (the cluster is
+                                      not shared: write in place) in the
+                                      active L1 entry or L2 entry of
+                                      GUEST_OFFSET
 
 KIND is one of:
   header, active-l1, active-l2, snap-l1, snap-l2 (an L2 table only a
@@ -147,6 +152,23 @@ class Image:
                 f.seek(pos)
                 f.write(bytes([byte]))
 
+    def setcopied(self, level, guest):
+        l2_bits = self.cluster_bits - (4 if self.ext_l2 else 3)
+        i = guest >> (self.cluster_bits + l2_bits)
+        pos = self.l1_offset + 8 * i
+        if level == "l2":
+            l2off = self.u64(pos) & OFF_MASK
+            if not l2off:
+                raise SystemExit("no L2 table for 0x%x" % guest)
+            j = (guest >> self.cluster_bits) & ((1 << l2_bits) - 1)
+            pos = l2off + j * self.entry_size
+        e = self.u64(pos)
+        if not e & OFF_MASK:
+            raise SystemExit("0x%x is not allocated" % guest)
+        with open(self.path, "r+b") as f:
+            f.seek(pos)
+            f.write(struct.pack(">Q", e | (1 << 63)))
+
     def bitmaps(self):
         """(directory offset, directory size, [table offsets], [data])."""
         ext = self.exts.get(EXT_BITMAPS)
@@ -225,6 +247,8 @@ def main():
         print(found[0])
     elif cmd == "setref":
         img.setref(int(sys.argv[3], 0), int(sys.argv[4], 0))
+    elif cmd == "setcopied":
+        img.setcopied(sys.argv[3], int(sys.argv[4], 0))
     elif cmd == "getref":
         print(img.getref(int(sys.argv[3], 0)))
     else:

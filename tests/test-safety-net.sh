@@ -4,7 +4,9 @@
 # refcount of one structure at a time (the header, the active L1 and L2
 # tables, a snapshot's L1 and L2 tables and data, the refcount table and
 # a block, the snapshot table, bitmaps, the LUKS header) is set to 0, or
-# a shared cluster's refcount to 1; then writes go through the plugin
+# a shared cluster's refcount to 1, or the active image's L1 or L2 entry
+# of a cluster shared with snapshots is flagged "not shared" (COPIED);
+# then writes go through the plugin
 # and through the qcow2 filter.  QEMU judges: every snapshot reads as
 # before, the active disk has every acknowledged write and is unchanged
 # elsewhere, qemu-img check finds no error that was not there before.
@@ -85,8 +87,15 @@ run_case ()
   case "$kind" in luks) b=luks ;; esac
   img=$b-case.qcow2
   cp $b.qcow2 $img
-  off=$($damage locate $img $kind) || fail "$kind: no such structure"
-  $damage setref $img $off $value
+  case "$kind" in
+  copied-l1|copied-l2)
+    # Not a refcount: the active image's entry for guest offset 0 says
+    # "not shared, write in place" while snapshots use the cluster.
+    $damage setcopied $img ${kind#copied-} 0 ;;
+  *)
+    off=$($damage locate $img $kind) || fail "$kind: no such structure"
+    $damage setref $img $off $value ;;
+  esac
   before=$(check_errors $img)
   [ "$before" -gt 0 ] || fail "$kind: the damage is not seen by qemu-img"
   [ $b = luks ] && pass=(passphrase=pw)
@@ -129,7 +138,7 @@ run_case ()
 for front in plugin filter; do
   for kind in header active-l1 active-l2 snap-l1 snap-l2 snap-data \
               reftable refblock snaptable luks bitmap-dir bitmap-table \
-              bitmap-data shared-data; do
+              bitmap-data shared-data copied-l1 copied-l2; do
     value=0
     [ $kind = shared-data ] && value=1
     run_case $front $kind $value
@@ -164,9 +173,14 @@ qemu-img check -q -r all base-case.qcow2 >/dev/null || :
 "$NBDKIT" -U - qcow2 base-case.qcow2 --run 'nbdinfo --can write "$uri"' ||
   fail "a repaired image is not served writable"
 
+# The in-place cases name both users of the cluster.
+run_case plugin copied-l2 0
+grep -q "writing guest data to cluster 0x[0-9a-f]*, which holds guest data of the active image (guest offset 0x0); guest data of snapshot 'snap1'" case.log ||
+  { cat case.log; fail "the message does not name both users"; }
+
 # Control: without the net the same writes damage the image (so the
 # verdicts above can fail).
-for kind in snap-l1 header; do
+for kind in snap-l1 header copied-l1 copied-l2; do
   run_case plugin $kind 0 overlap-check=off
   $fired && fail "overlap-check=off: the guard fired"
   $damaged || fail "overlap-check=off $kind: no damage seen: the test " \
