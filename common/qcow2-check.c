@@ -102,7 +102,8 @@ ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
   size_t i, k;
   uint64_t j;
 
-  qsort (l->off, l->len, sizeof *l->off, cmp_u64);
+  if (l->len > 1)
+    qsort (l->off, l->len, sizeof *l->off, cmp_u64);
   for (i = 0; i < l->len; i = k) {
     uint64_t l2off = l->off[i];
     uint32_t n;
