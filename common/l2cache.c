@@ -217,6 +217,28 @@ l2cache_get (struct l2cache *c, struct blkdev *dev, uint64_t offset,
   return e ? (uint8_t *) e->data : NULL;
 }
 
+int
+l2cache_read (struct l2cache *c, struct blkdev *dev, uint64_t offset,
+              void *buf)
+{
+  struct l2cache_entry *e;
+
+  pthread_mutex_lock (&c->lock);
+  for (;;) {
+    e = find (c, offset);
+    if (!e || !e->loading)
+      break;
+    pthread_cond_wait (&c->loaded, &c->lock);
+  }
+  if (e) {
+    memcpy (buf, e->data, c->table_bytes);
+    pthread_mutex_unlock (&c->lock);
+    return 0;
+  }
+  pthread_mutex_unlock (&c->lock);
+  return blkdev_pread (dev, buf, c->table_bytes, offset);
+}
+
 uint8_t *
 l2cache_new_table (struct l2cache *c, uint64_t offset, const uint8_t *src,
                    struct l2cache_entry **pin)

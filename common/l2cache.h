@@ -35,6 +35,13 @@ extern uint8_t *l2cache_get (struct l2cache *c, struct blkdev *dev,
                              uint64_t offset, struct l2cache_entry **pin);
 extern void l2cache_put (struct l2cache *c, struct l2cache_entry *pin);
 
+/* A copy of the table at offset into buf: the cached one if there is
+ * one (it may be newer than the device's), else read from dev without
+ * caching it (a walk over every table would evict the working set).
+ */
+extern int l2cache_read (struct l2cache *c, struct blkdev *dev,
+                         uint64_t offset, void *buf);
+
 /* A new table at offset: zeros, or a copy of src; dirty as a whole.
  * Replaces any entry for the offset.  Pinned like l2cache_get.
  */

@@ -59,7 +59,7 @@ struct l2_list {
 
 static int
 l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
-             uint32_t l1_size)
+             uint32_t l1_size, bool active)
 {
   uint32_t i;
 
@@ -79,7 +79,7 @@ l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
       l->off = p;
       l->cap = cap;
     }
-    l->off[l->len++] = off;
+    l->off[l->len++] = off | active;
   }
   return 0;
 }
@@ -91,7 +91,10 @@ cmp_u64 (const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
-/* The tables themselves, then what each distinct table points to. */
+/* The tables themselves, then what each distinct table points to.  An
+ * offset with bit 0 set came from the active L1 table (offsets are
+ * sector-aligned, so the bit is free).
+ */
 static int
 ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
 {
@@ -99,28 +102,34 @@ ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
   const uint64_t cs = h->cluster_size;
   const uint64_t entries = 1ULL << h->l2_bits;
   bool external = img->external_data;
+  uint8_t *t;
   size_t i, k;
   uint64_t j;
 
+  t = malloc (cs);
+  if (!t) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
   if (l->len > 1)
     qsort (l->off, l->len, sizeof *l->off, cmp_u64);
   for (i = 0; i < l->len; i = k) {
-    uint64_t l2off = l->off[i];
+    uint64_t l2off = l->off[i] & ~1ULL;
+    bool active = false;
     uint32_t n;
-    struct l2cache_entry *pin;
-    uint8_t *t;
 
-    for (k = i; k < l->len && l->off[k] == l2off; k++)
-      ;
+    for (k = i; k < l->len && (l->off[k] & ~1ULL) == l2off; k++)
+      active |= l->off[k] & 1;
     n = k - i > UINT32_MAX ? UINT32_MAX : k - i;
     ref_range_n (img, r, l2off, cs, n);
     if ((l2off & (cs - 1)) || l2off / cs >= r->nr_clusters)
       continue;                 /* counted as out of range or unaligned */
-    t = l2cache_get (img->cache, img->file, l2off, &pin);
-    if (!t)
+    if (l2cache_read (img->cache, img->file, l2off, t) == -1) {
+      free (t);
       return -1;
+    }
     for (j = 0; j < entries; j++) {
-      uint64_t e, bm;
+      uint64_t e, bm, host;
       qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
       if (e & QCOW2_OFLAG_COMPRESSED) {
         uint64_t coff, clen;
@@ -128,12 +137,18 @@ ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
                                          QCOW2_OFLAG_COMPRESSED),
                               &coff, &clen);
         ref_range_n (img, r, coff, clen, n);
+        continue;
       }
-      else if ((e & QCOW2_OFFSET_MASK) && !external)
-        ref_range_n (img, r, e & QCOW2_OFFSET_MASK, cs, n);
+      host = e & QCOW2_OFFSET_MASK;
+      if (!host || external)
+        continue;
+      ref_range_n (img, r, host, cs, n);
+      if (r->copied && active && (e & QCOW2_OFLAG_COPIED) &&
+          host / cs < r->nr_clusters)
+        r->copied[host / cs / 64] |= 1ULL << (host / cs % 64);
     }
-    l2cache_put (img->cache, pin);
   }
+  free (t);
   return 0;
 }
 
@@ -156,9 +171,9 @@ ref_bitmaps (struct qc_image *img, struct qc_refs *r)
   return qc_bitmaps_walk (img, ref_bitmap_range, r) == -1 ? -1 : 0;
 }
 
-int
-qc_count_refs (struct qc_image *img, bool refcount_structures,
-               struct qc_refs *r)
+static int
+count_refs (struct qc_image *img, bool refcount_structures, bool copied,
+            struct qc_refs *r)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
@@ -171,13 +186,17 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
   r->past_end = UINT64_MAX;
   r->nr_clusters = (end + cs - 1) / cs;
   r->count = calloc (r->nr_clusters ? r->nr_clusters : 1, sizeof *r->count);
-  if (!r->count) {
+  if (copied)
+    r->copied = calloc (r->nr_clusters / 64 + 1, sizeof *r->copied);
+  if (!r->count || (copied && !r->copied)) {
     qc_error ("%s: %m", img->name);
+    qc_refs_free (r);
     return -1;
   }
   ref_range (img, r, 0, cs);                    /* header */
   ref_range (img, r, h->l1_table_offset, (uint64_t) h->l1_size * 8);
-  if (l2_list_add (img, &l2s, img->active.l1, img->active.l1_size) == -1)
+  if (l2_list_add (img, &l2s, img->active.l1, img->active.l1_size,
+                   true) == -1)
     goto err;
   if (h->nb_snapshots)
     ref_range (img, r, h->snapshots_offset, img->snapshots_size);
@@ -187,7 +206,7 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
       goto err;
     ref_range (img, r, img->snapshots[i].l1_table_offset,
                (uint64_t) img->snapshots[i].l1_size * 8);
-    if (l2_list_add (img, &l2s, v->l1, v->l1_size) == -1)
+    if (l2_list_add (img, &l2s, v->l1, v->l1_size, false) == -1)
       goto err;
   }
   if (ref_l2_tables (img, r, &l2s) == -1)
@@ -212,11 +231,26 @@ qc_count_refs (struct qc_image *img, bool refcount_structures,
   return -1;
 }
 
+int
+qc_count_refs (struct qc_image *img, bool refcount_structures,
+               struct qc_refs *r)
+{
+  return count_refs (img, refcount_structures, false, r);
+}
+
+int
+qc_count_refs_copied (struct qc_image *img, struct qc_refs *r)
+{
+  return count_refs (img, true, true, r);
+}
+
 void
 qc_refs_free (struct qc_refs *r)
 {
   free (r->count);
   r->count = NULL;
+  free (r->copied);
+  r->copied = NULL;
 }
 
 /* Where the new refcount table and blocks go: the first run of clusters

@@ -180,8 +180,7 @@ find_shared_inplace (struct qc_image *img, const struct qc_refs *r,
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
-  const uint64_t entries = 1ULL << h->l2_bits;
-  uint64_t i, j;
+  uint64_t i, c;
 
   *n = 0;
   if (check_inplace (img, r, inplace, n, 0, cs) == -1 ||
@@ -194,37 +193,26 @@ find_shared_inplace (struct qc_image *img, const struct qc_refs *r,
     if (img->reftable[i] &&
         check_inplace (img, r, inplace, n, img->reftable[i], cs) == -1)
       return -1;
+  /* L2 tables the active L1 table says are not shared. */
   for (i = 0; i < img->active.l1_size; i++) {
     uint64_t l1e = img->active.l1[i];
     uint64_t off = l1e & QCOW2_OFFSET_MASK;
-    struct l2cache_entry *pin;
-    const uint8_t *t;
 
-    if (!off || (off & (cs - 1)) || off / cs >= r->nr_clusters)
-      continue;
-    if ((l1e & QCOW2_OFLAG_COPIED) &&
+    if (off && (l1e & QCOW2_OFLAG_COPIED) &&
         check_inplace (img, r, inplace, n, off, cs) == -1)
       return -1;
-    /* Entries keep their flags when a shared table is copied: look at
-     * the entries of every table of the active image.
-     */
-    if (img->external_data)
+  }
+  /* Data clusters an entry of the active image says are not shared
+   * (in any of its tables: a copied table keeps its entries' flags).
+   */
+  for (c = 0; c < r->nr_clusters; c++) {
+    if (c % 64 == 0 && r->copied[c / 64] == 0) {
+      c += 63;                  /* a word with no bit set */
       continue;
-    t = l2cache_get (img->cache, img->file, off, &pin);
-    if (!t)
-      return -1;
-    for (j = 0; j < entries; j++) {
-      uint64_t e, bm;
-      qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
-      if ((e & QCOW2_OFLAG_COPIED) && !(e & QCOW2_OFLAG_COMPRESSED) &&
-          (e & QCOW2_OFFSET_MASK) &&
-          check_inplace (img, r, inplace, n, e & QCOW2_OFFSET_MASK,
-                         cs) == -1) {
-        l2cache_put (img->cache, pin);
-        return -1;
-      }
     }
-    l2cache_put (img->cache, pin);
+    if (bit_get (r->copied, r->nr_clusters, c) &&
+        check_inplace (img, r, inplace, n, c * cs, cs) == -1)
+      return -1;
   }
   return 0;
 }
@@ -253,7 +241,7 @@ qc_guard_build (struct qc_image *img)
   qc_guard_free (img);
   if (!img->overlap_check || img->is_raw)
     return 0;
-  if (qc_count_refs (img, true, &r) == -1)
+  if (qc_count_refs_copied (img, &r) == -1)
     return -1;
   g = calloc (1, sizeof *g);
   if (!g) {

@@ -298,9 +298,14 @@ struct qc_refs {
   uint32_t *count;              /* references per host cluster */
   uint64_t out_of_range;        /* references past nr_clusters */
   uint64_t past_end;            /* lowest of those, or UINT64_MAX */
+  uint64_t *copied;             /* with qc_count_refs_copied: a bit per
+                                 * cluster that an entry of the active
+                                 * image says is not shared (COPIED) */
 };
 extern int qc_count_refs (struct qc_image *img, bool refcount_structures,
                           struct qc_refs *refs);
+/* The same, also filling refs->copied. */
+extern int qc_count_refs_copied (struct qc_image *img, struct qc_refs *refs);
 extern void qc_refs_free (struct qc_refs *refs);
 /* Write new refcount structures from the references (dirty images). */
 extern int qc_rebuild_refcounts (struct qc_image *img);
