@@ -26,7 +26,7 @@ usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean
   --quick        small images, 1 repetition, 3 s fio runs (smoke test)
   --reps N       repetitions per case (default 3; --quick: 1)
   --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
-  --only LIST    run only these workloads, e.g. --only a,b,h (a..i)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..j)
   --clean        remove \$BENCH_DIR's images first (they are rebuilt)
 
 Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
@@ -36,7 +36,7 @@ default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M).
 EOF
 }
 
-quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i clean=0
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j clean=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -59,6 +59,8 @@ if [ $quick = 1 ]; then
   ALLOC_VS=$((1 * GiB))     # (c) virtual size
   SAMPLE=$((32 * MiB))      # (h)
   : "${LUKS_SIZE:=256M}"    # (i)
+  J_VS=$((64 * GiB))        # (j) virtual size
+  J_REGION=$((256 * MiB))   # (j) where the random writes go
 else
   mode=full
   : "${reps:=3}" "${runtime:=10}"
@@ -67,7 +69,16 @@ else
   ALLOC_VS=$((8 * GiB))
   SAMPLE=$((256 * MiB))
   : "${LUKS_SIZE:=1G}"
+  J_VS=$((1024 * GiB))
+  J_REGION=$((1 * GiB))
 fi
+# (j): a snapshotted image: 64 KiB of data every $J_STRIDE of the disk
+# (with 64 KiB clusters, an L2 table maps 512 MiB: 8 writes per table,
+# every L2 table allocated), a contiguous $J_REGION at $J_OFF, then
+# $J_SNAPS internal snapshots with a few writes between them.
+J_STRIDE=$((64 * MiB))
+J_OFF=$((J_VS / 2))
+J_SNAPS=20
 # (i): a LUKS image, and the raw data in it.  Any size numfmt reads
 # (1G, 64M: powers of 1024), rounded down to whole MiB.
 LUKS=$(numfmt --from=iec "${LUKS_SIZE^^}") ||
@@ -83,7 +94,7 @@ COW_IO=$((RND / 64))
 QD=${QD:-32}
 SMALL_CACHE=${SMALL_CACHE:-128k}
 want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-case ",$only," in *[!a-i,]*|,,) usage >&2; exit 2 ;; esac
+case ",$only," in *[!a-j,]*|,,) usage >&2; exit 2 ;; esac
 # The shared images (setup_images) serve workloads a to h; (i) makes
 # its own.
 common=0
@@ -125,11 +136,18 @@ make -C "$top" -j"$(nproc)" >"$BENCH_DIR/make.log" 2>&1 ||
 free_bytes () { echo $(( $(df -Pk "$1" | awk 'NR==2 {print $4}') * 1024 )); }
 need_img=$(( common * (2 * RND + 2 * SEQ + 4 * SAMPLE) ))
 if want i; then need_img=$(( need_img + 2 * LUKS )); fi
+# (j): the data, its L2 tables (1/8192 of the disk) and some slack
+J_BYTES=$(( (J_VS / J_STRIDE) * 65536 + J_REGION + J_VS / 8192 + 64 * MiB ))
+if want j; then need_img=$(( need_img + J_BYTES )); fi
 # (one at a time: the largest is (c)'s qcow2, up to a 64 KiB cluster per
 # 4 KiB write, or (e)'s new image)
 need_work=$(( (ALLOC_IO * 16 > SEQ ? ALLOC_IO * 16 : SEQ) + 256 * MiB ))
 if want i && [ $((LUKS + 256 * MiB)) -gt "$need_work" ]; then
   need_work=$((LUKS + 256 * MiB))
+fi
+# (j): a copy of its image, and the clusters the writes allocate
+if want j && [ $((J_BYTES + J_REGION)) -gt "$need_work" ]; then
+  need_work=$((J_BYTES + J_REGION))
 fi
 [ $clean = 1 ] && rm -rf "$img"
 used=$(( $(du -sk "$img" 2>/dev/null | cut -f1 || echo 0) * 1024 ))
@@ -179,21 +197,23 @@ wait_ready ()
   return 1
 }
 
-# start SERVER ARGS...: ours IMAGE [plugin options], qemu IMAGE [args],
-# qemu-opts IMAGE-OPTS, qemu-luks IMAGE, raw FILE.  Servers run in the foreground of a
-# background job, so $! is the server itself (the ./nbdkit wrapper execs).
-start ()
+# launch SERVER ARGS...: ours IMAGE [plugin options], qemu IMAGE [args],
+# qemu-opts IMAGE-OPTS, qemu-luks IMAGE, raw FILE; ours-off and qemu-all
+# are ours and qemu-opts under another name (their own rows and logs).
+# Servers run in the foreground of a background job, so $! is the server
+# itself (the ./nbdkit wrapper execs).  No waiting: see start.
+launch ()
 {
   srv_name=$1; shift
   srv_log=$res/logs/$case_id-$srv_name-$rep.log
   rm -f "$sock"
   case "$srv_name" in
-    ours)
+    ours|ours-off)
       "$top/nbdkit" -f -U "$sock" qcow2 "$@" >"$srv_log" 2>&1 & ;;
     qemu)
       qemu-nbd -f qcow2 --cache=writeback --discard=unmap --persistent \
                -e 16 -k "$sock" "$@" >"$srv_log" 2>&1 & ;;
-    qemu-opts)
+    qemu-opts|qemu-all)
       qemu-nbd --image-opts "$1" --cache=writeback --discard=unmap \
                --persistent -e 16 -k "$sock" >"$srv_log" 2>&1 & ;;
     qemu-luks)                  # IMAGE: LUKS-encrypted, $luks_pw's secret
@@ -206,6 +226,12 @@ start ()
     *) die "unknown server $srv_name" ;;
   esac
   srv_pid=$!
+}
+
+# start SERVER ARGS...: launch, and wait until it answers.
+start ()
+{
+  launch "$@"
   wait_ready || return 1
   cpu0=$(cpu_ticks "$srv_pid")
 }
@@ -279,7 +305,7 @@ j = d["jobs"][0]["read" if "read" in sys.argv[2] else "write"]
 print("%.0f %d" % (j["iops"], j["total_ios"]))
 EOF
 }
-fio_timed () { fio_run "$1" --time_based --runtime="$runtime" --norandommap; }
+fio_timed () { fio_run "$1" --time_based --runtime="$runtime" --norandommap "${@:2}"; }
 # A fixed set of writes, each 4 KiB block at most once, capped in time.
 fio_count () { fio_run randwrite --io_size="$1" --runtime="$runtime"; }
 
@@ -577,12 +603,156 @@ wl_i ()
   done
 }
 
+# (j) a 1 TiB [64 GiB] disk with $J_SNAPS internal snapshots: the time to
+# the first write (our overlap checks count every reference in the image
+# then) and the 4 KiB random-write rate after it, with the checks on and
+# off, ours and qemu-nbd's (default: overlap-check=cached; and =all).
+j_img=$img/snap.qcow2
+
+# j_io IMAGE: qemu-io, the commands on stdin; -t unsafe: no flush after
+# each write (with flushes, the 16384 writes take minutes).  qemu-io
+# exits 0 even when a command fails: any output but its prompts is an
+# error (the writes are -q).
+j_io ()
+{
+  local out
+  out=$(qemu-io -t unsafe -f qcow2 "$1" 2>&1 | sed 's/qemu-io> //g' | grep -v '^$' || :)
+  [ -z "$out" ] || die "qemu-io on $1: $(head -3 <<<"$out")"
+}
+
+setup_j ()
+{
+  local stamp="j $J_VS $J_STRIDE $J_OFF $J_REGION $J_SNAPS v1" i s k n
+  if [ "$(cat "$img/j-stamp" 2>/dev/null)" = "$stamp" ] && [ -f "$j_img" ]; then
+    say "reusing the (j) image in $img"
+  else
+    rm -f "$img/j-stamp" "$j_img"
+    say "making the (j) image in $img: $((J_VS / GiB)) GiB disk, $J_SNAPS snapshots"
+    qemu-img create -q -f qcow2 -o cluster_size=65536 "$j_img" "$J_VS"
+    n=$((J_VS / J_STRIDE))
+    {
+      for i in $(seq 0 $((n - 1))); do
+        echo "write -q -P $((i % 255 + 1)) $((i * J_STRIDE)) 64k"
+      done
+      for i in $(seq 0 $((J_REGION / (64 * MiB) - 1))); do
+        echo "write -q -P 90 $((J_OFF + i * 64 * MiB)) 64M"
+      done
+    } | j_io "$j_img"
+    for s in $(seq 1 "$J_SNAPS"); do
+      qemu-img snapshot -c "s$s" "$j_img" || die "qemu-img snapshot -c s$s failed"
+      [ "$s" -lt "$J_SNAPS" ] || break
+      # Between two snapshots: 64 KiB next to 8 of the grid's clusters
+      # (their L2 tables are then no longer shared with the snapshot),
+      # 4 KiB in 2 of the region's clusters.
+      {
+        for k in $(seq 0 7); do
+          echo "write -q -P $s $(( ((s * 97 + k * 2053) % n) * J_STRIDE + 65536 )) 64k"
+        done
+        for k in 0 1; do
+          echo "write -q -P $s $(( J_OFF + ((s * 7919 + k * 104729) % (J_REGION / 65536)) * 65536 )) 4k"
+        done
+      } | j_io "$j_img"
+    done
+    qemu-img check -q "$j_img" || die "qemu-img check $j_img: errors"
+    echo "$stamp" >"$img/j-stamp"
+  fi
+  cat "$j_img" >/dev/null
+}
+
+# j_run SERVER ARGS...: a client armed first (nbd module loaded, retrying
+# every millisecond to connect), then the server launched; the client
+# writes 4 KiB at $J_OFF and flushes.  Recorded in ms: launch to
+# connected (j-ready), the pwrite + flush (j-write1), launch to the
+# write done (j-first), with the server's CPU time since its launch.
+# Then, on the same server, fio's 4 KiB random writes in the region
+# (j-randwrite).
+j_run ()
+{
+  local name=$1 out=$work/fw.out armed=$work/fw.armed fw t0 t1 t2 i v
+  shift
+  rm -f "$out" "$armed" "$sock"
+  python3 - "$sock" "$armed" "$J_OFF" >"$out" 2>>"$res/logs/j-client.log" <<'EOF' &
+import os, sys, time
+import nbd
+sock, armed, off = sys.argv[1], sys.argv[2], int(sys.argv[3])
+buf = os.urandom(4096)
+open(armed, "w").close()
+deadline = time.time() + 120
+while True:
+    h = nbd.NBD()
+    try:
+        h.connect_unix(sock)
+        break
+    except nbd.Error:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.001)
+t1 = time.time()
+h.pwrite(buf, off)
+h.flush()
+t2 = time.time()
+h.shutdown()
+print("%.6f %.6f" % (t1, t2))
+EOF
+  fw=$!
+  for i in $(seq 1 1000); do
+    [ ! -e "$armed" ] && kill -0 "$fw" 2>/dev/null || break
+    sleep 0.01
+  done
+  t0=$(now)
+  launch "$name" "$@"
+  t1= t2=
+  if wait "$fw"; then read -r t1 t2 <"$out" || :; fi
+  if [ -n "$t2" ] && kill -0 "$srv_pid" 2>/dev/null; then
+    cpu=$(awk -v t="$(cpu_ticks "$srv_pid")" -v hz="$hz" 'BEGIN {printf "%.3f", t / hz}')
+    case_id=j-ready; record "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", (b - a) * 1000}') 1" NA NA
+    case_id=j-write1; record "$name" "$(awk -v a="$t1" -v b="$t2" 'BEGIN {printf "%.1f", (b - a) * 1000}') 1" NA NA
+    case_id=j-first; record "$name" "$(awk -v a="$t0" -v b="$t2" 'BEGIN {printf "%.1f", (b - a) * 1000}') 1" "$cpu" NA
+    case_id=j-randwrite
+    cpu0=$(cpu_ticks "$srv_pid")
+    v=$(fio_timed randwrite --offset="$J_OFF" --size="$J_REGION")
+    stop
+  else
+    say "  (j) $name: no first write; server log:"
+    tail -5 "$srv_log" >&2
+    for case_id in j-ready j-write1 j-first; do record "$name" NA NA NA; done
+    case_id=j-randwrite
+    if [ -n "$srv_pid" ]; then kill "$srv_pid" 2>/dev/null || :; wait "$srv_pid" 2>/dev/null || :; srv_pid=; fi
+    v=NA cpu=NA rss=NA
+  fi
+  record "$name" "$v" "$cpu" "$rss"
+  case_id=j
+}
+
+wl_j ()
+{
+  local s a
+  setup_j
+  case_id=j
+  say "(j) $((J_VS / GiB)) GiB disk, $J_SNAPS snapshots: time to the first 4k write, then 4k random write qd $QD in $((J_REGION / MiB)) MiB, ${runtime}s"
+  for rep in $(seq 1 "$reps"); do
+    for s in ours ours-off qemu qemu-all; do
+      # A fresh copy each time (not timed).
+      cp --reflink=auto "$j_img" "$work/j.qcow2"
+      case $s in
+        ours) a=("$work/j.qcow2") ;;
+        ours-off) a=("$work/j.qcow2" overlap-check=off) ;;
+        qemu) a=("$work/j.qcow2") ;;
+        qemu-all) a=("driver=qcow2,overlap-check=all,file.driver=file,file.filename=$work/j.qcow2") ;;
+      esac
+      j_run "$s" "${a[@]}"
+      rm -f "$work/j.qcow2"
+    done
+  done
+}
+
 # ---------------------------------------------------------------- main
 start_time=$(date +%s)
 {
   echo "mode=$mode reps=$reps runtime=$runtime QD=$QD SMALL_CACHE=$SMALL_CACHE"
   echo "images: $img; scratch images: $work ($(stat -f -c %T "$work"))"
   echo "SEQ=$SEQ RND=$RND ALLOC_VS=$ALLOC_VS ALLOC_IO=$ALLOC_IO COW_IO=$COW_IO SAMPLE=$SAMPLE LUKS=$LUKS"
+  echo "J_VS=$J_VS J_STRIDE=$J_STRIDE J_OFF=$J_OFF J_REGION=$J_REGION J_SNAPS=$J_SNAPS"
   echo "host: $(nproc) CPUs, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "nbdkit: $(nbdkit --version | head -1); qemu-nbd: $(qemu-nbd --version | head -1)"
   echo "nbdcopy: $(nbdcopy --version | head -1); fio: $(fio --version)"
@@ -595,7 +765,7 @@ cat "$res/info.txt" >&2
 : >"$runs"
 
 if [ $common = 1 ]; then setup_images; fi
-for w in a b c d e f g h i; do
+for w in a b c d e f g h i j; do
   if want $w; then "wl_$w"; fi
 done
 

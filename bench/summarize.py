@@ -5,7 +5,8 @@ usage: summarize.py RESULTS-DIR SAMPLE-BYTES
 
 runs.tsv lines: case  server  rep  value  work  cpu-s  peak-RSS-kB
 (value: MB/s or IOPS, NA for a failed run; for the *-size cases, bytes;
-work: bytes copied or requests done; cpu-s: the server's CPU seconds).
+for j-ready, j-write1, j-first, milliseconds; work: bytes copied or
+requests done; cpu-s: the server's CPU seconds).
 Each cell is the median over the repetitions; RSS is the largest peak.
 """
 import os
@@ -168,22 +169,76 @@ def show(hdr, table):
         print(line(row))
 
 
-print()
-print("Throughput: medians of %d run(s); MB/s = 10^6 bytes/s; ratios > 1: "
-      "ours faster." % nreps)
-print("qemu = qemu-nbd unless noted; raw = nbdkit file on the raw "
-      "equivalent.")
-print()
-show(hdr, table)
-print()
-print("Server cost: CPU time of the server process (all threads) per "
-      "request (us/req) or")
-print("per GB copied (s/GB), median; ratio < 1: ours cheaper.  RSS: peak "
-      "resident set")
-print("(VmHWM) of the server, MiB, largest over the runs (qemu-img: its "
-      "own peak).")
-print()
-show(hdr2, table2)
+if table:
+    print()
+    print("Throughput: medians of %d run(s); MB/s = 10^6 bytes/s; "
+          "ratios > 1: ours faster." % nreps)
+    print("qemu = qemu-nbd unless noted; raw = nbdkit file on the raw "
+          "equivalent.")
+    print()
+    show(hdr, table)
+    print()
+    print("Server cost: CPU time of the server process (all threads) per "
+          "request (us/req) or")
+    print("per GB copied (s/GB), median; ratio < 1: ours cheaper.  RSS: "
+          "peak resident set")
+    print("(VmHWM) of the server, MiB, largest over the runs (qemu-img: its "
+          "own peak).")
+    print()
+    show(hdr2, table2)
+
+# (j): the overlap checks on and off, ours and qemu-nbd's.
+J_SERVERS = ("ours", "ours-off", "qemu", "qemu-all")
+if any(k[0].startswith("j-") for k in vals):
+    jvs = mib(info.get("J_VS", 0))
+    jreg = mib(info.get("J_REGION", 0))
+    jsn = info.get("J_SNAPS", "?")
+    JROWS = [
+        ("j-first", "(j) time to the first write: server launch to "
+         "4k pwrite+flush done", "ms"),
+        ("j-ready", "(j)   of which launch to connected (open, "
+         "handshake)", "ms"),
+        ("j-write1", "(j)   of which the pwrite+flush", "ms"),
+        ("j-randwrite", f"(j) then 4k rand write qd{qd} in {jreg} "
+         f"({runtime}s)", "IOPS"),
+    ]
+    jt, jt2 = [], []
+    for case, label, unit in JROWS:
+        m = {s: med(case, (s,))[0] for s in J_SERVERS}
+        jt.append([label, unit] + [fmt(m[s], unit) for s in J_SERVERS] +
+                  [ratio(m["ours"], m["ours-off"]),
+                   ratio(m["ours"], m["qemu"]),
+                   ratio(m["ours"], m["qemu-all"])])
+    for case, label, what, scale, f in (
+            ("j-first", "(j) CPU from launch to the first write done",
+             "ms", 1e3, "%.0f"),
+            ("j-randwrite", "(j) CPU per random write", "us/req", 1e6,
+             "%.1f")):
+        row = [label, what]
+        for s in J_SERVERS:
+            c = cost.get((case, s))
+            row.append(f % (statistics.median(c) * scale) if c else "-")
+        jt2.append(row)
+    print()
+    print("(j) %s disk, %s internal snapshots (64 KiB clusters): "
+          "medians of %d run(s)." % (jvs, jsn, nreps))
+    print("on/off: our overlap-check=on (the default) and off; qemu: "
+          "qemu-nbd default")
+    print("(overlap-check=cached); qemu-all: overlap-check=all.  "
+          "Ratios are ours (on) / the")
+    print("other: for ms, < 1 means ours is quicker; for IOPS, > 1 "
+          "means ours is faster.")
+    print()
+    show(["workload", "unit", "ours on", "ours off", "qemu",
+          "qemu-all", "on/off", "on/qemu", "on/qemu-all"], jt)
+    print()
+    print("Server CPU time, median (from /proc: 10 ms steps), and peak "
+          "RSS:")
+    print()
+    jt2.append(["(j) peak RSS (VmHWM at the end, largest)", "MiB"] +
+               [fmt_rss("j-randwrite", s) for s in J_SERVERS])
+    show(["workload", "unit", "ours on", "ours off", "qemu", "qemu-all"],
+         jt2)
 
 # Compressed sizes.
 sizes = []
