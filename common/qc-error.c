@@ -1,4 +1,4 @@
-/* Error reporting for the core: see qc-error.h. */
+/* Error, notice and debug reporting for the core: see qc-error.h. */
 #include <config.h>
 
 #include <errno.h>
@@ -47,6 +47,16 @@ qc_debug (const char *fs, ...)
 
   va_start (args, fs);
   qc_vlog (QC_LOG_DEBUG, fs, args);
+  va_end (args);
+}
+
+void
+qc_info (const char *fs, ...)
+{
+  va_list args;
+
+  va_start (args, fs);
+  qc_vlog (QC_LOG_INFO, fs, args);
   va_end (args);
 }
 

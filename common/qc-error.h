@@ -1,11 +1,15 @@
-/* Error and debug reporting for the format core.  The front-end sets a
- * handler (nbdkit_error / nbdkit_debug in the modules, a buffer in the
- * unit tests); the core never prints, exits or aborts on bad input.
+/* Error, notice and debug reporting for the format core.  The
+ * front-end sets a handler (nbdkit_error / stderr / nbdkit_debug in the
+ * modules, a buffer in the unit tests); the core never prints, exits or
+ * aborts on bad input.
  */
 #ifndef QC_ERROR_H
 #define QC_ERROR_H
 
-enum qc_log_level { QC_LOG_ERROR, QC_LOG_DEBUG };
+/* QC_LOG_INFO: a result the user asked for (what check=on found),
+ * shown without -v.
+ */
+enum qc_log_level { QC_LOG_ERROR, QC_LOG_DEBUG, QC_LOG_INFO };
 
 typedef void (*qc_log_fn) (enum qc_log_level level, const char *msg);
 
@@ -14,6 +18,8 @@ extern void qc_set_log_handler (qc_log_fn fn);
 extern void qc_error (const char *fs, ...)
   __attribute__ ((format (printf, 1, 2)));
 extern void qc_debug (const char *fs, ...)
+  __attribute__ ((format (printf, 1, 2)));
+extern void qc_info (const char *fs, ...)
   __attribute__ ((format (printf, 1, 2)));
 
 /* The most recent error message of this thread, for tests. */

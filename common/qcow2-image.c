@@ -194,6 +194,30 @@ open_crypto (struct qc_image *img, const struct qc_options *opts,
   return img->crypto ? 0 : -1;
 }
 
+/* qemu's locks on a file of the image (see qc-lock.h): the image
+ * itself, each backing file (read locks only: we never write them) and
+ * the external data file (write locks too once the image is writable).
+ * role names the file in messages ("backing file"); NULL for the image.
+ * A device that is not a local file (a filter's container) takes none.
+ */
+static int
+lock_file (struct blkdev *dev, bool write, const char *role)
+{
+  int fd = blkdev_file_fd (dev);
+  char *label = NULL;
+  int r;
+
+  if (fd < 0)
+    return 0;
+  if (role && asprintf (&label, "%s %s", role, dev->name) == -1) {
+    qc_error ("%s: %m", dev->name);
+    return -1;
+  }
+  r = qc_lock_image (fd, write, label ? label : dev->name);
+  free (label);
+  return r;
+}
+
 static int
 open_data_file (struct qc_image *img, const struct qc_options *opts)
 {
@@ -208,8 +232,13 @@ open_data_file (struct qc_image *img, const struct qc_options *opts)
     return -1;
   img->data = blkdev_file_open_upgradable (path);
   free (path);
+  if (!img->data)
+    return -1;
   img->external_data = true;
-  return img->data ? 0 : -1;
+  /* Read locks until the image is made writable. */
+  if (opts->locking && lock_file (img->data, false, "external data file"))
+    return -1;
+  return 0;
 }
 
 static int
@@ -267,7 +296,11 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.readonly = true;
   bopts.cache_size = opts->cache_size;
   bopts.compressed_cache = opts->compressed_cache;
-  bopts.locking = false;
+  /* Read locks on every level, as qemu takes them on a backing file
+   * whose user does not share write: qemu cannot write or resize it
+   * while we serve an image over it, and we refuse one it writes.
+   */
+  bopts.locking = opts->locking;
   bopts.passphrase = opts->backing_passphrase;
   /* ...and for the files below it: backing-passphrase= is the one
    * passphrase of every encrypted file of the backing chain.  Without
@@ -370,11 +403,9 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   }
   img->locking = opts->locking;
   img->overlap_check = opts->overlap_check;
-  if (opts->locking) {
-    int fd = blkdev_file_fd (dev);
-    if (fd >= 0 && qc_lock_image (fd, false, img->name) == -1)
-      goto err;
-  }
+  if (opts->locking &&
+      lock_file (dev, false, depth > 0 ? "backing file" : NULL) == -1)
+    goto err;
 
   /* Format: as given, else (for backing files without a recorded
    * format) probed from the magic.
@@ -593,6 +624,21 @@ active_l1_overlap (struct qc_image *img)
   return NULL;
 }
 
+/* After a refused write lock: the read locks alone again, and the
+ * device read-only.
+ */
+static void
+relock_readonly (struct blkdev *dev)
+{
+  int fd = blkdev_file_fd (dev);
+
+  if (fd >= 0) {
+    qc_unlock_image (fd);
+    qc_lock_image (fd, false, dev->name);
+  }
+  __atomic_store_n (&dev->readonly, true, __ATOMIC_RELEASE);
+}
+
 int
 qc_image_make_writable (struct qc_image *img)
 {
@@ -630,12 +676,14 @@ qc_image_make_writable (struct qc_image *img)
       (img->external_data && img->data->readonly &&
        blkdev_make_writable (img->data) == -1))
     goto out;
-  if (img->locking && blkdev_file_fd (img->file) >= 0 &&
-      qc_lock_image (blkdev_file_fd (img->file), true, img->name) == -1) {
+  if (img->locking &&
+      (lock_file (img->file, true, NULL) == -1 ||
+       (img->external_data &&
+        lock_file (img->data, true, "external data file") == -1))) {
     /* Back to what we had: read-only, with read locks. */
-    qc_unlock_image (blkdev_file_fd (img->file));
-    qc_lock_image (blkdev_file_fd (img->file), false, img->name);
-    __atomic_store_n (&img->file->readonly, true, __ATOMIC_RELEASE);
+    relock_readonly (img->file);
+    if (img->external_data)
+      relock_readonly (img->data);
     goto out;
   }
   if (img->is_raw) {

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,11 +130,50 @@ apply_refs (struct qc_image *img, const struct qc_refs *r, int sign,
   return 0;
 }
 
+/* What check and repair report, one line per finding (worded as
+ * qemu-img check words them, so the two can be compared), at most
+ * MAX_FINDING_LINES of them per pass, then how many more there were.
+ */
+#define MAX_FINDING_LINES 100
+
+struct findings {
+  struct qc_image *img;
+  uint64_t n;
+};
+
+static void finding (struct findings *f, const char *fs, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* f NULL: not reported. */
+static void
+finding (struct findings *f, const char *fs, ...)
+{
+  va_list args;
+  char msg[256];
+
+  if (!f || f->n++ >= MAX_FINDING_LINES)
+    return;
+  va_start (args, fs);
+  vsnprintf (msg, sizeof msg, fs, args);
+  va_end (args);
+  qc_info ("%s: %s", f->img->name, msg);
+}
+
+static void
+findings_end (struct findings *f)
+{
+  if (f->n > MAX_FINDING_LINES)
+    qc_info ("%s: ... and %" PRIu64 " more", f->img->name,
+             f->n - MAX_FINDING_LINES);
+}
+
 /* Set COPIED exactly where the refcount is 1, in the active tree; or
- * (!apply) only count where it is wrong.
+ * (!apply) only count where it is wrong.  Each flag set or found wrong
+ * is reported to f.
  */
 static int
-copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
+copied_flags_report (struct qc_image *img, bool apply, uint64_t *fixed,
+                     struct findings *f)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
@@ -151,6 +191,10 @@ copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
     if (qc_refcount_get (img, l2off / cs, &v) == -1)
       return -1;
     ne = v == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
+    if (ne != l1e)
+      finding (f, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
+               " l1_entry=%" PRIx64 " refcount=%" PRIu64,
+               apply ? "Repairing" : "ERROR", i, l1e, v);
     if (ne != l1e && !apply)
       (*fixed)++;
     else if (ne != l1e) {
@@ -169,14 +213,21 @@ copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
     for (j = 0; j < (1ULL << h->l2_bits); j++) {
       uint64_t e, bm, want;
       qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
-      if (e & QCOW2_OFLAG_COMPRESSED)
+      if (e & QCOW2_OFLAG_COMPRESSED) {
         want = e & ~QCOW2_OFLAG_COPIED;
+        if (want != e)
+          finding (f, "%s OFLAG_COPIED on a compressed cluster: l2_entry=%"
+                   PRIx64, apply ? "Repairing" : "ERROR", e);
+      }
       else if ((e & QCOW2_OFFSET_MASK) && !external) {
         if (qc_refcount_get (img, (e & QCOW2_OFFSET_MASK) / cs, &v) == -1) {
           l2cache_put (img->cache, pin);
           return -1;
         }
         want = v == 1 ? e | QCOW2_OFLAG_COPIED : e & ~QCOW2_OFLAG_COPIED;
+        if (want != e)
+          finding (f, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                   " refcount=%" PRIu64, apply ? "Repairing" : "ERROR", e, v);
       }
       else
         continue;
@@ -189,6 +240,12 @@ copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
     l2cache_put (img->cache, pin);
   }
   return 0;
+}
+
+static int
+copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
+{
+  return copied_flags_report (img, apply, fixed, NULL);
 }
 
 /* Write a table of bytes to newly allocated clusters. */
@@ -591,34 +648,39 @@ snapshot_delete (struct qc_image *img, const char *name)
 }
 
 static uint64_t
-shared_refcount_structures (struct qc_image *img, const struct qc_refs *r)
+shared_refcount_structures (struct qc_image *img, const struct qc_refs *r,
+                            struct findings *f)
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t k, c, n = 0, first = img->h.refcount_table_offset / cs;
 
   for (c = first; c < first + img->h.refcount_table_clusters; c++)
     if (c < r->nr_clusters && r->count[c] > 1) {
-      qc_debug ("%s: refcount table cluster %" PRIu64 " has %" PRIu32
-                " references", img->name, c, r->count[c]);
+      finding (f, "ERROR refcount table cluster %" PRIu64 " has %" PRIu32
+               " references", c, r->count[c]);
       n++;
     }
   for (k = 0; k < img->reftable_entries; k++) {
     c = img->reftable[k] / cs;
     if (img->reftable[k] && c < r->nr_clusters && r->count[c] > 1) {
-      qc_debug ("%s: refcount block %" PRIu64 " (cluster %" PRIu64
-                ") has %" PRIu32 " references", img->name, k, c,
-                r->count[c]);
+      finding (f, "ERROR refcount block %" PRIu64 " (cluster %" PRIu64
+               ") has %" PRIu32 " references", k, c, r->count[c]);
       n++;
     }
   }
   return n;
 }
 
+/* Without repair, every finding is reported (to stderr, through
+ * qc_info); with repair, every repair.
+ */
 int
 qc_image_check (struct qc_image *img, enum qc_repair repair,
                 struct qc_check_result *res)
 {
   struct qc_refs r;
+  struct findings seen = { .img = img }, fixes = { .img = img };
+  struct findings *f = repair == QC_REPAIR_NONE ? &seen : NULL;
   uint64_t c, v, copied = 0;
   int ret = -1;
 
@@ -627,15 +689,21 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
   if (qc_flush_locked (img) == -1 || qc_count_refs (img, true, &r) == -1)
     goto unlock;
   res->corruptions += r.out_of_range;
+  if (r.out_of_range)
+    finding (f, "ERROR %" PRIu64 " references to clusters past the end of "
+             "the file", r.out_of_range);
   for (c = 0; c < r.nr_clusters; c++) {
     if (qc_refcount_get (img, c, &v) == -1)
       goto out;
-    if (v > r.count[c])
+    if (v > r.count[c]) {
       res->leaks++;
+      finding (f, "Leaked cluster %" PRIu64 " refcount=%" PRIu64
+               " reference=%" PRIu32, c, v, r.count[c]);
+    }
     else if (v < r.count[c]) {
       res->corruptions++;
-      qc_debug ("%s: cluster %" PRIu64 " has refcount %" PRIu64 " but %"
-                PRIu32 " references", img->name, c, v, r.count[c]);
+      finding (f, "ERROR cluster %" PRIu64 " refcount=%" PRIu64
+               " reference=%" PRIu32, c, v, r.count[c]);
     }
   }
   /* A refcount table or block cluster that something else references
@@ -643,11 +711,11 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
    * refcounts read through it are not refcounts, and repairing leaks in
    * place would write over what shares it.  Only a rebuild fixes it.
    */
-  res->corruptions += shared_refcount_structures (img, &r);
+  res->corruptions += shared_refcount_structures (img, &r, f);
   /* COPIED flags that disagree with the refcounts are corruptions too:
    * a write would go in place into a shared cluster.
    */
-  if (copied_flags (img, false, &copied) == -1)
+  if (copied_flags_report (img, false, &copied, f) == -1)
     goto out;
   res->corruptions += copied;
 
@@ -655,6 +723,14 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
    * A corrupt image is not touched by repair=leaks.
    */
   if (repair == QC_REPAIR_ALL && res->corruptions - copied > 0) {
+    finding (&fixes, "Rebuilding refcount structure");
+    for (c = 0; c < r.nr_clusters; c++) {
+      if (qc_refcount_get (img, c, &v) == -1)
+        goto out;
+      if (v != r.count[c])
+        finding (&fixes, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+                 " reference=%" PRIu32, c, v, r.count[c]);
+    }
     /* Stale cached refcount blocks go with the old structures. */
     if (qc_rebuild_refcounts (img) == -1)
       goto out;
@@ -672,6 +748,9 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
     for (c = 0; c < r.nr_clusters; c++) {
       if (qc_refcount_get (img, c, &v) == -1)
         goto out;
+      if (v > r.count[c])
+        finding (&fixes, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+                 " reference=%" PRIu32, c, v, r.count[c]);
       /* Down to the number of references, in steps that fit a signed
        * delta (a 64-bit refcount may have its top bit set).
        */
@@ -687,15 +766,20 @@ qc_image_check (struct qc_image *img, enum qc_repair repair,
   }
   if (repair == QC_REPAIR_ALL) {
     uint64_t fixed = 0;
-    if (copied_flags (img, true, &fixed) == -1)
+    /* After a rebuild, the flags found wrong may be right again (as
+     * qemu-img check -r all counts them): only those changed count.
+     */
+    if (copied_flags_report (img, true, &fixed, &fixes) == -1)
       goto out;
     res->copied_fixed = fixed;
-    res->corruptions_fixed += copied;
+    res->corruptions_fixed += fixed;
   }
   if (qc_flush_locked (img) == -1)
     goto out;
   ret = 0;
  out:
+  findings_end (&seen);
+  findings_end (&fixes);
   qc_refs_free (&r);
  unlock:
   pthread_mutex_unlock (&img->meta_lock);
@@ -727,13 +811,26 @@ qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
   return r;
 }
 
+/* The summary after the findings, in qemu-img check's words. */
 static void
 report (struct qc_image *img, const struct qc_check_result *res)
 {
-  qc_debug ("%s: check: %" PRIu64 " leaked clusters (%" PRIu64 " repaired), %"
-            PRIu64 " corruptions (%" PRIu64 " repaired)", img->name,
-            res->leaks, res->leaks_fixed, res->corruptions,
-            res->corruptions_fixed);
+  if (res->corruptions)
+    qc_info ("%s: %" PRIu64 " errors were found on the image.",
+             img->name, res->corruptions);
+  if (res->leaks)
+    qc_info ("%s: %" PRIu64 " leaked clusters were found on the image.",
+             img->name, res->leaks);
+  if (!res->corruptions && !res->leaks)
+    qc_info ("%s: No errors were found on the image.", img->name);
+}
+
+static void
+report_repaired (struct qc_image *img, const struct qc_check_result *res)
+{
+  qc_info ("%s: The following inconsistencies were found and repaired: %"
+           PRIu64 " leaked clusters, %" PRIu64 " corruptions", img->name,
+           res->leaks_fixed, res->corruptions_fixed);
 }
 
 int
@@ -758,6 +855,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     /* First look, changing nothing. */
     if (qc_image_check (img, QC_REPAIR_NONE, &res) == -1)
       return -1;
+    report (img, &res);
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
       qc_error ("%s: check: %" PRIu64 " corruptions and %" PRIu64 " leaked "
                 "clusters: the image is served read-only; repair=all "
@@ -777,8 +875,25 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       if (qc_image_make_writable (img) == -1 ||
           qc_image_check (img, opts->repair, &res) == -1)
         return -1;
+      report_repaired (img, &res);
+      /* Double check, as qemu-img check -r does. */
+      if (qc_image_check (img, QC_REPAIR_NONE, &res) == -1)
+        return -1;
+      report (img, &res);
+      if (res.corruptions) {
+        qc_error ("%s: check: %" PRIu64 " corruptions left after the "
+                  "repair: the image is served read-only", img->name,
+                  res.corruptions);
+        img->force_readonly = true;
+        __atomic_store_n (&img->active.dev.readonly, true,
+                          __ATOMIC_RELEASE);
+        if (opts->nr_ops) {
+          errno = EROFS;
+          return -1;
+        }
+        return 0;
+      }
     }
-    report (img, &res);
   }
   for (i = 0; i < opts->nr_ops; i++)
     if (qc_image_make_writable (img) == -1 ||

@@ -119,7 +119,9 @@ extern int qc_image_snapshot_op (struct qc_image *img,
                                  enum qc_snapshot_op op, const char *name);
 
 /* Check the image as qemu-img check does (references against
- * refcounts, COPIED flags), optionally repairing.
+ * refcounts, COPIED flags), optionally repairing; each finding (each
+ * repair when repairing) is reported through qc_info, in qemu-img
+ * check's words.
  */
 struct qc_check_result {
   uint64_t leaks, leaks_fixed;
@@ -130,7 +132,9 @@ extern int qc_image_check (struct qc_image *img, enum qc_repair repair,
                            struct qc_check_result *res);
 
 /* Run the maintenance opts asks for (check, repair, snapshot
- * operations), reporting through qc_debug / qc_error.  An image found
+ * operations), reporting what check and repair found and did through
+ * qc_info (one line per finding, at most 100, then a summary) and
+ * failures through qc_error.  An image found
  * corrupt and not repaired is kept read-only.  -1 after qc_error.
  */
 extern int qc_image_maintain (struct qc_image *img,

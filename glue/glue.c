@@ -3,8 +3,12 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <sys/stat.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -12,13 +16,38 @@
 #include "glue.h"
 #include "qc-options.h"
 
+/* Is fd 2 /dev/null?  nbdkit (not -v) points it there when it forks
+ * into the background, and sends its own messages to syslog then.
+ */
+static bool
+stderr_is_null (void)
+{
+  struct stat st, null;
+
+  return fstat (STDERR_FILENO, &st) == 0 && S_ISCHR (st.st_mode) &&
+    stat ("/dev/null", &null) == 0 && st.st_rdev == null.st_rdev;
+}
+
 void
 glue_log (enum qc_log_level level, const char *msg)
 {
-  if (level == QC_LOG_ERROR)
+  switch (level) {
+  case QC_LOG_ERROR:
     nbdkit_error ("%s", msg);
-  else
+    break;
+  case QC_LOG_INFO:
+    /* nbdkit 1.32 has no level between error and debug (-v only): a
+     * result the user asked for goes where nbdkit's errors go, without
+     * the "error:" label.
+     */
+    if (stderr_is_null ())
+      syslog (LOG_NOTICE, "%s", msg);
+    else
+      fprintf (stderr, "nbdkit: %s\n", msg);
+    break;
+  default:
     nbdkit_debug ("%s", msg);
+  }
 }
 
 unsigned

@@ -13,7 +13,10 @@
 struct nbdkit_extents;
 struct qc_options;
 
-/* Send the core's messages to nbdkit_error / nbdkit_debug. */
+/* Send the core's messages to nbdkit_error / nbdkit_debug, and its
+ * notices (QC_LOG_INFO) to stderr (syslog once nbdkit has forked into
+ * the background), shown without -v.
+ */
 extern void glue_log (enum qc_log_level level, const char *msg);
 
 /* NBDKIT_FLAG_FUA / MAY_TRIM / FAST_ZERO as BLKDEV_* flags. */

@@ -7,6 +7,12 @@
 #    writing, with an error that mentions the lock; it may serve one that
 #    qemu holds open read-only.
 #  - locking=off turns both checks off.
+#  - Backing files (raw and qcow2, every level) get the read locks, the
+#    external data file the image's locks: qemu cannot write them while
+#    nbdkit serves an image over them (plugin and qcow2 filter); nbdkit
+#    refuses an image whose backing or data file qemu writes, and
+#    serves it read-only when qemu holds the data file read-only;
+#    locking=off takes no lock on any of them (/proc/locks).
 . "${srcdir:-$(dirname "$0")}/functions.sh"
 
 requires qemu-img --version
@@ -284,5 +290,181 @@ if qemu_write "$img"; then
 fi
 echo "ok: the read-only fallback keeps the read locks"
 stop_nbdkit "$srv5"
+
+echo "== 6. backing files (qcow2 and raw, two levels) and a data file"
+# base.raw <- mid.qcow2 <- top.qcow2, and dimg.qcow2 with its guest
+# data in dd.raw.  Every backing file gets the read locks (qemu cannot
+# write or resize it while we serve an image over it, but may read it);
+# the data file gets the image's locks (write locks once writable).
+base=$tmpdir/base.raw mid=$tmpdir/mid.qcow2 top=$tmpdir/top.qcow2
+dimg=$tmpdir/dimg.qcow2 dd=$tmpdir/dd.raw
+qemu-img create -q -f raw "$base" 1M
+qemu-io -f raw -c 'write -q -P 0x44 0 64k' "$base" >/dev/null
+qemu-img create -q -f qcow2 -b "$base" -F raw "$mid" 1M
+qemu-io -f qcow2 -c 'write -q -P 0x55 64k 64k' "$mid" >/dev/null
+qemu-img create -q -f qcow2 -b "$mid" -F qcow2 "$top" 1M
+qemu-img create -q -f qcow2 -o data_file="$dd" "$dimg" 1M
+qemu-io -f qcow2 -c 'write -q -P 0x66 0 64k' "$dimg" >/dev/null
+
+# qemu_write_fmt FMT FILE: qemu-io write open with an explicit format
+qemu_write_fmt ()
+{
+  timeout 60 qemu-io -f "$1" -c 'write -q -P 0x33 256k 512' "$2" \
+    >"$tmpdir/qemu-io.out" 2>&1
+}
+# refused_by_lock WHAT FMT FILE: qemu-io must fail with its lock error
+refused_by_lock ()
+{
+  if qemu_write_fmt "$2" "$3"; then
+    fail "$1: qemu-io could open $3 for writing"
+  fi
+  grep -q 'Failed to get "write" lock' "$tmpdir/qemu-io.out" || {
+    cat "$tmpdir/qemu-io.out" >&2
+    fail "$1: qemu-io failed on $3, but not with qemu's lock error"
+  }
+  echo "ok: $1: qemu-io refused to write $(basename "$3")"
+}
+# expect_locks WHAT FILE BYTES
+expect_locks ()
+{
+  local got
+  got=$(lock_bytes "$2")
+  [ "$got" = "$3" ] ||
+    fail "$1: lock bytes on $(basename "$2"): '$got'; expected '$3'"
+  echo "ok: $1: lock bytes on $(basename "$2"): '$got'"
+}
+
+for how in plugin filter; do
+  if [ $how = plugin ]; then
+    start_nbdkit srv6 qcow2 "$top"
+  else
+    start_nbdkit srv6 --filter=qcow2 file "$top"
+  fi
+  uri=$(nbd_uri "$srv6")
+  # a client writes: the top image is now open for writing
+  qemu-io -f raw -c 'write -q -P 0x77 128k 4k' "$uri" >/dev/null ||
+    fail "$how: writing through nbdkit failed"
+  for f in "$base" "$mid"; do
+    expect_locks "$how: backing file" "$f" "100 201 203"
+  done
+  refused_by_lock "$how: raw backing file" raw "$base"
+  refused_by_lock "$how: qcow2 backing file" qcow2 "$mid"
+  refused_by_lock "$how: qcow2 backing file, format probed" qcow2 "$mid"
+  qemu_write "$base" && fail "$how: qemu-io (format probed) wrote $base"
+  for f in "$base" "$mid"; do
+    qemu-img info "$f" >"$tmpdir/info.out" 2>&1 || {
+      cat "$tmpdir/info.out" >&2
+      fail "$how: qemu-img info (read-only) refused on backing file $f"
+    }
+  done
+  echo "ok: $how: qemu-img info (read-only) works on the backing files"
+  qemu-img compare -q -f raw "$uri" -F qcow2 "$mid" >/dev/null 2>&1 &&
+    fail "$how: the write through nbdkit did not land?"
+  stop_nbdkit "$srv6"
+  qemu-io -f qcow2 -c 'write -q -P 0x88 0 4k' "$mid" >/dev/null ||
+    fail "$how: backing file still locked after nbdkit exited"
+  echo "ok: $how: backing files unlocked when nbdkit exits"
+
+  if [ $how = plugin ]; then
+    start_nbdkit srv7 qcow2 "$dimg"
+  else
+    start_nbdkit srv7 --filter=qcow2 file "$dimg"
+  fi
+  uri=$(nbd_uri "$srv7")
+  # (the filter opens the image at the first connection, writable)
+  if [ $how = plugin ]; then
+    expect_locks "$how: data file, image read-only so far" "$dd" \
+      "100 201 203"
+    qemu-img info -f raw "$dd" >/dev/null 2>&1 ||
+      fail "$how: qemu-img info refused on the data file of a read-only image"
+    refused_by_lock "$how: data file, image read-only so far" raw "$dd"
+  fi
+  qemu-io -f raw -c 'write -q -P 0x99 64k 4k' "$uri" >/dev/null ||
+    fail "$how: writing through nbdkit (data file) failed"
+  expect_locks "$how: data file, image written" "$dd" "100 101 103 201 203"
+  refused_by_lock "$how: data file, image written" raw "$dd"
+  stop_nbdkit "$srv7"
+  qemu-io -f qcow2 -c 'read -q -P 0x99 64k 4k' "$dimg" >/dev/null ||
+    fail "$how: the write to the data file is not what qemu reads"
+  qemu-img check -q "$dimg" || fail "$how: qemu-img check on $dimg"
+done
+
+# qemu holds a backing file or the data file open for writing: refused,
+# with the lock and the file in the message; locking=off serves anyway.
+# qemu_hold ARGS...: qemu-nbd ARGS in the background ($qpid)
+qemu_hold ()
+{
+  rm -f "$qsock"
+  qemu-nbd -t -k "$qsock" "$@" 2>"$tmpdir/qemu-nbd.err" &
+  qpid=$!
+  on_exit "kill $qpid 2>/dev/null; wait $qpid 2>/dev/null"
+  for i in $(seq 1 100); do
+    [ -S "$qsock" ] && break
+    kill -0 $qpid 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -S "$qsock" ] || {
+    cat "$tmpdir/qemu-nbd.err" >&2
+    fail "qemu-nbd $* did not start"
+  }
+}
+for held in "raw $base $top backing" "qcow2 $mid $top backing" \
+            "raw $dd $dimg data"; do
+  set -- $held
+  qemu_hold -f "$1" "$2"
+  nbdkit_try qcow2 "$3"
+  if [ $status -eq 0 ]; then
+    cat "$tmpdir/try.err" >&2
+    fail "nbdkit served $(basename "$3") while qemu-nbd writes $2"
+  fi
+  cat "$tmpdir/try.err"
+  grep -q "$4.*$(basename "$2").*\"write\" permission" "$tmpdir/try.err" ||
+    fail "refused, but the error does not name the $4 file and the lock"
+  [ $started = no ] || fail "nbdkit started serving before it refused"
+  echo "ok: nbdkit refused $(basename "$3"): qemu-nbd writes $(basename "$2")"
+  nbdkit_try qcow2 "$3" locking=off
+  [ $status -eq 0 ] || {
+    cat "$tmpdir/try.err" >&2
+    fail "locking=off: nbdkit refused $3 while qemu-nbd writes $2"
+  }
+  echo "ok: locking=off: served $(basename "$3") anyway"
+  kill $qpid; wait $qpid 2>/dev/null || :
+done
+
+# qemu holds the data file read-only (and does not share resize): we
+# serve the image, read-only.
+qemu_hold -r -f raw "$dd"
+status=0
+timeout 60 "$NBDKIT" -U - qcow2 "$dimg" --run '
+  if qemu-io -f raw -c "write -q -P 0x11 0 4k" "$uri" >/dev/null 2>&1; then
+    echo wrote; fi
+  nbdinfo --can write "$uri" && echo can-write || :
+  qemu-io -r -f raw -c "read -q -P 0x99 64k 4k" "$uri" >/dev/null ||
+    echo bad-read
+' >"$tmpdir/ro.out" 2>"$tmpdir/ro.err" || status=$?
+cat "$tmpdir/ro.err"
+[ $status -eq 0 ] || fail "data file held read-only by qemu: nbdkit failed"
+[ ! -s "$tmpdir/ro.out" ] ||
+  fail "data file held read-only by qemu: $(cat "$tmpdir/ro.out")"
+grep -q 'external data file.*"resize" lock' "$tmpdir/ro.err" ||
+  fail "the refused write does not say which lock on the data file"
+echo "ok: data file held read-only by qemu: served read-only"
+kill $qpid; wait $qpid 2>/dev/null || :
+
+# locking=off: no lock on any file of the chain, nor on the data file
+start_nbdkit srv9 qcow2 "$top" locking=off
+start_nbdkit srv10 qcow2 "$dimg" locking=off
+qemu-io -f raw -c 'write -q -P 0x12 0 4k' "$(nbd_uri "$srv9")" >/dev/null
+qemu-io -f raw -c 'write -q -P 0x12 0 4k' "$(nbd_uri "$srv10")" >/dev/null
+for f in "$top" "$mid" "$base" "$dimg" "$dd"; do
+  expect_locks "locking=off" "$f" ""
+  ino=$(stat -c %i "$f")
+  if grep -q ":$ino " /proc/locks; then
+    fail "locking=off: /proc/locks lists a lock on $f"
+  fi
+done
+echo "ok: locking=off: /proc/locks has no lock on any of the files"
+stop_nbdkit "$srv9"
+stop_nbdkit "$srv10"
 
 echo "PASS: test-locking"
