@@ -262,13 +262,13 @@ qc_guard_build (struct qc_image *img)
       find_shared_inplace (img, &r, &g->inplace, &nr_inplace) == -1)
     goto err;
   if (nr_sticky || nr_inplace || g->past_end != UINT64_MAX)
-    qc_debug ("%s: the image's refcounts are damaged: %" PRIu64 " clusters "
-              "with fewer refcounts than references, %" PRIu64 " clusters "
-              "written in place but referenced elsewhere too%s; they are "
-              "protected (qemu-img check -r all repairs the image)",
-              img->name, nr_sticky, nr_inplace,
-              g->past_end != UINT64_MAX ?
-              ", references past the end of the file" : "");
+    qc_info ("%s: the image's refcounts are damaged: %" PRIu64 " clusters "
+             "with fewer refcounts than references, %" PRIu64 " clusters "
+             "written in place but referenced elsewhere too%s; writes "
+             "that would reach them will be refused (qemu-img check -r "
+             "all repairs the image)", img->name, nr_sticky, nr_inplace,
+             g->past_end != UINT64_MAX ?
+             ", references past the end of the file" : "");
   qc_refs_free (&r);
   return 0;
  err:
