@@ -51,53 +51,54 @@ qc_create_check (const struct qc_options *o)
             p, p);
   if (o->compress >= 0 && o->compression_type >= 0 &&
       o->compress != o->compression_type)
-    REFUSE ("compress=%s needs compression-type=%s",
-            o->compress ? "zstd" : "zlib", o->compress ? "zstd" : "zlib");
+    REFUSE ("%scompress=%s needs %scompression-type=%s", p,
+            o->compress ? "zstd" : "zlib", p, o->compress ? "zstd" : "zlib");
   if (o->compress >= 0 && o->data_file)
-    REFUSE ("compress= cannot be used with an external data file");
+    REFUSE ("%scompress= cannot be used with an external data file", p);
   if (o->format && strcmp (o->format, "raw") == 0)
-    REFUSE ("create= makes qcow2 images only (not format=raw)");
+    REFUSE ("%screate= makes qcow2 images only (not %sformat=raw)", p, p);
   if (o->encrypt) {
     if (!o->passphrase)
-      REFUSE ("encrypt=luks needs passphrase=");
+      REFUSE ("%sencrypt=luks needs %spassphrase=", p, p);
     if (o->compress >= 0)
-      REFUSE ("compress= cannot be used with encryption");
+      REFUSE ("%scompress= cannot be used with encryption", p);
     if (o->data_file)
-      REFUSE ("data-file= cannot be used with encryption");
+      REFUSE ("%sdata-file= cannot be used with encryption", p);
     if (o->preallocate_metadata)
-      REFUSE ("preallocation=metadata cannot be used with encryption");
+      REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
   }
   if (o->size == 0 && o->create == QC_CREATE_FORCE)
-    REFUSE ("create=force needs size=");
+    REFUSE ("%screate=force needs %ssize=", p, p);
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
-    REFUSE ("cluster-size=%" PRIu64 ": must be a power of two between 512 "
-            "and 2M", cs);
+    REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
+            "512 and 2M", p, cs);
   if (compat == 2) {
     if (o->lazy_refcounts)
-      REFUSE ("lazy-refcounts needs compat=1.1");
+      REFUSE ("%slazy-refcounts needs %scompat=1.1", p, p);
     if (o->refcount_bits && o->refcount_bits != 16)
-      REFUSE ("refcount widths other than 16 bits need compat=1.1");
+      REFUSE ("%srefcount-bits other than 16 need %scompat=1.1", p, p);
     if (o->compression_type > 0 || o->compress > 0)
-      REFUSE ("compression-type=zstd needs compat=1.1");
+      REFUSE ("%scompression-type=zstd needs %scompat=1.1", p, p);
     if (o->data_file)
-      REFUSE ("data-file needs compat=1.1");
+      REFUSE ("%sdata-file needs %scompat=1.1", p, p);
     if (o->extended_l2)
-      REFUSE ("extended-l2 needs compat=1.1");
+      REFUSE ("%sextended-l2 needs %scompat=1.1", p, p);
   }
   if (o->extended_l2 && cs < 16384)
-    REFUSE ("extended-l2 needs a cluster size of at least 16k");
+    REFUSE ("%sextended-l2 needs a cluster size of at least 16k", p);
   if (o->data_file_raw && !o->data_file)
-    REFUSE ("data-file-raw needs data-file=");
+    REFUSE ("%sdata-file-raw needs %sdata-file=", p, p);
   if (o->data_file_raw && o->backing_file)
-    REFUSE ("backing-file= and data-file-raw cannot be used together");
+    REFUSE ("%sbacking-file= and %sdata-file-raw cannot be used together",
+            p, p);
   if (o->preallocate_metadata && o->backing_file && !o->extended_l2)
-    REFUSE ("preallocation=metadata with a backing file needs "
-            "extended-l2=on");
+    REFUSE ("%spreallocation=metadata with a backing file needs "
+            "%sextended-l2=on", p, p);
   if (o->backing_file && strlen (o->backing_file) > QCOW2_MAX_BACKING_NAME)
-    REFUSE ("backing-file name is longer than 1023 bytes");
+    REFUSE ("%sbacking-file name is longer than 1023 bytes", p);
   if (o->backing_format && strcmp (o->backing_format, "qcow2") != 0 &&
       strcmp (o->backing_format, "raw") != 0)
-    REFUSE ("backing-format=%s: only qcow2 and raw", o->backing_format);
+    REFUSE ("%sbacking-format=%s: only qcow2 and raw", p, o->backing_format);
   return 0;
 }
 

@@ -409,7 +409,11 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     goto err;
   if (img->h.crypt_method != 0 && open_crypto (img, opts, depth) == -1)
     goto err;
-  if (img->h.crypt_method == 0 && depth == 0 && opts->passphrase) {
+  /* (With encrypt=luks the passphrase is the new image's, and
+   * create=true reports an existing image without encryption.)
+   */
+  if (img->h.crypt_method == 0 && depth == 0 && opts->passphrase &&
+      !opts->encrypt) {
     qc_error ("%s: %spassphrase= given, but the image is not encrypted",
               img->name, qc_prefix (opts));
     errno = EINVAL;
