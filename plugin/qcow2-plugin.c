@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <inttypes.h>
 
 #define NBDKIT_API_VERSION 2
@@ -81,17 +82,22 @@ qcow2_config_complete (void)
 static int
 qcow2_get_ready (void)
 {
-  bool created = false;
+  bool created = false, missing, empty;
+  struct stat st;
 
   /* Opened once, before serving: all connections share the image, its
    * metadata cache and its locks.  A new image is complete before it
-   * appears under its name (qc_image_create).
+   * appears under its name (qc_image_create).  An empty file (older
+   * versions left one after a failed create=true) holds no image:
+   * create=true replaces it.
    */
+  missing = stat (opts.file, &st) != 0;
+  empty = !missing && S_ISREG (st.st_mode) && st.st_size == 0;
   if (opts.create == QC_CREATE_FORCE ||
-      (opts.create == QC_CREATE_IF_MISSING && access (opts.file, F_OK) != 0)) {
+      (opts.create == QC_CREATE_IF_MISSING && (missing || empty))) {
     if (qc_image_create (&opts, NULL) == -1)
       return -1;
-    created = opts.create == QC_CREATE_IF_MISSING;
+    created = opts.create == QC_CREATE_IF_MISSING && missing;
     nbdkit_debug ("created %s", opts.file);
   }
   img = qc_image_open (&opts, NULL);

@@ -87,6 +87,11 @@ served qcow2 new.qcow2 create=true size=1G
 [ "$(vsize new.qcow2)" = 1073741824 ] && qcheck new.qcow2 "retry" ||
   bad "create=true size=1G after the refused 9000T: $(vsize new.qcow2)"
 rm -f new.qcow2
+# An empty file (what older versions left behind) holds no image.
+: >empty.qcow2
+served qcow2 empty.qcow2 create=true size=1M
+qcheck empty.qcow2 "create=true over an empty file"
+rm -f empty.qcow2
 refused 'backing-file=missing.raw.*(no such|exist)' \
   qcow2 new.qcow2 create=true size=1G backing-file=missing.raw
 refused 'backing-format=qcow2' \
