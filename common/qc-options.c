@@ -19,6 +19,10 @@ const struct qc_option qc_option_table[] = {
 const size_t qc_option_table_len =
   sizeof qc_option_table / sizeof qc_option_table[0];
 
+/* qc_options.given has one bit per option. */
+#define COUNT_ROW(...) + 1
+_Static_assert (0 QC_OPTIONS (COUNT_ROW) <= 64, "too many options for given");
+
 void
 qc_options_init (struct qc_options *opts)
 {
@@ -131,8 +135,42 @@ is_format (const char *s)
   return strcmp (s, "qcow2") == 0 || strcmp (s, "raw") == 0;
 }
 
+static int
+option_index (const char *key)
+{
+  size_t i;
+
+  for (i = 0; i < qc_option_table_len; i++)
+    if (strcmp (qc_option_table[i].key, key) == 0)
+      return i;
+  return -1;
+}
+
+bool
+qc_options_given (const struct qc_options *opts, const char *key)
+{
+  int i = option_index (key);
+
+  return i >= 0 && (opts->given & (1ULL << i));
+}
+
+static int set_option (struct qc_options *opts, const char *key,
+                       const char *value);
+
 int
 qc_options_set (struct qc_options *opts, const char *key, const char *value)
+{
+  int i = option_index (key);
+
+  if (set_option (opts, key, value) == -1)
+    return -1;
+  if (i >= 0)
+    opts->given |= 1ULL << i;
+  return 0;
+}
+
+static int
+set_option (struct qc_options *opts, const char *key, const char *value)
 {
   if (strcmp (key, "file") == 0)
     return set_string (&opts->file, value);
@@ -371,29 +409,57 @@ qc_options_set (struct qc_options *opts, const char *key, const char *value)
   return -1;
 }
 
+/* Keys that only say how to create an image. */
+static const char *const creation_keys[] = {
+  "size", "cluster-size", "compat", "refcount-bits", "lazy-refcounts",
+  "extended-l2", "compression-type", "preallocation", "backing-file",
+  "data-file", "data-file-raw", "encrypt", "encrypt-iter-time",
+};
+
 int
 qc_options_check (const struct qc_options *opts)
 {
+  const char *p = qc_prefix (opts);
+  size_t i;
+
+  /* Nothing given is silently ignored. */
+  if (opts->create == QC_CREATE_NO)
+    for (i = 0; i < sizeof creation_keys / sizeof creation_keys[0]; i++)
+      if (qc_options_given (opts, creation_keys[i])) {
+        qc_error ("%s%s= applies only when an image is created: add "
+                  "%screate=true (create if missing) or %screate=force",
+                  p, creation_keys[i], p, p);
+        errno = EINVAL;
+        return -1;
+      }
+  if (opts->compress >= 0 && opts->snapshot) {
+    qc_error ("%scompress= has nothing to compress: %ssnapshot= serves a "
+              "read-only internal snapshot", p, p);
+    errno = EINVAL;
+    return -1;
+  }
   if (!opts->file) {
     qc_error ("missing the image file name (file=FILE)");
     errno = EINVAL;
     return -1;
   }
   if (opts->backing_format && !opts->backing && !opts->backing_file) {
-    qc_error ("backing-format= needs backing= or backing-file=");
+    qc_error ("%sbacking-format= needs %sbacking= or %sbacking-file=",
+              p, p, p);
     errno = EINVAL;
     return -1;
   }
   if (opts->create != QC_CREATE_NO && qc_create_check (opts) == -1)
     return -1;
   if (opts->compress == 0 && opts->compress_level > 9) {
-    qc_error ("compress-level=%d: zlib levels are 1 to 9",
+    qc_error ("%scompress-level=%d: zlib levels are 1 to 9", p,
               opts->compress_level);
     errno = EINVAL;
     return -1;
   }
   if (opts->compress_level != 0 && opts->compress < 0) {
-    qc_error ("compress-level= needs compress=zlib or compress=zstd");
+    qc_error ("%scompress-level= does nothing without compression: it "
+              "needs %scompress=zlib or %scompress=zstd", p, p, p);
     errno = EINVAL;
     return -1;
   }
@@ -411,4 +477,37 @@ qc_options_check (const struct qc_options *opts)
     return -1;
   }
   return 0;
+}
+
+int
+qc_options_check_readonly (const struct qc_options *opts)
+{
+  const char *p = qc_prefix (opts);
+  const char *why = NULL;
+  char what[64];
+
+  if (opts->create != QC_CREATE_NO) {
+    snprintf (what, sizeof what, "%screate=", p);
+    why = "an image cannot be created";
+  }
+  else if (opts->nr_ops) {
+    snprintf (what, sizeof what, "%ssnapshot-%s=", p,
+              opts->ops[0].op == QC_SNAPSHOT_CREATE ? "create" :
+              opts->ops[0].op == QC_SNAPSHOT_APPLY ? "apply" : "delete");
+    why = "snapshots cannot be created, applied or deleted";
+  }
+  else if (opts->repair != QC_REPAIR_NONE) {
+    snprintf (what, sizeof what, "%srepair=", p);
+    why = "nothing can be repaired (check=on only reports)";
+  }
+  else if (opts->compress >= 0) {
+    snprintf (what, sizeof what, "%scompress=", p);
+    why = "nothing is written, so nothing is compressed";
+  }
+  if (!why)
+    return 0;
+  qc_error ("%s refused: nbdkit -r (read-only) never modifies the image: "
+            "%s (drop -r, or the option)", what, why);
+  errno = EROFS;
+  return -1;
 }

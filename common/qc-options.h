@@ -5,6 +5,7 @@
 #ifndef QC_OPTIONS_H
 #define QC_OPTIONS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "qcow2.h"
@@ -137,7 +138,26 @@ extern int qc_create_check (const struct qc_options *opts);
 /* The virtual size a created image gets (size= rounded up to 512). */
 extern uint64_t qc_create_size (const struct qc_options *opts);
 
-/* Check the combination once all keys are set (-1 after qc_error). */
+/* Check the combination once all keys are set (-1 after qc_error):
+ * nothing given may be silently ignored (creation options without
+ * create=, compress= with snapshot=, compress-level= without compress=).
+ */
 extern int qc_options_check (const struct qc_options *opts);
+
+/* nbdkit -r: refuse (-1 after qc_error) every option that would write:
+ * create=, the snapshot operations, repair=, compress=.
+ */
+extern int qc_options_check_readonly (const struct qc_options *opts);
+
+/* Whether the user gave key (without prefix). */
+extern bool qc_options_given (const struct qc_options *opts,
+                              const char *key);
+
+/* The front-end's key prefix, for messages. */
+static inline const char *
+qc_prefix (const struct qc_options *opts)
+{
+  return opts->prefix ? opts->prefix : "";
+}
 
 #endif /* QC_OPTIONS_H */

@@ -8,12 +8,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "byteorder.h"
+#include "qc-lock.h"
 #include "qc-error.h"
 #include "qc-options.h"
 #include "qcow2-crypto.h"
@@ -42,56 +44,61 @@ qc_create_check (const struct qc_options *o)
 {
   uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
   int compat = o->compat ? o->compat : 3;
+  const char *p = qc_prefix (o);
 
+  if (o->encrypt_iter_time && !o->encrypt)
+    REFUSE ("%sencrypt-iter-time= does nothing without %sencrypt=luks",
+            p, p);
   if (o->compress >= 0 && o->compression_type >= 0 &&
       o->compress != o->compression_type)
-    REFUSE ("compress=%s needs compression-type=%s",
-            o->compress ? "zstd" : "zlib", o->compress ? "zstd" : "zlib");
+    REFUSE ("%scompress=%s needs %scompression-type=%s", p,
+            o->compress ? "zstd" : "zlib", p, o->compress ? "zstd" : "zlib");
   if (o->compress >= 0 && o->data_file)
-    REFUSE ("compress= cannot be used with an external data file");
+    REFUSE ("%scompress= cannot be used with an external data file", p);
   if (o->format && strcmp (o->format, "raw") == 0)
-    REFUSE ("create= makes qcow2 images only (not format=raw)");
+    REFUSE ("%screate= makes qcow2 images only (not %sformat=raw)", p, p);
   if (o->encrypt) {
     if (!o->passphrase)
-      REFUSE ("encrypt=luks needs passphrase=");
+      REFUSE ("%sencrypt=luks needs %spassphrase=", p, p);
     if (o->compress >= 0)
-      REFUSE ("compress= cannot be used with encryption");
+      REFUSE ("%scompress= cannot be used with encryption", p);
     if (o->data_file)
-      REFUSE ("data-file= cannot be used with encryption");
+      REFUSE ("%sdata-file= cannot be used with encryption", p);
     if (o->preallocate_metadata)
-      REFUSE ("preallocation=metadata cannot be used with encryption");
+      REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
   }
   if (o->size == 0 && o->create == QC_CREATE_FORCE)
-    REFUSE ("create=force needs size=");
+    REFUSE ("%screate=force needs %ssize=", p, p);
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
-    REFUSE ("cluster-size=%" PRIu64 ": must be a power of two between 512 "
-            "and 2M", cs);
+    REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
+            "512 and 2M", p, cs);
   if (compat == 2) {
     if (o->lazy_refcounts)
-      REFUSE ("lazy-refcounts needs compat=1.1");
+      REFUSE ("%slazy-refcounts needs %scompat=1.1", p, p);
     if (o->refcount_bits && o->refcount_bits != 16)
-      REFUSE ("refcount widths other than 16 bits need compat=1.1");
+      REFUSE ("%srefcount-bits other than 16 need %scompat=1.1", p, p);
     if (o->compression_type > 0 || o->compress > 0)
-      REFUSE ("compression-type=zstd needs compat=1.1");
+      REFUSE ("%scompression-type=zstd needs %scompat=1.1", p, p);
     if (o->data_file)
-      REFUSE ("data-file needs compat=1.1");
+      REFUSE ("%sdata-file needs %scompat=1.1", p, p);
     if (o->extended_l2)
-      REFUSE ("extended-l2 needs compat=1.1");
+      REFUSE ("%sextended-l2 needs %scompat=1.1", p, p);
   }
   if (o->extended_l2 && cs < 16384)
-    REFUSE ("extended-l2 needs a cluster size of at least 16k");
+    REFUSE ("%sextended-l2 needs a cluster size of at least 16k", p);
   if (o->data_file_raw && !o->data_file)
-    REFUSE ("data-file-raw needs data-file=");
+    REFUSE ("%sdata-file-raw needs %sdata-file=", p, p);
   if (o->data_file_raw && o->backing_file)
-    REFUSE ("backing-file= and data-file-raw cannot be used together");
+    REFUSE ("%sbacking-file= and %sdata-file-raw cannot be used together",
+            p, p);
   if (o->preallocate_metadata && o->backing_file && !o->extended_l2)
-    REFUSE ("preallocation=metadata with a backing file needs "
-            "extended-l2=on");
+    REFUSE ("%spreallocation=metadata with a backing file needs "
+            "%sextended-l2=on", p, p);
   if (o->backing_file && strlen (o->backing_file) > QCOW2_MAX_BACKING_NAME)
-    REFUSE ("backing-file name is longer than 1023 bytes");
+    REFUSE ("%sbacking-file name is longer than 1023 bytes", p);
   if (o->backing_format && strcmp (o->backing_format, "qcow2") != 0 &&
       strcmp (o->backing_format, "raw") != 0)
-    REFUSE ("backing-format=%s: only qcow2 and raw", o->backing_format);
+    REFUSE ("%sbacking-format=%s: only qcow2 and raw", p, o->backing_format);
   return 0;
 }
 
@@ -321,33 +328,93 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   return r;
 }
 
-static int
-create_data_file (const struct qc_options *o)
+/* name taken relative to dir (NULL: the current directory), as qemu
+ * takes names recorded in an image relative to the image's directory.
+ * malloc'ed, NULL after qc_error.
+ */
+static char *
+relative_to (const char *dir, const char *name)
 {
-  char *path = NULL, *copy;
+  char *path;
+
+  if (name[0] == '/' || !dir)
+    path = strdup (name);
+  else if (asprintf (&path, "%s/%s", dir, name) == -1)
+    path = NULL;
+  if (!path)
+    qc_error ("%m");
+  return path;
+}
+
+/* The directory of path ("." if it has none); malloc'ed. */
+static char *
+dir_of (const char *path)
+{
+  const char *slash = strrchr (path, '/');
+  char *dir;
+
+  if (!slash)
+    dir = strdup (".");
+  else if (slash == path)
+    dir = strdup ("/");
+  else
+    dir = strndup (path, slash - path);
+  if (!dir)
+    qc_error ("%m");
+  return dir;
+}
+
+/* A name qemu would take for a protocol (json:, http://, nbd:): we
+ * cannot look at it, qemu may.
+ */
+static bool
+looks_like_protocol (const char *name)
+{
+  const char *colon = strchr (name, ':');
+  const char *slash = strchr (name, '/');
+
+  return colon && (!slash || colon < slash);
+}
+
+/* The backing file a new image will name must be there, readable, and
+ * of the format backing-format= says.
+ */
+static int
+check_backing_file (const struct qc_options *o, const char *dir)
+{
+  const char *p = qc_prefix (o);
+  uint8_t magic[4] = { 0 };
+  char *path;
+  ssize_t n;
   int fd, r = -1;
 
-  if (o->data_file[0] == '/' || !strchr (o->file, '/'))
-    path = strdup (o->data_file);
-  else {
-    copy = strdup (o->file);
-    if (copy && asprintf (&path, "%.*s/%s",
-                          (int) (strrchr (copy, '/') - copy), copy,
-                          o->data_file) == -1)
-      path = NULL;
-    free (copy);
-  }
-  if (!path) {
-    qc_error ("%m");
+  if (looks_like_protocol (o->backing_file))
+    return 0;
+  path = relative_to (dir, o->backing_file);
+  if (!path)
     return -1;
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1) {
+    qc_error ("%sbacking-file=%s: %s: %m (the backing file of a new image "
+              "must exist and be readable; a relative name is taken from "
+              "the image's directory)", p, o->backing_file, path);
+    goto out;
   }
-  fd = open (path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (fd == -1)
-    qc_error ("%s: %m", path);
-  else if (ftruncate (fd, qc_create_size (o)) == -1)
-    qc_error ("%s: truncate: %m", path);
-  else
-    r = 0;
+  n = pread (fd, magic, sizeof magic, 0);
+  if (n == -1) {
+    qc_error ("%sbacking-file=%s: %s: read: %m", p, o->backing_file, path);
+    goto out;
+  }
+  if (o->backing_format && strcmp (o->backing_format, "qcow2") == 0 &&
+      !(n == 4 && qcow2_has_magic (magic))) {
+    qc_error ("%sbacking-file=%s: %s is not a qcow2 image, but "
+              "%sbacking-format=qcow2 says it is", p, o->backing_file, path,
+              p);
+    errno = EINVAL;
+    goto out;
+  }
+  r = 0;
+ out:
   if (fd >= 0)
     close (fd);
   free (path);
@@ -355,56 +422,358 @@ create_data_file (const struct qc_options *o)
 }
 
 int
-qc_image_create (const struct qc_options *o, struct blkdev *dev)
+qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
 {
-  struct blkdev *own = NULL;
+  const char *p = qc_prefix (o);
+  const uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
+  uint64_t l2_entries, max, l1_size;
+  uint8_t *buf;
   int r;
 
   if (qc_create_check (o) == -1)
     return -1;
   if (o->size == 0)
-    REFUSE ("creating an image needs size=");
-  if (o->size > INT64_MAX - 511)
-    REFUSE ("size=%" PRIu64 " is too large", o->size);
-  if (!dev) {
-    int fd = open (o->file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd == -1) {
-      qc_error ("%s: %m", o->file);
+    REFUSE ("creating an image needs %ssize=", p);
+  /* The largest disk a 32 MiB L1 table maps with this cluster size. */
+  l2_entries = cs / (o->extended_l2 ? 16 : 8);
+  max = QCOW2_MAX_L1_BYTES / 8 * cs * l2_entries;
+  if (max > INT64_MAX - 511)
+    max = (INT64_MAX - 511) & ~511ULL;
+  if (o->size > max)
+    REFUSE ("%ssize=%" PRIu64 " is too large: with %scluster-size=%" PRIu64
+            "%s a qcow2 image holds at most %" PRIu64 " bytes", p, o->size,
+            p, cs, o->extended_l2 ? " and extended L2 entries" : "", max);
+  if (o->passphrase && !o->encrypt)
+    REFUSE ("%spassphrase= given, but the new image is not encrypted: add "
+            "%sencrypt=luks, or drop %spassphrase=", p, p, p);
+  /* The header, with every extension the image will have, fits. */
+  buf = calloc (1, cs);
+  if (!buf) {
+    qc_error ("%m");
+    return -1;
+  }
+  l1_size = qc_create_size (o) / (cs * l2_entries) + 1;
+  r = build_header (o, buf, cs, cs, 1, 3 * cs, l1_size, 4 * cs,
+                    o->encrypt ? 1 : 0);
+  free (buf);
+  if (r == -1)
+    return -1;
+  if (o->backing_file && !o->backing_dev) {
+    char *dir = dev ? NULL : dir_of (o->file);
+    if (!dev && !dir)
+      return -1;
+    r = check_backing_file (o, dev ? o->follow_root : dir);
+    free (dir);
+    if (r == -1)
+      return -1;
+  }
+  /* Preallocated metadata in a container: every data cluster, its L2
+   * table and refcounts must fit (the rest is checked before writing).
+   */
+  if (dev && dev->fixed_size && o->preallocate_metadata) {
+    const uint64_t per_block = cs * 8 / (o->refcount_bits ?
+                                         o->refcount_bits : 16);
+    uint64_t data = (qc_create_size (o) + cs - 1) / cs;
+    uint64_t n = 8 + data + data / l2_entries + (l1_size * 8) / cs;
+    n += n / per_block + 1 + (n / per_block * 8) / cs + 1;
+    if (n > dev->size / cs) {
+      qc_error ("%s: the container (%" PRIu64 " bytes) is too small for "
+                "%spreallocation=metadata of %ssize=%" PRIu64 " (about %"
+                PRIu64 " bytes needed)", dev->name, dev->size, p, p,
+                o->size, n * cs);
+      errno = ENOSPC;
       return -1;
     }
+  }
+  return 0;
+}
+
+/* A new file next to path, under a name of its own: O_EXCL, with the
+ * mode a new file gets (0666 less the umask).  fd, or -1 after qc_error.
+ */
+static int
+create_temp (const char *path, char **tmp)
+{
+  static unsigned counter;
+  char *dir = dir_of (path);
+  const char *base = strrchr (path, '/') ? strrchr (path, '/') + 1 : path;
+  struct timespec ts;
+  int i, fd = -1;
+
+  *tmp = NULL;
+  if (!dir)
+    return -1;
+  for (i = 0; i < 100; i++) {
+    clock_gettime (CLOCK_REALTIME, &ts);
+    if (asprintf (tmp, "%s/.%s.%ld-%u-%lx.tmp", dir, base, (long) getpid (),
+                  __atomic_add_fetch (&counter, 1, __ATOMIC_RELAXED),
+                  (unsigned long) ts.tv_nsec) == -1) {
+      *tmp = NULL;
+      qc_error ("%m");
+      break;
+    }
+    fd = open (*tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0 || errno != EEXIST) {
+      if (fd == -1)
+        qc_error ("%s: cannot create a file in %s: %m", path, dir);
+      break;
+    }
+    free (*tmp);
+    *tmp = NULL;
+  }
+  if (fd == -1) {
+    free (*tmp);
+    *tmp = NULL;
+  }
+  free (dir);
+  return fd;
+}
+
+/* The external data file of a new image, under a temporary name next to
+ * where it goes (*path).
+ */
+static int
+create_data_file (const struct qc_options *o, char **path, char **tmp)
+{
+  char *dir = dir_of (o->file);
+  int fd, r = -1;
+
+  *tmp = NULL;
+  *path = dir ? relative_to (dir, o->data_file) : NULL;
+  free (dir);
+  if (!*path)
+    return -1;
+  fd = create_temp (*path, tmp);
+  if (fd == -1)
+    return -1;
+  if (ftruncate (fd, qc_create_size (o)) == -1)
+    qc_error ("%s: truncate: %m", *tmp);
+  else
+    r = 0;
+  close (fd);
+  return r;
+}
+
+/* Allocate everything in the new image in dev (NULL: the file path). */
+static int
+preallocate (const struct qc_options *o, const char *path,
+             struct blkdev *dev)
+{
+  struct qc_options oo = *o;
+  struct qc_image *img;
+  int r;
+
+  oo.file = (char *) path;
+  oo.create = QC_CREATE_NO;
+  oo.backing = (char *) "none";
+  oo.snapshot = NULL;
+  oo.format = (char *) "qcow2";
+  oo.locking = false;
+  img = qc_image_open (&oo, dev);
+  r = img ? 0 : -1;
+  if (img && dev)
+    img->borrowed = true;       /* the caller's device: not closed */
+  if (r == 0)
+    r = qc_image_make_writable (img);
+  if (r == 0)
+    r = qc_preallocate (img);
+  qc_image_close (img);
+  return r;
+}
+
+/* Make the rename of a new file into dir durable. */
+static void
+sync_dir (const char *path)
+{
+  char *dir = dir_of (path);
+  int fd = dir ? open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+
+  if (fd >= 0) {
+    fsync (fd);
     close (fd);
-    own = dev = blkdev_file_open (o->file, false);
-    if (!dev)
+  }
+  free (dir);
+}
+
+/* A new image file: built under a temporary name in the target
+ * directory, renamed into place only when complete (over the old image
+ * with create=force), removed on any failure.
+ */
+static int
+create_file (const struct qc_options *o)
+{
+  char *tmp = NULL, *data_path = NULL, *data_tmp = NULL;
+  bool data_existed = false, data_renamed = false;
+  struct blkdev *dev;
+  int fd, r = -1;
+
+  /* Never replace an image that qemu (or another nbdkit) is using. */
+  if (o->locking && (fd = open (o->file, O_RDWR | O_CLOEXEC)) >= 0) {
+    int l = qc_lock_image (fd, true, o->file);
+    qc_unlock_image (fd);
+    close (fd);
+    if (l == -1)
       return -1;
   }
+  fd = create_temp (o->file, &tmp);
+  if (fd == -1)
+    return -1;
+  close (fd);
+  dev = blkdev_file_open (tmp, false);
+  if (!dev)
+    goto out;
   r = write_empty_image (o, dev);
-  if (r == 0 && o->data_file && !own) {
-    qc_error ("data-file= is not supported inside a container");
-    errno = ENOTSUP;
+  blkdev_close (dev);
+  if (r == 0 && o->data_file) {
+    r = create_data_file (o, &data_path, &data_tmp);
+    /* The image opened for preallocation opens its data file by the
+     * name it records: it must be in place first.
+     */
+    if (r == 0 && o->preallocate_metadata) {
+      data_existed = access (data_path, F_OK) == 0;
+      if (rename (data_tmp, data_path) == -1) {
+        qc_error ("rename %s to %s: %m", data_tmp, data_path);
+        r = -1;
+      }
+      else
+        data_renamed = true;
+    }
+  }
+  if (r == 0 && o->preallocate_metadata)
+    r = preallocate (o, tmp, NULL);
+  if (r == 0 && data_tmp && !data_renamed) {
+    if (rename (data_tmp, data_path) == -1) {
+      qc_error ("rename %s to %s: %m", data_tmp, data_path);
+      r = -1;
+    }
+    else
+      data_renamed = true;
+  }
+  if (r == 0 && rename (tmp, o->file) == -1) {
+    qc_error ("rename %s to %s: %m", tmp, o->file);
     r = -1;
   }
-  if (r == 0 && o->data_file)
-    r = create_data_file (o);
-  blkdev_close (own);
-  if (r == 0 && o->preallocate_metadata) {
-    struct qc_options oo = *o;
-    struct qc_image *img;
-
-    /* Open the new image and allocate everything. */
-    oo.create = QC_CREATE_NO;
-    oo.backing = (char *) "none";
-    oo.snapshot = NULL;
-    oo.format = (char *) "qcow2";
-    oo.locking = false;
-    img = qc_image_open (&oo, own ? NULL : dev);
-    r = img ? 0 : -1;
-    if (img && !own)
-      img->borrowed = true;     /* the caller's device: not closed */
-    if (r == 0)
-      r = qc_image_make_writable (img);
-    if (r == 0)
-      r = qc_preallocate (img);
-    qc_image_close (img);
+  if (r == 0)
+    sync_dir (o->file);
+ out:
+  if (r == -1) {
+    int saved = errno;
+    unlink (tmp);
+    if (data_tmp && !data_renamed)
+      unlink (data_tmp);
+    else if (data_renamed && !data_existed)
+      unlink (data_path);
+    errno = saved;
   }
+  free (tmp);
+  free (data_tmp);
+  free (data_path);
   return r;
+}
+
+int
+qc_image_create (const struct qc_options *o, struct blkdev *dev)
+{
+  int r;
+
+  if (qc_image_create_validate (o, dev) == -1)
+    return -1;
+  if (!dev)
+    return create_file (o);
+  if (o->data_file) {
+    qc_error ("%sdata-file= is not supported inside a container",
+              qc_prefix (o));
+    errno = ENOTSUP;
+    return -1;
+  }
+  r = write_empty_image (o, dev);
+  if (r == 0 && o->preallocate_metadata)
+    r = preallocate (o, o->file, dev);
+  return r;
+}
+
+int
+qc_image_check_existing (struct qc_image *img, const struct qc_options *o,
+                         const char *hint)
+{
+  const struct qcow2_header *h = &img->h;
+  const char *p = qc_prefix (o);
+  char buf[64], what[160];
+  bool differs = false;
+
+#define GIVEN(key) qc_options_given (o, key)
+#define DIFFERS(cond, ...)                                      \
+  do {                                                          \
+    if (!differs && (cond)) {                                   \
+      snprintf (what, sizeof what, __VA_ARGS__);                \
+      differs = true;                                           \
+    }                                                           \
+  } while (0)
+
+  if (img->is_raw)
+    return 0;
+  DIFFERS (GIVEN ("size") && h->size != qc_create_size (o),
+           "size %" PRIu64 ", not the %ssize=%" PRIu64 " asked for",
+           h->size, p, qc_create_size (o));
+  DIFFERS (GIVEN ("cluster-size") && h->cluster_size != o->cluster_size,
+           "cluster size %" PRIu64 ", not %scluster-size=%" PRIu64,
+           h->cluster_size, p, o->cluster_size);
+  DIFFERS (GIVEN ("compat") && (int) h->version != o->compat,
+           "compat=%s, not %scompat=%s", h->version == 2 ? "0.10" : "1.1",
+           p, o->compat == 2 ? "0.10" : "1.1");
+  DIFFERS (GIVEN ("refcount-bits") &&
+           (1U << h->refcount_order) != o->refcount_bits,
+           "%u-bit refcounts, not %srefcount-bits=%u",
+           1U << h->refcount_order, p, o->refcount_bits);
+  DIFFERS (GIVEN ("lazy-refcounts") &&
+           !!(h->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS) !=
+           o->lazy_refcounts, "lazy refcounts %s, not %slazy-refcounts=%s",
+           o->lazy_refcounts ? "off" : "on", p,
+           o->lazy_refcounts ? "on" : "off");
+  DIFFERS (GIVEN ("extended-l2") && h->extended_l2 != o->extended_l2,
+           "extended L2 entries %s, not %sextended-l2=%s",
+           h->extended_l2 ? "on" : "off", p,
+           o->extended_l2 ? "on" : "off");
+  DIFFERS (GIVEN ("compression-type") &&
+           h->compression_type != o->compression_type,
+           "compression type %s, not %scompression-type=%s",
+           h->compression_type ? "zstd" : "zlib", p,
+           o->compression_type ? "zstd" : "zlib");
+  DIFFERS (GIVEN ("encrypt") && (h->crypt_method == 2) != o->encrypt,
+           "%s, not %sencrypt=%s",
+           h->crypt_method == 2 ? "LUKS encryption" :
+           h->crypt_method == 1 ? "legacy AES encryption" : "no encryption",
+           p, o->encrypt ? "luks" : "off");
+  DIFFERS (GIVEN ("backing-file") &&
+           (!h->backing_file || strcmp (h->backing_file, o->backing_file)),
+           "%s%s%s, not %sbacking-file=%s",
+           h->backing_file ? "backing file " : "no backing file",
+           h->backing_file ? h->backing_file : "", "", p, o->backing_file);
+  DIFFERS (GIVEN ("backing-file") && GIVEN ("backing-format") &&
+           (!h->backing_format ||
+            strcmp (h->backing_format, o->backing_format)),
+           "backing format %s, not %sbacking-format=%s",
+           h->backing_format ? h->backing_format : "(none)", p,
+           o->backing_format);
+  DIFFERS (GIVEN ("data-file") &&
+           (!h->data_file || strcmp (h->data_file, o->data_file)),
+           "%s%s, not %sdata-file=%s",
+           h->data_file ? "data file " : "no external data file",
+           h->data_file ? h->data_file : "", p, o->data_file);
+  DIFFERS (GIVEN ("data-file-raw") &&
+           !!(h->autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW) !=
+           o->data_file_raw, "data-file-raw %s, not %sdata-file-raw=%s",
+           o->data_file_raw ? "off" : "on", p,
+           o->data_file_raw ? "on" : "off");
+#undef GIVEN
+#undef DIFFERS
+  if (!differs)
+    return 0;
+  if (!hint) {
+    snprintf (buf, sizeof buf, "use %screate=force to replace it", p);
+    hint = buf;
+  }
+  qc_error ("%s exists with %s; %s", img->name, what, hint);
+  errno = EEXIST;
+  return -1;
 }

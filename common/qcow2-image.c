@@ -418,6 +418,12 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   probe_raw = depth > 0 && !opts->format &&
     !(dev->size >= 4 && qcow2_has_magic (magic));
   if ((opts->format && strcmp (opts->format, "raw") == 0) || probe_raw) {
+    if (depth == 0 && opts->passphrase) {
+      qc_error ("%s: %spassphrase= given, but a raw image is not "
+                "encrypted", img->name, qc_prefix (opts));
+      errno = EINVAL;
+      goto err;
+    }
     img->is_raw = true;
     img->data = dev;
     img->default_view = dev;
@@ -435,6 +441,16 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     goto err;
   if (img->h.crypt_method != 0 && open_crypto (img, opts, depth) == -1)
     goto err;
+  /* (With encrypt=luks the passphrase is the new image's, and
+   * create=true reports an existing image without encryption.)
+   */
+  if (img->h.crypt_method == 0 && depth == 0 && opts->passphrase &&
+      !opts->encrypt) {
+    qc_error ("%s: %spassphrase= given, but the image is not encrypted",
+              img->name, qc_prefix (opts));
+    errno = EINVAL;
+    goto err;
+  }
   if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     qc_debug ("%s: image is marked corrupt: serving it read-only",
               img->name);

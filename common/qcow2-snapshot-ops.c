@@ -14,9 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/statvfs.h>
 
 #include "byteorder.h"
 #include "qc-error.h"
+#include "qc-options.h"
 #include "qcow2-int.h"
 
 #define SNAPSHOT_FIXED 40
@@ -811,6 +813,335 @@ qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
   return r;
 }
 
+/* The snapshot table as it will be after each step of a maintenance
+ * run, and the tree each entry (and the active disk) points to.
+ */
+struct sim_snap {
+  char *id;
+  const char *name;
+  const uint64_t *l1;
+  uint32_t l1_size;
+};
+
+struct sim {
+  struct sim_snap *s;
+  size_t n;
+  const uint64_t *active_l1;
+  uint32_t active_l1_size;
+  uint64_t max_id;
+};
+
+static void
+sim_free (struct sim *sim)
+{
+  size_t i;
+
+  for (i = 0; i < sim->n; i++)
+    free (sim->s[i].id);
+  free (sim->s);
+}
+
+static int
+sim_find (const struct sim *sim, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < sim->n; i++)
+    if (strcmp (sim->s[i].name, name) == 0)
+      return i;
+  for (i = 0; i < sim->n; i++)
+    if (strcmp (sim->s[i].id, name) == 0)
+      return i;
+  return -1;
+}
+
+static const char *
+op_key (enum qc_snapshot_op op)
+{
+  return op == QC_SNAPSHOT_CREATE ? "snapshot-create" :
+    op == QC_SNAPSHOT_APPLY ? "snapshot-apply" : "snapshot-delete";
+}
+
+/* Run the snapshot operations on names only: each name must exist
+ * (apply, delete) or be free (create) at its turn, taking the earlier
+ * operations into account; every snapshot used has a readable L1
+ * table.  Reads only.  sim is filled for the refcount check.
+ */
+static int
+sim_run (struct qc_image *img, const struct qc_options *opts,
+         struct sim *sim)
+{
+  const char *p = qc_prefix (opts);
+  const uint64_t span = img->h.cluster_size << img->h.l2_bits;
+  size_t i;
+  uint32_t k;
+
+  memset (sim, 0, sizeof *sim);
+  sim->s = calloc (img->nr_snapshots + opts->nr_ops + 1, sizeof *sim->s);
+  if (!sim->s) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (k = 0; k < img->nr_snapshots; k++) {
+    uint64_t id = strtoull (img->snapshots[k].id, NULL, 10);
+    sim->s[k].id = strdup (img->snapshots[k].id);
+    if (!sim->s[k].id) {
+      qc_error ("%s: %m", img->name);
+      return -1;
+    }
+    sim->s[k].name = img->snapshots[k].name;
+    sim->n++;
+    if (id > sim->max_id)
+      sim->max_id = id;
+  }
+  sim->active_l1 = img->active.l1;
+  sim->active_l1_size = img->active.l1_size;
+
+  for (i = 0; i < opts->nr_ops; i++) {
+    const char *name = opts->ops[i].name;
+    const char *key = op_key (opts->ops[i].op);
+    struct sim_snap *e;
+    int j;
+
+    if (opts->ops[i].op == QC_SNAPSHOT_CREATE) {
+      if (*name == '\0' || strlen (name) > 65535) {
+        qc_error ("%s%s=: invalid snapshot name", p, key);
+        errno = EINVAL;
+        return -1;
+      }
+      j = sim_find (sim, name);
+      if (j >= 0 && strcmp (sim->s[j].name, name) == 0) {
+        qc_error ("%s: %s%s=%s: a snapshot named '%s' exists already%s",
+                  img->name, p, key, name, name,
+                  j < (int) img->nr_snapshots ? "" :
+                  " (made earlier in this run)");
+        errno = EEXIST;
+        return -1;
+      }
+      if (sim->n >= QCOW2_MAX_SNAPSHOTS) {
+        qc_error ("%s: %s%s=%s: too many snapshots", img->name, p, key,
+                  name);
+        errno = ENOSPC;
+        return -1;
+      }
+      e = &sim->s[sim->n];
+      if (asprintf (&e->id, "%" PRIu64, ++sim->max_id) == -1) {
+        e->id = NULL;
+        qc_error ("%s: %m", img->name);
+        return -1;
+      }
+      e->name = name;
+      e->l1 = sim->active_l1;
+      e->l1_size = sim->active_l1_size;
+      sim->n++;
+      continue;
+    }
+    j = sim_find (sim, name);
+    if (j < 0) {
+      qc_error ("%s: %s%s=%s: no snapshot named '%s'%s", img->name, p,
+                key, name, name,
+                i > 0 ? " (after the operations before it)" : "");
+      errno = ENOENT;
+      return -1;
+    }
+    e = &sim->s[j];
+    if (!e->l1) {
+      /* A snapshot of the image: its L1 table must be readable. */
+      int idx;
+      struct qc_view *v;
+      for (idx = 0; idx < (int) img->nr_snapshots; idx++)
+        if (strcmp (img->snapshots[idx].id, e->id) == 0)
+          break;
+      v = qc_snapshot_view (img, idx);
+      if (!v)
+        return -1;
+      e->l1 = v->l1;
+      e->l1_size = v->l1_size;
+      if (opts->ops[i].op == QC_SNAPSHOT_APPLY) {
+        uint64_t ds = img->snapshots[idx].disk_size;
+        uint64_t need = ds / span + (ds % span != 0);
+        if (need > QCOW2_MAX_L1_BYTES / 8) {
+          qc_error ("%s: snapshot '%s' is too large (%" PRIu64 " bytes "
+                    "need an L1 table of %" PRIu64 " entries)", img->name,
+                    name, ds, need);
+          errno = EINVAL;
+          return -1;
+        }
+      }
+    }
+    if (opts->ops[i].op == QC_SNAPSHOT_APPLY) {
+      sim->active_l1 = e->l1;
+      sim->active_l1_size = e->l1_size;
+    }
+    else {
+      free (e->id);
+      memmove (e, e + 1, (sim->n - j - 1) * sizeof *e);
+      sim->n--;
+    }
+  }
+  return 0;
+}
+
+/* The refcount each operation adds, step by step: a run whose third
+ * step would overflow a refcount is refused before the first.  Only
+ * for more than one operation: one alone checks this before it writes.
+ */
+static int
+sim_refcounts (struct qc_image *img, const struct qc_options *opts)
+{
+  const uint64_t max = qc_refcount_max (img);
+  struct qc_refs delta, tree;
+  const uint64_t *active = img->active.l1;
+  uint32_t active_size = img->active.l1_size;
+  struct sim names;
+  size_t i;
+  uint64_t c, v;
+  int64_t *sum = NULL;
+  int r = -1;
+
+  if (opts->nr_ops < 2)
+    return 0;
+  memset (&names, 0, sizeof names);
+  if (new_refs (img, &delta) == -1)
+    return -1;
+  sum = calloc (delta.nr_clusters ? delta.nr_clusters : 1, sizeof *sum);
+  if (!sum) {
+    qc_error ("%s: %m", img->name);
+    goto out;
+  }
+  /* Replay the run: create adds the active tree, apply adds the
+   * snapshot's and takes the old active tree's away, delete takes the
+   * snapshot's away.  The trees come from a second name replay.
+   */
+  {
+    struct qc_options one = *opts;
+    for (i = 0; i < opts->nr_ops; i++) {
+      const uint64_t *l1 = NULL;
+      uint32_t l1_size = 0;
+      int sign = 1, j;
+
+      if (opts->ops[i].op != QC_SNAPSHOT_CREATE) {
+        one.nr_ops = i;
+        sim_free (&names);
+        if (sim_run (img, &one, &names) == -1)
+          goto out;
+        j = sim_find (&names, opts->ops[i].name);
+        l1 = names.s[j].l1;
+        l1_size = names.s[j].l1_size;
+        if (!l1) {
+          int idx;
+          for (idx = 0; idx < (int) img->nr_snapshots; idx++)
+            if (strcmp (img->snapshots[idx].id, names.s[j].id) == 0)
+              break;
+          l1 = qc_snapshot_view (img, idx)->l1;
+          l1_size = qc_snapshot_view (img, idx)->l1_size;
+        }
+        sign = opts->ops[i].op == QC_SNAPSHOT_DELETE ? -1 : 1;
+      }
+      else {
+        l1 = active;
+        l1_size = active_size;
+      }
+      if (new_refs (img, &tree) == -1)
+        goto out;
+      if (tree_refs (img, l1, l1_size, &tree) == -1) {
+        qc_refs_free (&tree);
+        goto out;
+      }
+      for (c = 0; c < tree.nr_clusters && c < delta.nr_clusters; c++)
+        sum[c] += sign * (int64_t) tree.count[c];
+      qc_refs_free (&tree);
+      if (opts->ops[i].op == QC_SNAPSHOT_APPLY) {
+        /* The old active tree loses its reference after the switch. */
+        if (new_refs (img, &tree) == -1)
+          goto out;
+        if (tree_refs (img, active, active_size, &tree) == -1) {
+          qc_refs_free (&tree);
+          goto out;
+        }
+        active = l1;
+        active_size = l1_size;
+      }
+      else
+        memset (&tree, 0, sizeof tree);
+      /* Check the peak of this step before the old tree is released. */
+      if (sign > 0)
+        for (c = 0; c < delta.nr_clusters; c++) {
+          if (sum[c] <= 0)
+            continue;
+          if (qc_refcount_get (img, c, &v) == -1) {
+            qc_refs_free (&tree);
+            goto out;
+          }
+          if (v + (uint64_t) sum[c] > max) {
+            qc_error ("%s: %s%s=%s: cluster %" PRIu64 " would need "
+                      "refcount %" PRIu64 ", more than the image's %u-bit "
+                      "refcounts hold; widen them first (qemu-img amend -o "
+                      "refcount_bits=16) or delete a snapshot", img->name,
+                      qc_prefix (opts), op_key (opts->ops[i].op),
+                      opts->ops[i].name, c, v + sum[c],
+                      1U << img->h.refcount_order);
+            qc_refs_free (&tree);
+            errno = EOVERFLOW;
+            goto out;
+          }
+        }
+      for (c = 0; c < tree.nr_clusters && c < delta.nr_clusters; c++)
+        sum[c] -= tree.count[c];
+      qc_refs_free (&tree);
+    }
+  }
+  r = 0;
+ out:
+  sim_free (&names);
+  free (sum);
+  qc_refs_free (&delta);
+  return r;
+}
+
+/* New clusters the run needs at most (L1 tables, snapshot tables, a
+ * few refcount blocks), against the free space of the file system.
+ */
+static int
+check_space (struct qc_image *img, const struct qc_options *opts)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t need = 0, table = img->snapshots_size, avail = 0;
+  size_t i;
+
+  for (i = 0; i < opts->nr_ops; i++) {
+    uint64_t l1 = (uint64_t) img->active.l1_size * 8;
+    if (opts->ops[i].op == QC_SNAPSHOT_CREATE)
+      table += SNAPSHOT_FIXED + EXTRA_DATA_SIZE + 16 +
+        strlen (opts->ops[i].name) + 8;
+    if (opts->ops[i].op != QC_SNAPSHOT_DELETE)
+      need += (l1 + cs - 1) / cs + 1;
+    need += (table + cs - 1) / cs + 2;
+  }
+  need *= cs;
+  /* A container (the plugin below a filter) may have free clusters
+   * inside: how many is not known without a full count.  A file grows
+   * at its end, into the file system.
+   */
+  if (img->file->fixed_size)
+    return 0;
+  if (blkdev_file_fd (img->file) >= 0) {
+    struct statvfs st;
+    if (fstatvfs (blkdev_file_fd (img->file), &st) == 0) {
+      avail = (uint64_t) st.f_bavail * st.f_frsize;
+      if (need > avail)
+        goto nospace;
+    }
+  }
+  return 0;
+ nospace:
+  qc_error ("%s: the snapshot operations need about %" PRIu64 " bytes "
+            "and only %" PRIu64 " are free: nothing was changed",
+            img->name, need, avail);
+  errno = ENOSPC;
+  return -1;
+}
+
 /* The summary after the findings, in qemu-img check's words. */
 static void
 report (struct qc_image *img, const struct qc_check_result *res)
@@ -837,18 +1168,49 @@ int
 qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 {
   struct qc_check_result res;
+  struct sim names;
+  bool writes = opts->repair || opts->nr_ops;
   size_t i;
 
   if (img->is_raw || (!opts->check && !opts->repair && !opts->nr_ops))
     return 0;
+  /* All or nothing: everything that can be known is checked before
+   * the first write, so that a run that fails changes nothing.  First
+   * the names, reading only.
+   */
+  if (!img->reftable && !(img->h.incompatible_features &
+                          QCOW2_INCOMPAT_DIRTY) &&
+      qc_refcount_open (img) == -1)
+    return -1;
+  if (sim_run (img, opts, &names) == -1) {
+    sim_free (&names);
+    return -1;
+  }
+  sim_free (&names);
+  if (writes && img->default_view != &img->active.dev) {
+    qc_error ("%s: %ssnapshot= serves a read-only snapshot: the snapshot "
+              "operations and %srepair= cannot be used with it", img->name,
+              qc_prefix (opts), qc_prefix (opts));
+    errno = EINVAL;
+    return -1;
+  }
   /* A dirty image's refcounts are stale until rebuilt (which making it
    * writable does); checking them before would only report that.
    */
   if (img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+    if (opts->readonly) {
+      qc_error ("%s: the image is dirty (its refcounts are stale) and "
+                "nbdkit -r does not rebuild them: %scheck=on skipped",
+                img->name, qc_prefix (opts));
+      return 0;
+    }
     if (qc_image_make_writable (img) == -1)
       return -1;
   }
-  else if (!img->reftable && qc_refcount_open (img) == -1)
+  /* The image can be written (file permissions, locks, corrupt bit),
+   * before anything is.
+   */
+  if (writes && qc_image_make_writable (img) == -1)
     return -1;
 
   if (opts->check || opts->repair) {
@@ -857,23 +1219,33 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       return -1;
     report (img, &res);
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
+      if (opts->nr_ops) {
+        qc_error ("%s: check: %" PRIu64 " corruptions: snapshot operations "
+                  "refused on a corrupt image (%srepair=all rebuilds its "
+                  "refcounts); nothing was changed", img->name,
+                  res.corruptions, qc_prefix (opts));
+        errno = EROFS;
+        return -1;
+      }
       qc_error ("%s: check: %" PRIu64 " corruptions and %" PRIu64 " leaked "
                 "clusters: the image is served read-only; repair=all "
                 "rebuilds its refcounts", img->name, res.corruptions,
                 res.leaks);
       img->force_readonly = true;
       __atomic_store_n (&img->active.dev.readonly, true, __ATOMIC_RELEASE);
-      if (opts->nr_ops) {
-        qc_error ("%s: snapshot operations refused on a corrupt image",
-                  img->name);
-        errno = EROFS;
-        return -1;
-      }
       return 0;
     }
+  }
+  /* What the snapshot operations need: refcounts that do not overflow
+   * at any step, and space.  (After a repair=all rebuild, refcounts
+   * may differ; the operations check again before they write.)
+   */
+  if (opts->nr_ops &&
+      (sim_refcounts (img, opts) == -1 || check_space (img, opts) == -1))
+    return -1;
+  if (opts->check || opts->repair) {
     if (opts->repair && (res.leaks || res.corruptions)) {
-      if (qc_image_make_writable (img) == -1 ||
-          qc_image_check (img, opts->repair, &res) == -1)
+      if (qc_image_check (img, opts->repair, &res) == -1)
         return -1;
       report_repaired (img, &res);
       /* Double check, as qemu-img check -r does. */
@@ -896,8 +1268,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     }
   }
   for (i = 0; i < opts->nr_ops; i++)
-    if (qc_image_make_writable (img) == -1 ||
-        qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
+    if (qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
       return -1;
   return 0;
 }

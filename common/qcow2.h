@@ -77,6 +77,13 @@ struct qc_options {
   char *backing_file;           /* recorded in the new image */
   char *data_file;              /* external data file of the new image */
   bool data_file_raw;
+
+  /* Which keys the user gave (bit i: qc_option_table[i]), so that an
+   * option given is never silently ignored, and how the front-end
+   * spells them ("", "qcow2-", "overlay-"; NULL = "") in messages.
+   */
+  uint64_t given;
+  const char *prefix;
 };
 
 struct qc_image;
@@ -104,6 +111,23 @@ extern char *qc_follow_check (const char *image_name, const char *root,
  */
 extern int qc_image_create (const struct qc_options *opts,
                             struct blkdev *dev);
+
+/* Everything qc_image_create checks before it writes the first byte:
+ * the options' rules, the size limits, that the header fits, that the
+ * backing file exists and is readable, that a fixed-size dev is large
+ * enough.  dev may be NULL (a new file).  -1 after qc_error.
+ */
+extern int qc_image_create_validate (const struct qc_options *opts,
+                                     struct blkdev *dev);
+
+/* An existing image opened where opts ask to create one if missing:
+ * refuse (-1 after qc_error, ending with hint) if a creation option
+ * the user gave does not describe it (size, cluster size, compat,
+ * encryption, ...).
+ */
+extern int qc_image_check_existing (struct qc_image *img,
+                                    const struct qc_options *opts,
+                                    const char *hint);
 
 /* Make the image writable (reopening its files read-write and taking
  * qemu's write locks), once; later calls do nothing.  Refused for images

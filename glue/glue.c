@@ -2,6 +2,8 @@
 #include <config.h>
 
 #include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,4 +128,126 @@ glue_block_size (struct qc_image *img, uint32_t *minimum,
   }
   else
     *minimum = *preferred = *maximum = 0;
+}
+
+/* nbdkit 1.32's options that take an argument (nbdkit --short-options,
+ * --long-options): the rest take none.  Later versions add options;
+ * one unknown to us only risks its argument being taken for an option.
+ */
+static const char nbdkit_short_options[] = "46D:e:fg:i:nop:P:rst:u:U:vV";
+static const struct option nbdkit_long_options[] = {
+  { "debug", required_argument, NULL, 'D' },
+  { "export", required_argument, NULL, 'e' },
+  { "export-name", required_argument, NULL, 'e' },
+  { "exportname", required_argument, NULL, 'e' },
+  { "filter", required_argument, NULL, 0 },
+  { "group", required_argument, NULL, 'g' },
+  { "ip-addr", required_argument, NULL, 'i' },
+  { "ipaddr", required_argument, NULL, 'i' },
+  { "log", required_argument, NULL, 0 },
+  { "mask-handshake", required_argument, NULL, 0 },
+  { "pid-file", required_argument, NULL, 'P' },
+  { "pidfile", required_argument, NULL, 'P' },
+  { "port", required_argument, NULL, 'p' },
+  { "read-only", no_argument, NULL, 'r' },
+  { "readonly", no_argument, NULL, 'r' },
+  { "run", required_argument, NULL, 0 },
+  { "selinux-label", required_argument, NULL, 0 },
+  { "threads", required_argument, NULL, 't' },
+  { "tls", required_argument, NULL, 0 },
+  { "tls-certificates", required_argument, NULL, 0 },
+  { "tls-psk", required_argument, NULL, 0 },
+  { "unix", required_argument, NULL, 'U' },
+  { "user", required_argument, NULL, 'u' },
+  /* Without an argument, listed so that abbreviations stay unique. */
+  { "ipv4-only", no_argument, NULL, '4' },
+  { "ipv6-only", no_argument, NULL, '6' },
+  { "dump-config", no_argument, NULL, 0 },
+  { "dump-plugin", no_argument, NULL, 0 },
+  { "exit-with-parent", no_argument, NULL, 0 },
+  { "foreground", no_argument, NULL, 'f' },
+  { "no-fork", no_argument, NULL, 'f' },
+  { "help", no_argument, NULL, 0 },
+  { "long-options", no_argument, NULL, 0 },
+  { "new-style", no_argument, NULL, 'n' },
+  { "newstyle", no_argument, NULL, 'n' },
+  { "no-sr", no_argument, NULL, 0 },
+  { "old-style", no_argument, NULL, 'o' },
+  { "oldstyle", no_argument, NULL, 'o' },
+  { "short-options", no_argument, NULL, 0 },
+  { "single", no_argument, NULL, 's' },
+  { "stdin", no_argument, NULL, 's' },
+  { "swap", no_argument, NULL, 0 },
+  { "tls-verify-peer", no_argument, NULL, 0 },
+  { "verbose", no_argument, NULL, 'v' },
+  { "version", no_argument, NULL, 'V' },
+  { "vsock", no_argument, NULL, 0 },
+  { NULL },
+};
+
+int
+glue_nbdkit_readonly (void)
+{
+  static int cached = -2;
+  FILE *fp;
+  char *buf = NULL, **argv = NULL;
+  size_t len = 0, i, argc = 0;
+  int saved_optind = optind, saved_opterr = opterr, saved_optopt = optopt;
+  char *saved_optarg = optarg;
+  int c, r = 0;
+
+  if (cached != -2)
+    return cached;
+  /* Read the whole command line: NUL-separated words. */
+  fp = fopen ("/proc/self/cmdline", "re");
+  if (!fp) {
+    nbdkit_debug ("/proc/self/cmdline: %m: cannot tell whether nbdkit "
+                  "runs with -r");
+    return cached = -1;
+  }
+  {
+    char chunk[4096];
+    size_t n;
+    while ((n = fread (chunk, 1, sizeof chunk, fp)) > 0) {
+      char *nb = realloc (buf, len + n + 1);
+      if (!nb) {
+        free (buf);
+        fclose (fp);
+        return -1;
+      }
+      buf = nb;
+      memcpy (buf + len, chunk, n);
+      len += n;
+    }
+  }
+  fclose (fp);
+  if (!buf)
+    return cached = -1;
+  buf[len] = '\0';
+  for (i = 0; i < len; i++)
+    if (buf[i] == '\0')
+      argc++;
+  argv = calloc (argc + 1, sizeof *argv);
+  if (!argv) {
+    free (buf);
+    return -1;
+  }
+  for (i = 0, argc = 0; i < len; i += strlen (buf + i) + 1)
+    argv[argc++] = buf + i;
+  /* The same parse as nbdkit's (GNU getopt_long, permuting, with
+   * abbreviations), on a copy, with getopt's state put back after.
+   */
+  optind = 0;
+  opterr = 0;
+  while ((c = getopt_long (argc, argv, nbdkit_short_options,
+                           nbdkit_long_options, NULL)) != -1)
+    if (c == 'r')
+      r = 1;
+  optind = saved_optind;
+  opterr = saved_opterr;
+  optopt = saved_optopt;
+  optarg = saved_optarg;
+  free (argv);
+  free (buf);
+  return cached = r;
 }

@@ -43,4 +43,11 @@ extern void glue_block_size (struct qc_image *img, uint32_t *minimum,
 extern int glue_set_option (struct qc_options *opts, const char *key,
                             const char *value);
 
+/* Whether nbdkit was started with -r (--readonly, --read-only): 1 or
+ * 0, -1 if it cannot be told.  nbdkit 1.32 tells plugins and filters
+ * only per connection (the readonly flag of .open), so this reads
+ * nbdkit's command line (/proc/self/cmdline) the way nbdkit parses it.
+ */
+extern int glue_nbdkit_readonly (void);
+
 #endif /* QC_GLUE_H */

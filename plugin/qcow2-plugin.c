@@ -5,10 +5,12 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <inttypes.h>
 
 #define NBDKIT_API_VERSION 2
@@ -66,36 +68,61 @@ qcow2_config (const char *key, const char *value)
 static int
 qcow2_config_complete (void)
 {
-  return qc_options_check (&opts);
+  if (qc_options_check (&opts) == -1)
+    return -1;
+  /* nbdkit -r writes nothing: refuse what would, now, with the reason. */
+  if (glue_nbdkit_readonly () == 1) {
+    opts.readonly = true;
+    if (qc_options_check_readonly (&opts) == -1)
+      return -1;
+  }
+  return 0;
 }
 
 static int
 qcow2_get_ready (void)
 {
+  bool created = false, missing, empty;
+  struct stat st;
+
   /* Opened once, before serving: all connections share the image, its
-   * metadata cache and its locks.
+   * metadata cache and its locks.  A new image is complete before it
+   * appears under its name (qc_image_create).  An empty file (older
+   * versions left one after a failed create=true) holds no image:
+   * create=true replaces it.
    */
+  missing = stat (opts.file, &st) != 0;
+  empty = !missing && S_ISREG (st.st_mode) && st.st_size == 0;
   if (opts.create == QC_CREATE_FORCE ||
-      (opts.create == QC_CREATE_IF_MISSING && access (opts.file, F_OK) != 0)) {
+      (opts.create == QC_CREATE_IF_MISSING && (missing || empty))) {
     if (qc_image_create (&opts, NULL) == -1)
       return -1;
+    created = opts.create == QC_CREATE_IF_MISSING && missing;
     nbdkit_debug ("created %s", opts.file);
   }
   img = qc_image_open (&opts, NULL);
   if (!img)
-    return -1;
+    goto err;
+  /* create=true over an existing image: it must be what was asked for,
+   * before maintenance touches it.
+   */
+  if (opts.create == QC_CREATE_IF_MISSING && !created &&
+      qc_image_check_existing (img, &opts, NULL) == -1)
+    goto err;
   if (qc_image_maintain (img, &opts) == -1)
-    return -1;
-  /* create=true over an existing image: it must be what was asked for. */
-  if (opts.create == QC_CREATE_IF_MISSING && opts.size &&
-      qc_image_default_view (img)->size != qc_create_size (&opts)) {
-    nbdkit_error ("%s exists with size %" PRIu64 ", not the size=%" PRIu64
-                  " asked for; use create=force to replace it", opts.file,
-                  qc_image_default_view (img)->size, qc_create_size (&opts));
-    return -1;
-  }
+    goto err;
   nbdkit_debug ("%s", qc_image_description (img));
   return 0;
+
+ err:
+  /* Maintenance is validated before it writes: what fails here is I/O.
+   * An image made by this run goes with it.
+   */
+  qc_image_close (img);
+  img = NULL;
+  if (created)
+    unlink (opts.file);
+  return -1;
 }
 
 static int

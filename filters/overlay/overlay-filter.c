@@ -144,6 +144,7 @@ overlay_load (void)
    * not a 64K cluster.
    */
   opts.extended_l2 = true;
+  opts.prefix = PREFIX;
   build_help ();
 }
 
@@ -273,6 +274,32 @@ overlay_config_complete (nbdkit_next_config_complete *next,
   /* Check the creation options now, not when the overlay is created. */
   if (qc_create_check (&opts) == -1)
     return -1;
+  if (opts.compress_level != 0 && opts.compress < 0) {
+    nbdkit_error (PREFIX "compress-level= does nothing without "
+                  "compression: it needs " PREFIX "compress=zlib or "
+                  PREFIX "compress=zstd");
+    return -1;
+  }
+  if (opts.passphrase && !opts.encrypt && access (opts.file, F_OK) != 0) {
+    nbdkit_error (PREFIX "passphrase= given, but the new overlay %s would "
+                  "not be encrypted: add " PREFIX "encrypt=luks",
+                  opts.file);
+    return -1;
+  }
+  /* nbdkit -r writes nothing: no maintenance, no compression, and no
+   * new overlay file.
+   */
+  if (glue_nbdkit_readonly () == 1) {
+    opts.readonly = true;
+    if (qc_options_check_readonly (&opts) == -1)
+      return -1;
+    if (access (opts.file, F_OK) != 0) {
+      nbdkit_error ("overlay=%s: %m: with nbdkit -r (read-only) the overlay "
+                    "is not created (start once without -r to create it)",
+                    opts.file);
+      return -1;
+    }
+  }
   return next (nxdata);
 }
 
@@ -371,7 +398,7 @@ locked_new (struct blkdev *below)
  * open_lock.
  */
 static int
-open_overlay (nbdkit_backend *backend)
+open_overlay (nbdkit_backend *backend, bool may_create)
 {
   struct blkdev *view;
   bool created = false;
@@ -407,6 +434,11 @@ open_overlay (nbdkit_backend *backend)
       nbdkit_error ("overlay=%s: %m", opts.file);
       goto err;
     }
+    if (!may_create) {
+      nbdkit_error ("overlay=%s does not exist, and a read-only connection "
+                    "(nbdkit -r) does not create it", opts.file);
+      goto err;
+    }
     if (base_dev->size == 0) {
       nbdkit_error ("overlay=%s: the plugin below serves 0 bytes: there "
                     "is nothing to overlay", opts.file);
@@ -439,6 +471,12 @@ open_overlay (nbdkit_backend *backend)
                   base_dev->size);
     goto err;
   }
+  /* An existing overlay: the creation options given must describe it. */
+  if (!created &&
+      qc_image_check_existing (img, &opts, "remove it (or use another "
+                               "overlay= file) to create a new overlay")
+      == -1)
+    goto err;
   /* overlay-check, overlay-repair and overlay-snapshot-* run once. */
   if (qc_image_maintain (img, &opts) == -1)
     goto err;
@@ -471,7 +509,8 @@ overlay_after_fork (nbdkit_backend *backend)
    * exits here leaves the command waiting on the socket forever.  Each
    * connection tries again and fails with the reason.
    */
-  if (open_overlay (backend) == -1)
+  /* Created here only when nbdkit is known to run without -r. */
+  if (open_overlay (backend, glue_nbdkit_readonly () == 0) == -1)
     nbdkit_error ("overlay: the overlay could not be opened; every "
                   "connection will try again and fail until this is fixed");
   pthread_mutex_unlock (&open_lock);
@@ -513,7 +552,7 @@ overlay_open (nbdkit_next_open *next, nbdkit_context *context,
     return NULL;
   }
   pthread_mutex_lock (&open_lock);
-  if (open_overlay (nbdkit_context_get_backend (context)) == -1) {
+  if (open_overlay (nbdkit_context_get_backend (context), !readonly) == -1) {
     pthread_mutex_unlock (&open_lock);
     return NULL;
   }

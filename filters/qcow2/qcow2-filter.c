@@ -45,6 +45,7 @@ qcow2_load (void)
 {
   qc_set_log_handler (glue_log);
   qc_options_init (&opts);
+  opts.prefix = "qcow2-";
 }
 
 static void
@@ -117,6 +118,18 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
   check.file = (char *) "container";
   if (qc_options_check (&check) == -1)
     return -1;
+  /* Creation options, now: all but the container's size is known. */
+  if (opts.create != QC_CREATE_NO &&
+      qc_image_create_validate (&check, NULL) == -1)
+    return -1;
+  /* nbdkit -r writes nothing, not even to the container: refuse what
+   * would, now, with the reason.
+   */
+  if (glue_nbdkit_readonly () == 1) {
+    opts.readonly = true;
+    if (qc_options_check_readonly (&check) == -1)
+      return -1;
+  }
   if (opts.data_file) {
     nbdkit_error ("qcow2-data-file: an external data file cannot be "
                   "created inside a container");
@@ -308,9 +321,12 @@ read_header (struct blkdev *dev, struct qcow2_header *h)
   return 0;
 }
 
-/* Format the container if asked to, check that it is qcow2. */
+/* Format the container if asked to (1: formatted), check that it is
+ * qcow2.  Everything is validated before the first byte is written:
+ * the plugin below cannot rename, so a refused creation writes nothing.
+ */
 static int
-create_if_asked (struct blkdev *dev)
+create_if_asked (struct blkdev *dev, const struct qc_options *o)
 {
   uint8_t magic[4];
   bool is_qcow2;
@@ -327,11 +343,11 @@ create_if_asked (struct blkdev *dev)
                     "below is read-only (or nbdkit -r was used)");
       return -1;
     }
-    if (qc_image_create (&opts, dev) == -1)
+    if (qc_image_create (o, dev) == -1)
       return -1;
     nbdkit_debug ("formatted the container as qcow2 (%" PRIu64 " bytes)",
                   opts.size);
-    return 0;
+    return 1;
   }
   if (!is_qcow2) {
     nbdkit_error ("%s: not a qcow2 image (no QFI\\xfb magic at offset 0); "
@@ -352,6 +368,7 @@ get_image (nbdkit_backend *backend, int readonly)
   char *backing = NULL;
   bool have_header = false;
   struct qc_image *ret;
+  int created;
 
   pthread_mutex_lock (&image_lock);
   if (img) {
@@ -366,7 +383,13 @@ get_image (nbdkit_backend *backend, int readonly)
   if (!dev)
     goto fail;
   container_readonly = dev->readonly;
-  if (create_if_asked (dev) == -1)
+  /* referenced-files=same-dir and a new image's backing file: the
+   * container has no directory, so the one nbdkit was started in is the
+   * image's.
+   */
+  o.follow_root = startup_dir;
+  created = create_if_asked (dev, &o);
+  if (created == -1)
     goto fail_dev;
 
   /* The backing file named in the image is a local file.  The
@@ -380,10 +403,6 @@ get_image (nbdkit_backend *backend, int readonly)
       goto fail_dev;
     have_header = true;
   }
-  /* referenced-files=same-dir: the container has no directory, so the
-   * one nbdkit was started in is the image's.
-   */
-  o.follow_root = startup_dir;
   if (have_header && !opts.backing && h.backing_file &&
       h.backing_file[0] != '/' && !looks_like_protocol (h.backing_file) &&
       opts.follow != QC_FOLLOW_NONE) {       /* the core refuses it */
@@ -414,12 +433,11 @@ get_image (nbdkit_backend *backend, int readonly)
   img = qc_image_open (&o, dev);        /* owns dev, even on failure */
   if (!img)
     goto fail;
-  if (opts.create == QC_CREATE_IF_MISSING && opts.size &&
-      qc_image_default_view (img)->size != opts.size) {
-    nbdkit_error ("the container holds a qcow2 image of size %" PRIu64
-                  ", not the qcow2-size=%" PRIu64 " asked for; use "
-                  "qcow2-create=force to replace it",
-                  qc_image_default_view (img)->size, opts.size);
+  /* qcow2-create=true over a qcow2 container: it must hold what was
+   * asked for, before maintenance touches it.
+   */
+  if (opts.create == QC_CREATE_IF_MISSING && !created &&
+      qc_image_check_existing (img, &opts, NULL) == -1) {
     qc_image_close (img);
     img = NULL;
     goto fail;

@@ -8,6 +8,8 @@
 
 #include "qc-error.h"
 #include "qc-options.h"
+#include "blkdev.h"
+#include "qcow2.h"
 #include "unit.h"
 
 START_TEST (test_init_free)
@@ -213,6 +215,158 @@ START_TEST (test_check)
 }
 END_TEST
 
+/* Nothing given is silently ignored (issue 14): creation options need
+ * create=, compress= is refused with snapshot=, and messages name the
+ * option with the front-end's prefix.
+ */
+START_TEST (test_not_ignored)
+{
+  static const char *const creation[][2] = {
+    { "size", "1G" }, { "cluster-size", "4k" }, { "compat", "0.10" },
+    { "refcount-bits", "8" }, { "lazy-refcounts", "on" },
+    { "extended-l2", "on" }, { "compression-type", "zstd" },
+    { "preallocation", "metadata" }, { "backing-file", "b.raw" },
+    { "data-file", "d.raw" }, { "data-file-raw", "on" },
+    { "encrypt", "luks" }, { "encrypt-iter-time", "10" },
+  };
+  struct qc_options o;
+  size_t i;
+
+  for (i = 0; i < sizeof creation / sizeof creation[0]; i++) {
+    qc_options_init (&o);
+    ck_assert_int_eq (qc_options_set (&o, "file", "a.qcow2"), 0);
+    ck_assert (!qc_options_given (&o, creation[i][0]));
+    ck_assert_int_eq (qc_options_set (&o, creation[i][0], creation[i][1]),
+                      0);
+    ck_assert (qc_options_given (&o, creation[i][0]));
+    ck_assert_int_eq (qc_options_check (&o), -1);
+    ck_assert_int_eq (errno, EINVAL);
+    ck_assert_msg (strstr (qc_last_error (), creation[i][0]) &&
+                   strstr (qc_last_error (), "create="),
+                   "%s: %s", creation[i][0], qc_last_error ());
+    qc_options_free (&o);
+  }
+
+  /* With the filter's prefix. */
+  qc_options_init (&o);
+  o.prefix = "qcow2-";
+  ck_assert_int_eq (qc_options_set (&o, "file", "container"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "size", "1G"), 0);
+  ck_assert_int_eq (qc_options_check (&o), -1);
+  ck_assert_ptr_nonnull (strstr (qc_last_error (), "qcow2-size="));
+  ck_assert_ptr_nonnull (strstr (qc_last_error (), "qcow2-create="));
+  ck_assert_int_eq (qc_options_set (&o, "create", "true"), 0);
+  ck_assert_int_eq (qc_options_check (&o), 0);
+  ck_assert_int_eq (qc_options_set (&o, "compress-level", "3"), 0);
+  ck_assert_int_eq (qc_options_check (&o), -1);
+  ck_assert_ptr_nonnull (strstr (qc_last_error (), "qcow2-compress-level="));
+  qc_options_free (&o);
+
+  qc_options_init (&o);
+  ck_assert_int_eq (qc_options_set (&o, "file", "a.qcow2"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "compress", "zlib"), 0);
+  ck_assert_int_eq (qc_options_check (&o), 0);
+  ck_assert_int_eq (qc_options_set (&o, "snapshot", "s1"), 0);
+  ck_assert_int_eq (qc_options_check (&o), -1);
+  ck_assert_ptr_nonnull (strstr (qc_last_error (), "compress="));
+  ck_assert_ptr_nonnull (strstr (qc_last_error (), "snapshot="));
+  qc_options_free (&o);
+
+  /* A refused value is not recorded as given. */
+  qc_options_init (&o);
+  ck_assert_int_eq (qc_options_set (&o, "size", "huge"), -1);
+  ck_assert (!qc_options_given (&o, "size"));
+  qc_options_free (&o);
+}
+END_TEST
+
+/* nbdkit -r: every option that would write is refused, named. */
+START_TEST (test_readonly)
+{
+  static const char *const writers[][3] = {
+    { "create", "true", "create=" }, { "create", "force", "create=" },
+    { "snapshot-create", "x", "snapshot-create=" },
+    { "snapshot-apply", "x", "snapshot-apply=" },
+    { "snapshot-delete", "x", "snapshot-delete=" },
+    { "repair", "leaks", "repair=" }, { "compress", "zstd", "compress=" },
+  };
+  struct qc_options o;
+  size_t i;
+
+  qc_options_init (&o);
+  ck_assert_int_eq (qc_options_set (&o, "check", "on"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "compress", "off"), 0);
+  ck_assert_int_eq (qc_options_check_readonly (&o), 0);
+  qc_options_free (&o);
+  for (i = 0; i < sizeof writers / sizeof writers[0]; i++) {
+    qc_options_init (&o);
+    o.prefix = "overlay-";
+    ck_assert_int_eq (qc_options_set (&o, writers[i][0], writers[i][1]), 0);
+    errno = 0;
+    ck_assert_int_eq (qc_options_check_readonly (&o), -1);
+    ck_assert_int_eq (errno, EROFS);
+    ck_assert_msg (strstr (qc_last_error (), writers[i][2]) &&
+                   strstr (qc_last_error (), "overlay-") &&
+                   strstr (qc_last_error (), "-r"),
+                   "%s: %s", writers[i][0], qc_last_error ());
+    qc_options_free (&o);
+  }
+}
+END_TEST
+
+/* A refused creation writes nothing, even into a container. */
+START_TEST (test_create_writes_nothing)
+{
+  static const char *const bad[][2] = {
+    { "size", "9000T" }, { "passphrase", "secret" },
+    { "backing-file", "/nonexistent/base.raw" },
+    { "encrypt-iter-time", "10" }, { "cluster-size", "3000" },
+  };
+  uint8_t *orig = malloc (1 << 20);
+  struct blkdev *dev;
+  struct qc_options o;
+  size_t i;
+  uint8_t *buf;
+
+  ck_assert_ptr_nonnull (orig);
+  memset (orig, 0x5a, 1 << 20);
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    dev = blkdev_memory_new (orig, 1 << 20, false);
+    ck_assert_ptr_nonnull (dev);
+    qc_options_init (&o);
+    ck_assert_int_eq (qc_options_set (&o, "create", "true"), 0);
+    ck_assert_int_eq (qc_options_set (&o, "size", "16M"), 0);
+    ck_assert_int_eq (qc_options_set (&o, bad[i][0], bad[i][1]), 0);
+    ck_assert_msg (qc_image_create (&o, dev) == -1, "%s=%s accepted",
+                   bad[i][0], bad[i][1]);
+    ck_assert_ptr_nonnull (strstr (qc_last_error (), bad[i][0]));
+    buf = malloc (1 << 20);
+    ck_assert_ptr_nonnull (buf);
+    ck_assert_int_eq (blkdev_pread (dev, buf, 1 << 20, 0), 0);
+    ck_assert_msg (memcmp (buf, orig, 1 << 20) == 0, "%s=%s wrote",
+                   bad[i][0], bad[i][1]);
+    free (buf);
+    blkdev_close (dev);
+    qc_options_free (&o);
+  }
+  /* Too small a container for preallocated metadata. */
+  dev = blkdev_memory_new (orig, 1 << 20, false);
+  qc_options_init (&o);
+  ck_assert_int_eq (qc_options_set (&o, "create", "true"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "size", "16M"), 0);
+  ck_assert_int_eq (qc_options_set (&o, "preallocation", "metadata"), 0);
+  ck_assert_int_eq (qc_image_create (&o, dev), -1);
+  ck_assert_int_eq (errno, ENOSPC);
+  buf = malloc (1 << 20);
+  ck_assert_int_eq (blkdev_pread (dev, buf, 1 << 20, 0), 0);
+  ck_assert (memcmp (buf, orig, 1 << 20) == 0);
+  free (buf);
+  blkdev_close (dev);
+  qc_options_free (&o);
+  free (orig);
+}
+END_TEST
+
 /* Every key of the table is one the parser knows, with a value of its
  * type, and the help text names it: the front-ends cannot drift apart.
  */
@@ -293,6 +447,9 @@ options_suite (void)
   tcase_add_test (tc, test_bools);
   tcase_add_test (tc, test_bad_values);
   tcase_add_test (tc, test_check);
+  tcase_add_test (tc, test_not_ignored);
+  tcase_add_test (tc, test_readonly);
+  tcase_add_test (tc, test_create_writes_nothing);
   tcase_add_test (tc, test_table_consistent);
   suite_add_tcase (s, tc);
   return s;
