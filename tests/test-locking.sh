@@ -208,19 +208,25 @@ qemu-img convert -f qcow2 -O raw "$img" "$tmpdir/expected.raw"
 
 echo "== 4. qemu holds the image open for writing"
 qsock=$tmpdir/qemu-nbd.sock
-rm -f "$qsock"
-qemu-nbd -t -k "$qsock" -f qcow2 "$img" 2>"$tmpdir/qemu-nbd.err" &
-qpid=$!
-on_exit "kill $qpid 2>/dev/null; wait $qpid 2>/dev/null"
-for i in $(seq 1 100); do
-  [ -S "$qsock" ] && break
-  kill -0 $qpid 2>/dev/null || break
-  sleep 0.1
-done
-[ -S "$qsock" ] || {
-  cat "$tmpdir/qemu-nbd.err" >&2
-  fail "qemu-nbd did not start"
+# qemu_hold ARGS...: qemu-nbd serving ARGS in the background (it holds
+# its locks until killed), ready when this returns.
+qemu_hold ()
+{
+  rm -f "$qsock"
+  qemu-nbd -t -k "$qsock" "$@" 2>"$tmpdir/qemu-nbd.err" &
+  qpid=$!
+  on_exit "kill $qpid 2>/dev/null; wait $qpid 2>/dev/null"
+  for i in $(seq 1 100); do
+    [ -S "$qsock" ] && break
+    kill -0 $qpid 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -S "$qsock" ] || {
+    cat "$tmpdir/qemu-nbd.err" >&2
+    fail "qemu-nbd $* did not start"
+  }
 }
+qemu_hold -f qcow2 "$img"
 # Make sure qemu really holds the write lock now: a second write open
 # must fail in qemu itself.
 if qemu_write "$img"; then
@@ -391,23 +397,6 @@ done
 
 # qemu holds a backing file or the data file open for writing: refused,
 # with the lock and the file in the message; locking=off serves anyway.
-# qemu_hold ARGS...: qemu-nbd ARGS in the background ($qpid)
-qemu_hold ()
-{
-  rm -f "$qsock"
-  qemu-nbd -t -k "$qsock" "$@" 2>"$tmpdir/qemu-nbd.err" &
-  qpid=$!
-  on_exit "kill $qpid 2>/dev/null; wait $qpid 2>/dev/null"
-  for i in $(seq 1 100); do
-    [ -S "$qsock" ] && break
-    kill -0 $qpid 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -S "$qsock" ] || {
-    cat "$tmpdir/qemu-nbd.err" >&2
-    fail "qemu-nbd $* did not start"
-  }
-}
 for held in "raw $base $top backing" "qcow2 $mid $top backing" \
             "raw $dd $dimg data"; do
   set -- $held
