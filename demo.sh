@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdkit-qcow2 demo: install what is needed, build, make a sample qcow2
 # image with QEMU's tools, serve it with "./nbdkit qcow2", read it back
 # over NBD and check that it is byte for byte what qemu-img reads.

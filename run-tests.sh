@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Run the whole nbdkit-qcow2 test suite:
 #
 #   1. install the Debian packages it needs, if any is missing;

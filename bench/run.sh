@@ -1,4 +1,5 @@
 #!/bin/bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdkit-qcow2 benchmarks: our plugin against qemu-nbd (same qcow2 images)
 # and the nbdkit file plugin (the raw equivalent), with the same clients:
 # nbdcopy for sequential copies, fio's nbd engine for random I/O.

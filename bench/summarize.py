@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Turn bench/run.sh's runs.tsv into the results table.
 
 usage: summarize.py RESULTS-DIR SAMPLE-BYTES

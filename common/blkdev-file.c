@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A local file as a block device.  Extents come from SEEK_DATA and
  * SEEK_HOLE, so sparse holes read as hole+zero, as qemu reports them.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A memory buffer as a block device: for unit tests and the fuzzer. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Generic block-device wrappers: bounds, zero fill, extents past the end. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The block-device seam: the format core reads and writes storage only
  * through this interface.  A local file, a memory buffer, the plugin
  * below a filter and an opened image (qcow2 or raw) are all devices, so

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Big-endian field access for on-disk structures. */
 #ifndef QC_BYTEORDER_H
 #define QC_BYTEORDER_H

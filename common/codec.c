@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Cluster codecs.  Codec state is per thread: it is not thread-safe,
  * and allocating it per cluster would cost more than the work on a small
  * cluster.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Cluster codecs: zlib-type (raw deflate with a 4 KiB window, so that any
  * qemu can read it) and zstd (one plain frame per cluster).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The cache of decompressed clusters: a hash table with an LRU list.
  * See dcache.h for the rules.
  *

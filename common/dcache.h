@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A bounded cache of decompressed clusters, so that a client reading a
  * compressed cluster in pieces smaller than the cluster (4 KiB reads of
  * 64 KiB clusters, 256 KiB reads of 2 MiB clusters) decompresses it once

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The metadata table cache: a hash table with an LRU list.  See
  * l2cache.h for the rules.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A bounded cache of metadata tables (L2 tables, refcount blocks), one
  * cluster each, shared by every user of an image.
  *

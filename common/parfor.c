@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A shared pool of helper threads for parfor (see parfor.h).
  *
  * Jobs sit in a queue while they have unclaimed items.  Items are

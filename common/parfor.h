@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Run the items of a loop on several threads: the calling thread works
  * through them itself, and idle threads of a small shared pool help.
  * When the pool is busy (other requests compressing), the caller does

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Error, notice and debug reporting for the core: see qc-error.h. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Error, notice and debug reporting for the format core.  The
  * front-end sets a handler (nbdkit_error / stderr / nbdkit_debug in the
  * modules, a buffer in the unit tests); the core never prints, exits or

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qemu-compatible image locks: see qc-lock.h. */
 #include <config.h>
 

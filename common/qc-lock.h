@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qemu-compatible image locking with open file description locks.  qemu
  * marks "I hold permission i" by a shared lock on byte 100+i and "I do
  * not share permission i" by a shared lock on byte 200+i; i is 0

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The engine's option table and its parser: see qc-options.h. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* One option table for every front-end: key, type, default, help.  The
  * plugin uses the keys as they are; filters add their own prefix
  * ("qcow2-", "overlay-"), so the modules cannot drift apart.

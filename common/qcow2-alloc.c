@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Writable refcounts and the cluster allocator.
  *
  * All of this runs with the image's meta_lock held.  Refcount blocks

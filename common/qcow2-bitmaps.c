@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Persistent dirty bitmaps.  We do not maintain them, so before the first
  * write the image's bitmaps autoclear bit is cleared (qemu then knows
  * they are stale and ignores them) and the clusters they occupied are

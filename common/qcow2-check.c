@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Counting references to host clusters, and rebuilding the refcount
  * structures from them.  A dirty image (lazy refcounts, not closed
  * cleanly) has stale refcounts: before writing, we rebuild them, which

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Creating new qcow2 images: the same defaults and rules as qemu-img
  * create, the same layout (header, refcount table, refcount blocks, L1
  * table), and optionally preallocated metadata.

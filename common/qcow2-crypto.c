@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Encryption of qcow2 guest data: legacy AES and LUKS1 (see
  * qcow2-crypto.h).  Written from the qcow2 specification and the LUKS1
  * on-disk format specification (version 1.2.3).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Encryption of qcow2 guest data: the legacy AES method and LUKS1.
  *
  * Method 1 (legacy AES): AES-128-CBC, the key is the first 16 bytes of

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Guest data to and from host clusters, through the image's encryption
  * when it has one.  Encryption works on whole 512-byte sectors: reads
  * round out to sectors, and writes of partial sectors read, decrypt,

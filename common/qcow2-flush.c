@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Metadata writeback in the order that keeps the image consistent after
  * a crash at any moment:
  *

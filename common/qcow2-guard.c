@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The safety net: what the image's refcounts cannot be trusted with.
  *
  * An image may come with damaged refcounts (a careless writer's crash,

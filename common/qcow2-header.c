@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2 header parsing and validation.  Every field is checked against
  * the rules of the specification before anything trusts it, and every
  * table the header names must fit in the file, so that what the header

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The qcow2 header and its extensions: parsing with full validation. */
 #ifndef QC_QCOW2_HEADER_H
 #define QC_QCOW2_HEADER_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Opening an image: the header, the external data file, the backing
  * chain, the L1 table, the snapshot table and the L2 cache.
  */

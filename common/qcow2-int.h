@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Internal structures of an open image, shared by the core's files. */
 #ifndef QC_QCOW2_INT_H
 #define QC_QCOW2_INT_H

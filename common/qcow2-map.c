@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Guest-to-host mapping through the L1 and L2 tables, at subcluster
  * precision with extended L2 entries.
  */

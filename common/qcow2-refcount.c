@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Refcounts: reading entries of any width (1 to 64 bits), and qemu's
  * test for a metadata-preallocated image, which decides how extents of
  * data clusters that are holes in the host file are reported.

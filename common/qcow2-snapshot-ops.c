@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Image maintenance before serving: internal snapshots (create, apply,
  * delete) and check/repair.  These run with the image writable and no
  * I/O in flight, under the metadata lock, with the same write ordering

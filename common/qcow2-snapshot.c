@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The internal snapshot table.  Entries are read one by one, each read
  * bounded by the file, so a table that claims more than the file holds
  * fails instead of allocating what it claims.  Snapshot L1 tables are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Reading a view (the active image or a snapshot) and describing its
  * extents.  Data I/O and decompression run without any lock held.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Writing a view: in-place writes, allocating writes with copy-on-write,
  * zeroing and discarding.
  *

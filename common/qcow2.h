@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The format core's public interface: open an image (qcow2 or raw),
  * read it through views (the active image and each internal snapshot),
  * describe its extents.  No nbdkit types here.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit glue shared by the modules: see glue.h. */
 #include <config.h>
 

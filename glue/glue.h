@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit glue shared by the plugin and the filters: logging, request
  * flags and extents between nbdkit and the format core.  (The core itself
  * has no nbdkit types; this is the thin layer on top of it.)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit-qcow2-plugin: serve qcow2 and raw image files.  nbdkit glue
  * only: configuration, callbacks and error reporting.  The format lives
  * in common/.

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 # Hammer one NBD export from several connections at once, with many
 # requests in flight on each, and check the result against a model.
 # Used by test-concurrency.sh.

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 # Write to an NBD server and keep a raw model file of what it must hold:
 #
 #   enc-ops.py SEED NOPS URI MODEL

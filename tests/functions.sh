@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Shared helpers for the shell tests.  Source it with:
 #   . "${srcdir:-.}/functions.sh"
 # It sets: $NBDKIT (the in-tree wrapper), $tmpdir (removed at exit),

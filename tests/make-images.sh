@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # make-images.sh DIR
 #
 # Create a matrix of small qcow2 images (and their backing / data files)

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 # Apply the same seeded random stream of writes, zeroes, trims and
 # flushes to several NBD servers (URIs), then compare what each serves.
 # Used by the differential tests: one server is nbdkit qcow2, the other

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Creation and maintenance are all or nothing, nbdkit -r writes nothing,
 # and no option is silently ignored (issue 14, items 4 to 7).  Every
 # refused command line must exit non-zero with a message naming the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # check=on and repair= report what they find and what they repair,
 # without -v, on stderr: one line per finding in qemu-img check's
 # words, at most 100 of them, then a summary.  Judged by qemu-img check

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Compressed writes (compress=zlib|zstd, compress-level=) judged by QEMU:
 #
 #   1. nbdcopy of a mixed sample (text, binaries, random and zero runs)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The cache of decompressed clusters through nbdkit.
 #
 #  1. Images compressed by qemu-img (zlib and zstd, 64k clusters; zlib

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Many connections, many requests in flight, one shared image.
 #
 # For each kind of image (64k clusters; 512-byte clusters; extended L2

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Crash consistency: kill nbdkit qcow2 with SIGKILL in the middle of a
 # random workload, then check that
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Encrypted images (LUKS and legacy AES), always checked against QEMU
 # opening the same image with the same secret:
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # QEMU-compatible image locking (locking=on, the default, and locking=off).
 #
 #  - While nbdkit serves an image, qemu cannot open it for writing, but

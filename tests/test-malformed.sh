@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # test-malformed.sh: hostile qcow2 images must be refused at open or fail
 # the affected read with an error message; nbdkit must never crash, hang
 # or allocate what a header merely claims.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Differential extents test: for every image of the matrix
 # (make-images.sh), `nbdinfo --map` (base:allocation) of the plugin's
 # export must agree with the map of the same image served by

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The plugin's parameters: bad values give clear errors at startup, and
 # each parameter does what the man page says.
 . "${srcdir:-$(dirname "$0")}/functions.sh"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # nbdkit-overlay-filter: a persistent qcow2 copy-on-write overlay over
 # the plugin below.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The qcow2 filter: the plugin below serves the bytes of a qcow2 image
 # (the container), the filter serves the guest disk.  qemu is the oracle.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Differential read test: for every image of the matrix (make-images.sh),
 # the bytes served by the plugin must equal `qemu-img convert -O raw` of
 # the same image.  Two readers: nbdcopy (which skips what extents call

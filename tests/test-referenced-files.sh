@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # referenced-files=any|same-dir|none: which files named inside an image
 # (backing files down the chain, external data files) the plugin and the
 # qcow2 filter open.  Images come from qemu-img; what is served is

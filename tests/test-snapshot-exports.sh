@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Internal snapshots as NBD exports, checked against qemu.  For every
 # image with snapshots (DIR/snapshots.txt from make-images.sh):
 #  - the server lists the default export "" and one export per snapshot

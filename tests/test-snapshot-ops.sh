@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Image maintenance at startup: snapshot-create / snapshot-apply /
 # snapshot-delete, check=on and repair=leaks|all, judged by qemu-img.
 #

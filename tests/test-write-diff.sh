@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Differential write test.  For every image of a matrix (qcow2 versions,
 # cluster sizes, refcount widths, extended L2, lazy refcounts, zstd,
 # backing chains, internal snapshots, external data files, odd sizes),

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # ThreadSanitizer check of the plugin and the core (not part of "make
 # check"; CI runs it on its own):
 #

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The plugin below a filter as a block device: see next-blkdev.h.
  * nbdkit requests carry 32-bit lengths, so long requests are split.
  */

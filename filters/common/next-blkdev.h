@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The plugin below a filter as a block device for the format core. */
 #ifndef QC_NEXT_BLKDEV_H
 #define QC_NEXT_BLKDEV_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit-overlay-filter: a persistent qcow2 copy-on-write overlay over
  * whatever the plugin below serves.  The plugin is only ever read: its
  * guest bytes are the backing of a local qcow2 file (overlay=FILE), which

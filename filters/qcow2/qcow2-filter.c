@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* nbdkit-qcow2-filter: the plugin below serves the bytes of a qcow2
  * image (the "container"); this filter serves the guest disk inside it.
  * nbdkit glue only: configuration, one shared image for all

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared helpers of the fuzz targets: see fuzz-common.h. */
 #include <config.h>
 

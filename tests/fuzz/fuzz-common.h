@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared helpers of the libFuzzer targets over the format core.
  *
  * The targets are built from the sources in common/ directly, with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target: the LUKS1 header parser and unlock path of the core
  * (qcow2-crypto.c).  The input is a LUKS header area on a memory
  * device, unlocked with a fixed passphrase (FUZZ_PASSPHRASE, the one

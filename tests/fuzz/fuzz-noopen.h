@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Force-included into every core source in the fuzz build: the core
  * may never open a host file there (a backing file or external data
  * file name in a hostile image could name anything, and making the image

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target: open an image read-only from a memory device, read all of
  * it (bounded) and describe its extents, through the default view and
  * every snapshot view.

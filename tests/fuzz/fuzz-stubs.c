@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Helpers of the fuzz build's core: see fuzz-noopen.h. */
 #include <config.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz target: write through the core into an image on a fixed-size
  * memory device, close it, reopen it read-only and read it back.
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # long-run.sh TARGET TOTAL [CHUNK]
 #
 # Fuzz TARGET (built in this directory) until it has executed TOTAL

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # make-corpus.sh [OUTDIR]
 #
 # Seed inputs for the fuzz targets, made with qemu-img / qemu-io: small

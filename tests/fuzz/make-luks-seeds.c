@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* make-luks-seeds OUTDIR
  *
  * Seeds of encrypted inputs, made by the core of the fuzz build (`make

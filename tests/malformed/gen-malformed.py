@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: BSD-3-Clause
 """Generate hostile (malformed) qcow2 images for tests/test-malformed.sh.
 
 Usage: gen-malformed.py OUTDIR          generate the images and OUTDIR/cases.txt

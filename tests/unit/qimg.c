@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A small, independent qcow2 writer for the tests: it lays out a valid
  * image in memory (header, extensions, refcount table and block, L1, L2
  * tables, data and compressed clusters) from the specification, so that

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Block devices: memory and file devices and the generic wrappers
  * (bounds, zero fill past the end, read-only, extents and clipping).
  */

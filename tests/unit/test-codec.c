@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Decompression of one cluster: raw deflate (qemu's "zlib" type) and
  * zstd.  The streams are made here with zlib and libzstd directly.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Crash replay at the block-device seam.
  *
  * An image made by qemu-img is opened on a recording device: a memory

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Encryption (qcow2-crypto.c) with qemu as the oracle.
  *
  * Images encrypted by qemu-img / qemu-io (LUKS with every cipher, mode,

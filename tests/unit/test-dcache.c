@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The cache of decompressed clusters (common/dcache.c): its own rules,
  * then through the core: a client reading compressed images made by
  * qemu-img in pieces smaller than a cluster gets qemu's bytes and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Fault injection at the block-device seam.
  *
  * A qemu-made image runs on a fault-injecting device: a fixed-size

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Header validation: a table of mutations of a valid image (built in
  * memory by qimg.c), each accepted or refused by qcow2_header_parse with
  * a message naming the problem.  Every row is also shown to qemu-img

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The unit test runner: every suite of the format core, Check's normal
  * output, exit status 1 if any test failed.
  *

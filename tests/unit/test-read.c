@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Reading images through the core's views, with qemu as the oracle:
  * images made by qemu-img / qemu-io in a temporary directory are read
  * with qc_image_open + blkdev_pread and compared byte by byte with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Regression tests for what fuzzing and fault injection found.
  *
  * 1. Every input saved under tests/fuzz/regressions/<target>/ is replayed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Helpers shared by the unit tests: the log collector, temporary
  * directories, running qemu tools, files and byte comparison.
  */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* Shared declarations of the Check unit tests of the format core. */
 #ifndef QC_UNIT_H
 #define QC_UNIT_H
