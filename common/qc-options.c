@@ -20,6 +20,20 @@ const struct qc_option qc_option_table[] = {
 const size_t qc_option_table_len =
   sizeof qc_option_table / sizeof qc_option_table[0];
 
+static const char *module_prefix = "";
+
+void
+qc_options_set_prefix (const char *prefix)
+{
+  module_prefix = prefix ? prefix : "";
+}
+
+const char *
+qc_options_prefix (void)
+{
+  return module_prefix;
+}
+
 /* qc_options.given has one bit per option. */
 #define COUNT_ROW(...) + 1
 _Static_assert (0 QC_OPTIONS (COUNT_ROW) <= 64, "too many options for given");

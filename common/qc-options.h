@@ -154,11 +154,19 @@ extern int qc_options_check_readonly (const struct qc_options *opts);
 extern bool qc_options_given (const struct qc_options *opts,
                               const char *key);
 
+/* The module's key prefix ("", "qcow2-", "overlay-"), set once by the
+ * front-end at load: each module links its own copy of the core, so
+ * every message naming an option, even where no qc_options is at hand
+ * (image locking), names it as the user types it.
+ */
+extern void qc_options_set_prefix (const char *prefix);
+extern const char *qc_options_prefix (void);
+
 /* The front-end's key prefix, for messages. */
 static inline const char *
 qc_prefix (const struct qc_options *opts)
 {
-  return opts->prefix ? opts->prefix : "";
+  return opts->prefix ? opts->prefix : qc_options_prefix ();
 }
 
 #endif /* QC_OPTIONS_H */

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -235,4 +236,142 @@ next_blkdev_new (nbdkit_next *next, const char *name, bool readonly)
   else
     d->dev.ops = &next_ops_rw_nozero;
   return &d->dev;
+}
+
+/* A plugin (or filter) below that is not fully parallel (the 1.32
+ * curl plugin and the xz filter serialize requests per connection) must
+ * not see two connections' requests at once in the one context they
+ * share: such a device is wrapped in a lock.  nbdkit's own
+ * serialization does not cover everything (.finalize flushes, for
+ * one).  errno passes through the unlock untouched.
+ */
+struct serialized_dev {
+  struct blkdev dev;
+  struct blkdev *inner;
+  pthread_mutex_t lock;
+};
+
+#define SERIALIZED(d, call)                                     \
+  ({                                                            \
+    struct serialized_dev *s_ = (struct serialized_dev *) (d);  \
+    int r_, err_;                                               \
+    pthread_mutex_lock (&s_->lock);                             \
+    r_ = (call);                                                \
+    err_ = errno;                                               \
+    pthread_mutex_unlock (&s_->lock);                           \
+    errno = err_;                                               \
+    r_;                                                         \
+  })
+#define INNER(d) (((struct serialized_dev *) (d))->inner)
+
+static int
+ser_pread (struct blkdev *d, void *buf, size_t count, uint64_t offset)
+{
+  return SERIALIZED (d, blkdev_pread (INNER (d), buf, count, offset));
+}
+
+static int
+ser_pwrite (struct blkdev *d, const void *buf, size_t count,
+            uint64_t offset, unsigned flags)
+{
+  return SERIALIZED (d, blkdev_pwrite (INNER (d), buf, count, offset,
+                                       flags));
+}
+
+static int
+ser_zero (struct blkdev *d, uint64_t count, uint64_t offset, unsigned flags)
+{
+  return SERIALIZED (d, blkdev_zero (INNER (d), count, offset, flags));
+}
+
+static int
+ser_trim (struct blkdev *d, uint64_t count, uint64_t offset, unsigned flags)
+{
+  return SERIALIZED (d, blkdev_trim (INNER (d), count, offset, flags));
+}
+
+static int
+ser_flush (struct blkdev *d)
+{
+  return SERIALIZED (d, blkdev_flush (INNER (d)));
+}
+
+static int
+ser_extents (struct blkdev *d, uint64_t offset, uint64_t count,
+             blkdev_extent_fn fn, void *opaque)
+{
+  return SERIALIZED (d, blkdev_extents (INNER (d), offset, count, fn,
+                                        opaque));
+}
+
+static void
+ser_close (struct blkdev *d)
+{
+  struct serialized_dev *s = (struct serialized_dev *) d;
+
+  blkdev_close (s->inner);
+  pthread_mutex_destroy (&s->lock);
+  free (s->dev.name);
+  free (s);
+}
+
+static const struct blkdev_ops serialized_ops = {
+  .pread = ser_pread,
+  .pwrite = ser_pwrite,
+  .zero = ser_zero,
+  .trim = ser_trim,
+  .flush = ser_flush,
+  .extents = ser_extents,
+  .close = ser_close,
+};
+
+struct blkdev *
+next_blkdev_serialized (struct blkdev *dev)
+{
+  struct serialized_dev *s = calloc (1, sizeof *s);
+  pthread_mutexattr_t attr;
+
+  if (!s || !(s->dev.name = strdup (dev->name))) {
+    nbdkit_error ("malloc: %m");
+    free (s);
+    blkdev_close (dev);
+    return NULL;
+  }
+  /* Recursive: an extents callback may read the same device. */
+  pthread_mutexattr_init (&attr);
+  pthread_mutexattr_settype (&attr, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init (&s->lock, &attr);
+  pthread_mutexattr_destroy (&attr);
+  s->inner = dev;
+  s->dev.ops = &serialized_ops;
+  s->dev.size = dev->size;
+  s->dev.readonly = dev->readonly;
+  s->dev.fixed_size = dev->fixed_size;
+  return &s->dev;
+}
+
+nbdkit_next *
+next_context_open (nbdkit_backend *backend, int readonly)
+{
+  nbdkit_next *next = nbdkit_next_context_open (backend, readonly, "", 1);
+
+  if (!next) {
+    nbdkit_error ("cannot open the plugin below%s",
+                  readonly ? " (read-only)" : "");
+    return NULL;
+  }
+  if (next->prepare (next) == -1) {
+    nbdkit_next_context_close (next);
+    return NULL;
+  }
+  return next;
+}
+
+void
+next_context_close (nbdkit_next *next)
+{
+  if (next) {
+    next->finalize (next);
+    nbdkit_next_context_close (next);
+  }
 }

@@ -16,4 +16,17 @@
 extern struct blkdev *next_blkdev_new (nbdkit_next *next, const char *name,
                                        bool readonly);
 
+/* The same behind a lock, for a plugin below that is not fully
+ * parallel (see next-blkdev.c).  The new device owns dev (and closes
+ * it on failure).  NULL after nbdkit_error.
+ */
+extern struct blkdev *next_blkdev_serialized (struct blkdev *dev);
+
+/* A context on the default export of the plugin below, shared by all
+ * connections, prepared (NULL after nbdkit_error); and its end.
+ */
+extern nbdkit_next *next_context_open (nbdkit_backend *backend,
+                                       int readonly);
+extern void next_context_close (nbdkit_next *next);
+
 #endif /* QC_NEXT_BLKDEV_H */

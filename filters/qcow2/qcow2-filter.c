@@ -24,29 +24,31 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 
+#include "filter-glue.h"
 #include "glue.h"
 #include "next-blkdev.h"
 #include "qc-error.h"
 #include "qc-options.h"
 #include "qcow2-header.h"
 #include "qcow2.h"
+#include "serve.h"
 
 static struct qc_options opts;
 static char *startup_dir;       /* for relative backing file names */
-static int thread_model;        /* final thread model, from .get_ready */
 
-/* The shared image and the plugin context holding its container. */
-static pthread_mutex_t image_lock = PTHREAD_MUTEX_INITIALIZER;
-static nbdkit_next *container_next;
-static bool container_readonly; /* opened read-only, or cannot write */
-static struct qc_image *img;
+static const struct serve_module module = {
+  .prefix = "qcow2-",
+  .what = "",
+  .snapshot_exports = true,
+};
+
+static const struct filter_module filter_module;
 
 static void
 qcow2_load (void)
 {
-  qc_set_log_handler (glue_log);
-  qc_options_init (&opts);
-  opts.prefix = "qcow2-";
+  serve_load (&module, &opts);
+  filter_glue_init (&filter_module);
 }
 
 static void
@@ -126,11 +128,8 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
   /* nbdkit -r writes nothing, not even to the container: refuse what
    * would, now, with the reason.
    */
-  if (glue_nbdkit_readonly () == 1) {
-    opts.readonly = true;
-    if (qc_options_check_readonly (&check) == -1)
-      return -1;
-  }
+  if (serve_readonly (&opts, &check) == -1)
+    return -1;
   if (opts.data_file) {
     nbdkit_error ("qcow2-data-file: an external data file cannot be "
                   "created inside a container");
@@ -154,152 +153,6 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
     opts.backing = path;
   }
   return next (nxdata);
-}
-
-static int
-qcow2_get_ready (int model)
-{
-  thread_model = model;
-  return 0;
-}
-
-/* A plugin (or filter below) that is not fully parallel (the curl
- * plugin and the xz filter serialize requests per connection) must not
- * see two connections' calls at once in the one context they share:
- * such devices are wrapped in a lock.  (nbdkit's own serialization does
- * not cover everything: .finalize flushes, for example.)
- */
-struct locked_dev {
-  struct blkdev dev;
-  struct blkdev *inner;
-  pthread_mutex_t lock;
-};
-
-#define LOCKED(d, call)                                 \
-  ({                                                    \
-    struct locked_dev *l_ = (struct locked_dev *) (d);  \
-    int r_;                                             \
-    pthread_mutex_lock (&l_->lock);                     \
-    r_ = (call);                                        \
-    pthread_mutex_unlock (&l_->lock);                   \
-    r_;                                                 \
-  })
-#define INNER(d) (((struct locked_dev *) (d))->inner)
-
-static int
-locked_pread (struct blkdev *d, void *buf, size_t count, uint64_t offset)
-{
-  return LOCKED (d, blkdev_pread (INNER (d), buf, count, offset));
-}
-
-static int
-locked_pwrite (struct blkdev *d, const void *buf, size_t count,
-               uint64_t offset, unsigned flags)
-{
-  return LOCKED (d, blkdev_pwrite (INNER (d), buf, count, offset, flags));
-}
-
-static int
-locked_zero (struct blkdev *d, uint64_t count, uint64_t offset,
-             unsigned flags)
-{
-  return LOCKED (d, blkdev_zero (INNER (d), count, offset, flags));
-}
-
-static int
-locked_trim (struct blkdev *d, uint64_t count, uint64_t offset,
-             unsigned flags)
-{
-  return LOCKED (d, blkdev_trim (INNER (d), count, offset, flags));
-}
-
-static int
-locked_flush (struct blkdev *d)
-{
-  return LOCKED (d, blkdev_flush (INNER (d)));
-}
-
-static int
-locked_extents (struct blkdev *d, uint64_t offset, uint64_t count,
-                blkdev_extent_fn fn, void *opaque)
-{
-  return LOCKED (d, blkdev_extents (INNER (d), offset, count, fn, opaque));
-}
-
-static void
-locked_close (struct blkdev *d)
-{
-  struct locked_dev *l = (struct locked_dev *) d;
-
-  blkdev_close (l->inner);
-  pthread_mutex_destroy (&l->lock);
-  free (l->dev.name);
-  free (l);
-}
-
-static const struct blkdev_ops locked_ops = {
-  .pread = locked_pread,
-  .pwrite = locked_pwrite,
-  .zero = locked_zero,
-  .trim = locked_trim,
-  .flush = locked_flush,
-  .extents = locked_extents,
-  .close = locked_close,
-};
-
-/* The plugin below (a prepared shared context) as a device. */
-static struct blkdev *
-new_device (nbdkit_next *next, const char *name, bool readonly)
-{
-  struct blkdev *dev = next_blkdev_new (next, name, readonly);
-  struct locked_dev *l;
-  pthread_mutexattr_t attr;
-
-  if (!dev || thread_model == NBDKIT_THREAD_MODEL_PARALLEL)
-    return dev;
-  l = calloc (1, sizeof *l);
-  if (!l || !(l->dev.name = strdup (name))) {
-    nbdkit_error ("malloc: %m");
-    free (l);
-    blkdev_close (dev);
-    return NULL;
-  }
-  /* Recursive: an extents callback may read the same device. */
-  pthread_mutexattr_init (&attr);
-  pthread_mutexattr_settype (&attr, PTHREAD_MUTEX_RECURSIVE);
-  pthread_mutex_init (&l->lock, &attr);
-  pthread_mutexattr_destroy (&attr);
-  l->inner = dev;
-  l->dev.ops = &locked_ops;
-  l->dev.size = dev->size;
-  l->dev.readonly = dev->readonly;
-  l->dev.fixed_size = dev->fixed_size;
-  return &l->dev;
-}
-
-static nbdkit_next *
-open_context (nbdkit_backend *backend, int readonly, const char *export)
-{
-  nbdkit_next *next = nbdkit_next_context_open (backend, readonly, export, 1);
-
-  if (!next) {
-    nbdkit_error ("cannot open export '%s' of the plugin below", export);
-    return NULL;
-  }
-  if (next->prepare (next) == -1) {
-    nbdkit_next_context_close (next);
-    return NULL;
-  }
-  return next;
-}
-
-static void
-close_context (nbdkit_next *next)
-{
-  if (next) {
-    next->finalize (next);
-    nbdkit_next_context_close (next);
-  }
 }
 
 /* The header of the qcow2 image in dev, for what the filter decides
@@ -359,31 +212,19 @@ create_if_asked (struct blkdev *dev, const struct qc_options *o)
   return 0;
 }
 
-/* Open the shared image, once.  readonly: the first connection's. */
+/* The filter_module's open_image: format the container if asked to,
+ * resolve the backing file it names, open it.
+ */
 static struct qc_image *
-get_image (nbdkit_backend *backend, int readonly)
+open_image (struct blkdev *dev, bool readonly)
 {
   struct qc_options o = opts;
   struct qcow2_header h;
-  struct blkdev *dev;
   char *backing = NULL;
   bool have_header = false;
-  struct qc_image *ret;
+  struct qc_image *img = NULL;
   int created;
 
-  pthread_mutex_lock (&image_lock);
-  if (img) {
-    ret = img;
-    goto out;
-  }
-  ret = NULL;
-  container_next = open_context (backend, readonly, "");
-  if (!container_next)
-    goto out;
-  dev = new_device (container_next, "container", readonly);
-  if (!dev)
-    goto fail;
-  container_readonly = dev->readonly;
   /* referenced-files=same-dir and a new image's backing file: the
    * container has no directory, so the one nbdkit was started in is the
    * image's.
@@ -431,316 +272,32 @@ get_image (nbdkit_backend *backend, int readonly)
     o.backing_format = h.backing_format;
   }
 
-  img = qc_image_open (&o, dev);        /* owns dev, even on failure */
-  if (!img)
-    goto fail;
   /* qcow2-create=true over a qcow2 container: it must hold what was
-   * asked for, before maintenance touches it.
+   * asked for.  The image owns dev, even on failure.
    */
-  if (opts.create == QC_CREATE_IF_MISSING && !created &&
-      qc_image_check_existing (img, &opts, NULL) == -1) {
-    qc_image_close (img);
-    img = NULL;
-    goto fail;
-  }
-  /* qcow2-check, qcow2-repair and qcow2-snapshot-* run once, here. */
-  if (qc_image_maintain (img, &o) == -1) {
-    qc_image_close (img);
-    img = NULL;
-    goto fail;
-  }
-  nbdkit_debug ("%s", qc_image_description (img));
-  ret = img;
+  img = serve_image_open (&o, dev,
+                          opts.create == QC_CREATE_IF_MISSING && !created,
+                          NULL);
   goto out;
 
  fail_dev:
   blkdev_close (dev);
- fail:
-  close_context (container_next);
-  container_next = NULL;
  out:
   if (have_header)
     qcow2_header_free (&h);
   free (backing);
-  pthread_mutex_unlock (&image_lock);
-  return ret;
+  return img;
 }
 
-static void
-qcow2_cleanup (nbdkit_backend *backend)
-{
-  /* The metadata is written back through the plugin below, which is
-   * still there (.cleanup runs before the plugin's).
-   */
-  pthread_mutex_lock (&image_lock);
-  if (img) {
-    qc_image_close (img);
-    img = NULL;
-    close_context (container_next);
-    container_next = NULL;
-  }
-  pthread_mutex_unlock (&image_lock);
-}
-
-static int
-qcow2_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
-                    int readonly, int is_tls,
-                    struct nbdkit_exports *exports)
-{
-  struct qc_image *im = get_image (nxdata, readonly);
-  size_t i, n;
-
-  if (!im)
-    return -1;
-  if (nbdkit_use_default_export (exports) == -1)
-    return -1;
-  n = qc_image_nr_snapshots (im);
-  for (i = 0; i < n; i++) {
-    const char *name = qc_image_snapshot_name (im, i);
-    char desc[256];
-    snprintf (desc, sizeof desc, "internal snapshot '%s' (read-only)", name);
-    if (*name && nbdkit_add_export (exports, name, desc) == -1)
-      return -1;
-  }
-  return 0;
-}
-
-static const char *
-qcow2_default_export (nbdkit_next_default_export *next,
-                      nbdkit_backend *nxdata, int readonly, int is_tls)
-{
-  /* Export names choose snapshots of the image, not exports of the
-   * plugin below.
-   */
-  return "";
-}
-
-struct handle {
-  struct blkdev *view;
-  const char *export;           /* snapshot, or NULL */
-  bool written;
+/* The plugin below holds the image: if it cannot write, neither can the
+ * image.  The image owns the device.
+ */
+static const struct filter_module filter_module = {
+  .device_name = "container",
+  .image_in_below = true,
+  .open_image = open_image,
+  .close_image = qc_image_close,
 };
-
-static void *
-qcow2_open (nbdkit_next_open *next, nbdkit_context *context,
-            int readonly, const char *exportname, int is_tls)
-{
-  struct qc_image *im;
-  struct blkdev *view;
-  struct handle *h;
-
-  /* next is not called: this connection never uses the plugin below
-   * directly, only the shared image.
-   */
-  im = get_image (nbdkit_context_get_backend (context), readonly);
-  if (!im)
-    return NULL;
-  if (!exportname)
-    exportname = "";
-  /* As in the plugin: the first writable connection to the default
-   * export makes the image writable; an image that cannot be written
-   * (read-only plugin below, the first connection was read-only,
-   * corrupt image) is served read-only.
-   */
-  if (!readonly && !opts.snapshot && *exportname == '\0') {
-    if (container_readonly)
-      nbdkit_debug ("the container was opened read-only (the plugin below "
-                    "cannot write, or the first connection was read-only): "
-                    "serving read-only");
-    else if (qc_image_make_writable (im) == -1)
-      nbdkit_debug ("serving %s read-only", qc_image_description (im));
-  }
-  view = qc_image_view (im, exportname);
-  if (!view)
-    return NULL;
-  h = calloc (1, sizeof *h);
-  if (!h) {
-    nbdkit_error ("malloc: %m");
-    return NULL;
-  }
-  h->view = view;
-  h->export = *exportname ? nbdkit_strdup_intern (exportname) : NULL;
-  return h;
-}
-
-static void
-qcow2_close (void *handle)
-{
-  free (handle);
-}
-
-static int
-qcow2_finalize (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  /* A client that wrote and went away without flushing: its writes
-   * reach the container now, not only at shutdown.
-   */
-  if (h->written && blkdev_flush (h->view) == -1)
-    return -1;
-  return 0;
-}
-
-static const char *
-qcow2_export_description (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  if (h->export)
-    return nbdkit_printf_intern ("internal snapshot '%s' of %s", h->export,
-                                 qc_image_description (img));
-  return qc_image_description (img);
-}
-
-static int64_t
-qcow2_get_size (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  return h->view->size;
-}
-
-static int
-qcow2_block_size (nbdkit_next *next, void *handle,
-                  uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
-{
-  glue_block_size (img, minimum, preferred, maximum);
-  return 0;
-}
-
-static int
-qcow2_can_write (nbdkit_next *next, void *handle)
-{
-  struct handle *h = handle;
-
-  return !h->view->readonly;
-}
-
-static int
-qcow2_is_rotational (nbdkit_next *next, void *handle)
-{
-  return 0;
-}
-
-static int
-qcow2_can_multi_conn (nbdkit_next *next, void *handle)
-{
-  /* One image and metadata cache for all connections; a flush writes
-   * back everything.
-   */
-  return 1;
-}
-
-static int
-qcow2_can_fua (nbdkit_next *next, void *handle)
-{
-  return NBDKIT_FUA_NATIVE;
-}
-
-static int
-qcow2_can_zero (nbdkit_next *next, void *handle)
-{
-  return NBDKIT_ZERO_NATIVE;
-}
-
-static int
-qcow2_can_fast_zero (nbdkit_next *next, void *handle)
-{
-  return 1;
-}
-
-static int
-qcow2_can_trim (nbdkit_next *next, void *handle)
-{
-  return 1;
-}
-
-static int
-qcow2_can_flush (nbdkit_next *next, void *handle)
-{
-  return 1;
-}
-
-static int
-qcow2_can_extents (nbdkit_next *next, void *handle)
-{
-  return 1;
-}
-
-static int
-qcow2_can_cache (nbdkit_next *next, void *handle)
-{
-  return NBDKIT_CACHE_NONE;
-}
-
-static int
-ret (int r, int *err)
-{
-  if (r == -1)
-    *err = errno ? errno : EIO;
-  return r;
-}
-
-static int
-qcow2_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
-             uint64_t offset, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  return ret (blkdev_pread (h->view, buf, count, offset), err);
-}
-
-static int
-qcow2_pwrite (nbdkit_next *next, void *handle, const void *buf,
-              uint32_t count, uint64_t offset, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  h->written = true;
-  return ret (blkdev_pwrite (h->view, buf, count, offset,
-                             glue_blkdev_flags (flags)), err);
-}
-
-static int
-qcow2_zero (nbdkit_next *next, void *handle, uint32_t count,
-            uint64_t offset, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  h->written = true;
-  return ret (blkdev_zero (h->view, count, offset, glue_blkdev_flags (flags)),
-              err);
-}
-
-static int
-qcow2_trim (nbdkit_next *next, void *handle, uint32_t count,
-            uint64_t offset, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  h->written = true;
-  return ret (blkdev_trim (h->view, count, offset, glue_blkdev_flags (flags)),
-              err);
-}
-
-static int
-qcow2_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
-{
-  struct handle *h = handle;
-
-  return ret (blkdev_flush (h->view), err);
-}
-
-static int
-qcow2_extents (nbdkit_next *next, void *handle, uint32_t count,
-               uint64_t offset, uint32_t flags,
-               struct nbdkit_extents *extents, int *err)
-{
-  struct handle *h = handle;
-
-  return ret (glue_extents (h->view, count, offset, flags, extents), err);
-}
 
 static struct nbdkit_filter filter = {
   .name = "qcow2",
@@ -755,32 +312,7 @@ static struct nbdkit_filter filter = {
     "    Backing files named in the image are local files (relative names\n"
     "    from the directory nbdkit was started in)."
     QC_OPTIONS_HELP (qcow2),
-  .get_ready = qcow2_get_ready,
-  .cleanup = qcow2_cleanup,
-  .list_exports = qcow2_list_exports,
-  .default_export = qcow2_default_export,
-  .open = qcow2_open,
-  .close = qcow2_close,
-  .finalize = qcow2_finalize,
-  .export_description = qcow2_export_description,
-  .get_size = qcow2_get_size,
-  .block_size = qcow2_block_size,
-  .can_write = qcow2_can_write,
-  .can_flush = qcow2_can_flush,
-  .is_rotational = qcow2_is_rotational,
-  .can_trim = qcow2_can_trim,
-  .can_zero = qcow2_can_zero,
-  .can_fast_zero = qcow2_can_fast_zero,
-  .can_extents = qcow2_can_extents,
-  .can_fua = qcow2_can_fua,
-  .can_multi_conn = qcow2_can_multi_conn,
-  .can_cache = qcow2_can_cache,
-  .pread = qcow2_pread,
-  .pwrite = qcow2_pwrite,
-  .flush = qcow2_flush,
-  .trim = qcow2_trim,
-  .zero = qcow2_zero,
-  .extents = qcow2_extents,
+  FILTER_CALLBACKS,
 };
 
 NBDKIT_REGISTER_FILTER (filter)

@@ -1,0 +1,270 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* What both filters share: see filter-glue.h.  Each filter (.so) links
+ * its own copy, so the state below is the filter's own.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include <nbdkit-filter.h>
+
+#include "filter-glue.h"
+#include "next-blkdev.h"
+#include "serve.h"
+
+static const struct filter_module *module;
+static int thread_model = NBDKIT_THREAD_MODEL_PARALLEL;
+
+/* The image and the context of the plugin below holding it. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static nbdkit_next *below;
+static struct qc_image *img;
+static bool writable;           /* the image may be made writable */
+static uint64_t below_size;
+
+void
+filter_glue_init (const struct filter_module *m)
+{
+  module = m;
+}
+
+int
+filter_get_ready (int model)
+{
+  thread_model = model;
+  return 0;
+}
+
+/* The plugin below as a device: a prepared context of its own. */
+static struct blkdev *
+open_below (nbdkit_backend *backend, int readonly)
+{
+  struct blkdev *dev;
+
+  readonly = readonly || module->below_readonly;
+  below = next_context_open (backend, readonly);
+  if (!below)
+    return NULL;
+  dev = next_blkdev_new (below, module->device_name, readonly);
+  if (dev && thread_model < NBDKIT_THREAD_MODEL_PARALLEL)
+    dev = next_blkdev_serialized (dev);
+  if (!dev) {
+    next_context_close (below);
+    below = NULL;
+  }
+  return dev;
+}
+
+struct qc_image *
+filter_image (nbdkit_backend *backend, int readonly)
+{
+  struct qc_image *ret;
+  struct blkdev *dev;
+
+  pthread_mutex_lock (&lock);
+  if (!img && (dev = open_below (backend, readonly)) != NULL) {
+    writable = !(module->image_in_below && dev->readonly);
+    below_size = dev->size;
+    img = module->open_image (dev, readonly);
+    if (!img) {
+      next_context_close (below);
+      below = NULL;
+    }
+  }
+  ret = img;
+  pthread_mutex_unlock (&lock);
+  return ret;
+}
+
+void
+filter_cleanup (nbdkit_backend *backend)
+{
+  /* The image first: closing it writes its metadata back, through the
+   * plugin below, which is still there (.cleanup runs before the
+   * plugin's).
+   */
+  pthread_mutex_lock (&lock);
+  if (img) {
+    module->close_image (img);
+    img = NULL;
+    next_context_close (below);
+    below = NULL;
+  }
+  pthread_mutex_unlock (&lock);
+}
+
+void
+filter_unload_image (void)
+{
+  if (img)
+    module->close_image (img);
+  img = NULL;
+}
+
+int
+filter_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
+                     int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  struct qc_image *im = NULL;
+
+  if (serve_snapshot_exports () && !(im = filter_image (nxdata, readonly)))
+    return -1;
+  return serve_list_exports (im, exports);
+}
+
+const char *
+filter_default_export (nbdkit_next_default_export *next,
+                       nbdkit_backend *nxdata, int readonly, int is_tls)
+{
+  /* Export names choose snapshots of the image, not exports of the
+   * plugin below.
+   */
+  return "";
+}
+
+void *
+filter_open (nbdkit_next_open *next, nbdkit_context *context,
+             int readonly, const char *exportname, int is_tls)
+{
+  struct qc_image *im;
+  struct serve_handle *h;
+
+  /* next is not called: this connection never uses the plugin below
+   * directly, only the shared image (nbdkit-filter(3) allows that when
+   * no callback of the connection calls next).
+   */
+  if (serve_check_export (exportname) == -1)
+    return NULL;
+  im = filter_image (nbdkit_context_get_backend (context), readonly);
+  if (!im)
+    return NULL;
+  h = serve_handle_new (im, readonly, exportname, writable);
+  if (h && module->size_of_below)
+    h->size = below_size;
+  return h;
+}
+
+int
+filter_finalize (nbdkit_next *next, void *handle)
+{
+  struct serve_handle *h = handle;
+
+  /* A client that wrote and went away without flushing: its writes
+   * become durable now, not only at shutdown.
+   */
+  if (h->written && blkdev_flush (h->view) == -1)
+    return -1;
+  return 0;
+}
+
+const char *
+filter_export_description (nbdkit_next *next, void *handle)
+{
+  return serve_export_description (handle);
+}
+
+int64_t
+filter_get_size (nbdkit_next *next, void *handle)
+{
+  return serve_get_size (handle);
+}
+
+int
+filter_block_size (nbdkit_next *next, void *handle, uint32_t *minimum,
+                   uint32_t *preferred, uint32_t *maximum)
+{
+  return serve_block_size (handle, minimum, preferred, maximum);
+}
+
+int
+filter_can_write (nbdkit_next *next, void *handle)
+{
+  return serve_can_write (handle);
+}
+
+/* can_flush, can_trim, can_fast_zero, can_extents, can_multi_conn. */
+int
+filter_true (nbdkit_next *next, void *handle)
+{
+  return serve_true (handle);
+}
+
+/* is_rotational */
+int
+filter_false (nbdkit_next *next, void *handle)
+{
+  return 0;
+}
+
+int
+filter_can_zero (nbdkit_next *next, void *handle)
+{
+  return NBDKIT_ZERO_NATIVE;
+}
+
+int
+filter_can_fua (nbdkit_next *next, void *handle)
+{
+  return serve_can_fua (handle);
+}
+
+int
+filter_can_cache (nbdkit_next *next, void *handle)
+{
+  return NBDKIT_CACHE_NONE;
+}
+
+/* serve_* set errno by the one rule (serve_errno). */
+static int
+result (int r, int *err)
+{
+  if (r == -1)
+    *err = errno;
+  return r;
+}
+
+int
+filter_pread (nbdkit_next *next, void *handle, void *buf, uint32_t count,
+              uint64_t offset, uint32_t flags, int *err)
+{
+  return result (serve_pread (handle, buf, count, offset, flags), err);
+}
+
+int
+filter_pwrite (nbdkit_next *next, void *handle, const void *buf,
+               uint32_t count, uint64_t offset, uint32_t flags, int *err)
+{
+  return result (serve_pwrite (handle, buf, count, offset, flags), err);
+}
+
+int
+filter_zero (nbdkit_next *next, void *handle, uint32_t count,
+             uint64_t offset, uint32_t flags, int *err)
+{
+  return result (serve_zero (handle, count, offset, flags), err);
+}
+
+int
+filter_trim (nbdkit_next *next, void *handle, uint32_t count,
+             uint64_t offset, uint32_t flags, int *err)
+{
+  return result (serve_trim (handle, count, offset, flags), err);
+}
+
+int
+filter_flush (nbdkit_next *next, void *handle, uint32_t flags, int *err)
+{
+  return result (serve_flush (handle, flags), err);
+}
+
+int
+filter_extents (nbdkit_next *next, void *handle, uint32_t count,
+                uint64_t offset, uint32_t flags,
+                struct nbdkit_extents *extents, int *err)
+{
+  return result (serve_extents (handle, count, offset, flags, extents),
+                 err);
+}

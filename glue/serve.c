@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The serving layer shared by the plugin and both filters: see serve.h.
+ * Each module (.so) links its own copy, so the module description below
+ * is the module's own.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "glue.h"
+#include "qc-error.h"
+#include "qc-options.h"
+#include "serve.h"
+
+static const struct serve_module *module;
+static const struct qc_options *options;  /* the module's */
+
+void
+serve_load (const struct serve_module *m, struct qc_options *opts)
+{
+  module = m;
+  options = opts;
+  qc_set_log_handler (glue_log);
+  qc_options_init (opts);
+  qc_options_set_prefix (m->prefix);
+  opts->prefix = m->prefix;
+}
+
+int
+serve_readonly (struct qc_options *opts, const struct qc_options *check)
+{
+  if (glue_nbdkit_readonly () != 1)
+    return 0;
+  opts->readonly = true;
+  return qc_options_check_readonly (check) == -1 ? -1 : 1;
+}
+
+struct qc_image *
+serve_image_ready (struct qc_image *img, const struct qc_options *opts,
+                   bool check_existing, const char *hint)
+{
+  /* An existing image where one was to be created if missing: it must
+   * be what was asked for (its size by qc_create_size, the rule a new
+   * image follows), before maintenance touches it.  check=, repair=
+   * and the snapshot operations run once, here.
+   */
+  if ((check_existing && qc_image_check_existing (img, opts, hint) == -1) ||
+      qc_image_maintain (img, opts) == -1) {
+    qc_image_close (img);
+    return NULL;
+  }
+  nbdkit_debug ("%s%s", module->what, qc_image_description (img));
+  return img;
+}
+
+struct qc_image *
+serve_image_open (const struct qc_options *opts, struct blkdev *dev,
+                  bool check_existing, const char *hint)
+{
+  struct qc_image *img = qc_image_open (opts, dev);
+
+  return img ? serve_image_ready (img, opts, check_existing, hint) : NULL;
+}
+
+int
+serve_list_exports (struct qc_image *img, struct nbdkit_exports *exports)
+{
+  size_t i, n = module->snapshot_exports ? qc_image_nr_snapshots (img) : 0;
+
+  if (nbdkit_use_default_export (exports) == -1)
+    return -1;
+  for (i = 0; i < n; i++) {
+    const char *name = qc_image_snapshot_name (img, i);
+    char desc[256];
+    snprintf (desc, sizeof desc, "internal snapshot '%s' (read-only)", name);
+    if (*name && nbdkit_add_export (exports, name, desc) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+bool
+serve_snapshot_exports (void)
+{
+  return module->snapshot_exports;
+}
+
+int
+serve_check_export (const char *name)
+{
+  if (name && *name && !module->snapshot_exports) {
+    nbdkit_error ("export '%s': the overlay serves only the default "
+                  "export (\"\")", name);
+    return -1;
+  }
+  return 0;
+}
+
+struct serve_handle *
+serve_handle_new (struct qc_image *img, int readonly, const char *name,
+                  bool writable)
+{
+  struct serve_handle *h;
+  struct blkdev *view;
+
+  if (!name)
+    name = "";
+  if (serve_check_export (name) == -1)
+    return NULL;
+  /* Until the first writable connection to the default export, the
+   * image is open read-only, with read locks only (always with nbdkit
+   * -r).  Like nbdkit-file-plugin, an image that cannot be written (a
+   * read-only file or plugin below, a corrupt image, qemu holding it)
+   * is then served read-only, with the reason in the log.
+   */
+  if (!readonly && !options->snapshot && *name == '\0') {
+    if (!writable)
+      nbdkit_debug ("the image was opened read-only (the plugin below "
+                    "cannot write, or the first connection was "
+                    "read-only): serving read-only");
+    else if (qc_image_make_writable (img) == -1)
+      nbdkit_debug ("serving %s read-only", qc_image_description (img));
+  }
+  view = qc_image_view (img, name);
+  if (!view)
+    return NULL;
+  h = calloc (1, sizeof *h);
+  if (!h) {
+    nbdkit_error ("calloc: %m");
+    return NULL;
+  }
+  h->img = img;
+  h->view = view;
+  h->export = *name ? nbdkit_strdup_intern (name) : NULL;
+  h->size = view->size;
+  h->readonly = readonly;
+  return h;
+}
+
+void
+serve_close (void *handle)
+{
+  free (handle);
+}
+
+const char *
+serve_export_description (void *handle)
+{
+  struct serve_handle *h = handle;
+  const char *d = qc_image_description (h->img);
+
+  if (h->export)
+    return nbdkit_printf_intern ("internal snapshot '%s' of %s",
+                                 h->export, d);
+  return *module->what ? nbdkit_printf_intern ("%s%s", module->what, d) : d;
+}
+
+int64_t
+serve_get_size (void *handle)
+{
+  struct serve_handle *h = handle;
+
+  return h->size;
+}
+
+int
+serve_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                  uint32_t *maximum)
+{
+  struct serve_handle *h = handle;
+
+  glue_block_size (h->img, minimum, preferred, maximum);
+  return 0;
+}
+
+int
+serve_can_write (void *handle)
+{
+  struct serve_handle *h = handle;
+
+  /* Writes go to the image: the plugin below an overlay may well be
+   * read-only.
+   */
+  return !h->readonly && !h->view->readonly;
+}
+
+/* can_zero, can_fast_zero, can_trim, can_flush, can_extents, and
+ * can_multi_conn: all connections share one image and its metadata
+ * cache, and a flush writes back everything.
+ */
+int
+serve_true (void *handle)
+{
+  return 1;
+}
+
+int
+serve_can_fua (void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+/* ENOTSUP (EOPNOTSUPP) tells a client that a fast zero would not be
+ * fast, and nbdkit asserts that no other request of a filter fails
+ * with it.  A plain zero that fails with it has failed for good: the
+ * core already falls back to writing zeros where it cannot deallocate,
+ * so nbdkit's own fallback (for a plugin) would only do that again.
+ */
+int
+serve_errno (uint32_t flags)
+{
+  int err = errno ? errno : EIO;
+
+  if ((err == ENOTSUP || err == EOPNOTSUPP) &&
+      !(flags & NBDKIT_FLAG_FAST_ZERO))
+    err = EIO;
+  errno = err;
+  return err;
+}
+
+/* A request's result: 0, or -1 with errno by the one rule. */
+static int
+done (int r, uint32_t flags)
+{
+  if (r == -1)
+    serve_errno (flags);
+  return r == -1 ? -1 : 0;
+}
+
+int
+serve_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+             uint32_t flags)
+{
+  struct serve_handle *h = handle;
+
+  return done (blkdev_pread (h->view, buf, count, offset), flags);
+}
+
+int
+serve_pwrite (void *handle, const void *buf, uint32_t count,
+              uint64_t offset, uint32_t flags)
+{
+  struct serve_handle *h = handle;
+
+  h->written = true;
+  return done (blkdev_pwrite (h->view, buf, count, offset,
+                              glue_blkdev_flags (flags)), flags);
+}
+
+int
+serve_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct serve_handle *h = handle;
+
+  h->written = true;
+  return done (blkdev_zero (h->view, count, offset,
+                            glue_blkdev_flags (flags)), flags);
+}
+
+int
+serve_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct serve_handle *h = handle;
+
+  h->written = true;
+  return done (blkdev_trim (h->view, count, offset,
+                            glue_blkdev_flags (flags)), flags);
+}
+
+int
+serve_flush (void *handle, uint32_t flags)
+{
+  struct serve_handle *h = handle;
+
+  return done (blkdev_flush (h->view), flags);
+}
+
+int
+serve_extents (void *handle, uint32_t count, uint64_t offset,
+               uint32_t flags, struct nbdkit_extents *extents)
+{
+  struct serve_handle *h = handle;
+
+  return done (glue_extents (h->view, count, offset, flags, extents),
+               flags);
+}
