@@ -107,4 +107,12 @@ extern int serve_flush (void *handle, uint32_t flags);
 extern int serve_extents (void *handle, uint32_t count, uint64_t offset,
                           uint32_t flags, struct nbdkit_extents *extents);
 
+/* The configuration callbacks of a front-end, named PREFIX_load,
+ * PREFIX_unload, PREFIX_config and PREFIX_config_complete, for its
+ * struct nbdkit_plugin or nbdkit_filter.
+ */
+#define SERVE_CONFIG_CALLBACKS(p)                                       \
+  .load = p##_load, .unload = p##_unload,                               \
+  .config = p##_config, .config_complete = p##_config_complete
+
 #endif /* QC_SERVE_H */

@@ -140,10 +140,7 @@ static struct nbdkit_plugin plugin = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 plugin",
   .version = PACKAGE_VERSION,
-  .load = qcow2_load,
-  .unload = qcow2_unload,
-  .config = qcow2_config,
-  .config_complete = qcow2_config_complete,
+  SERVE_CONFIG_CALLBACKS (qcow2),
   /* From the core's option table, shared with the filters. */
   .config_help =
     "[file=]FILE\n    The image (qcow2 or raw)."

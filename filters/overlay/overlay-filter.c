@@ -358,8 +358,7 @@ static const struct filter_module filter_module = {
   .device_name = "the plugin below the overlay",
   .below_readonly = true,
   .size_of_below = true,
-  .open_image = open_image,
-  .close_image = close_image,
+  .open_image = open_image, .close_image = close_image,
 };
 
 static int
@@ -380,10 +379,7 @@ static struct nbdkit_filter filter = {
   .name = "overlay",
   .longname = "nbdkit qcow2 overlay filter",
   .description = "A persistent qcow2 copy-on-write overlay over the plugin",
-  .load = overlay_load,
-  .unload = overlay_unload,
-  .config = overlay_config,
-  .config_complete = overlay_config_complete,
+  SERVE_CONFIG_CALLBACKS (overlay),
   .config_help = help,
   .after_fork = overlay_after_fork,
   FILTER_CALLBACKS,

@@ -295,17 +295,13 @@ open_image (struct blkdev *dev, bool readonly)
 static const struct filter_module filter_module = {
   .device_name = "container",
   .image_in_below = true,
-  .open_image = open_image,
-  .close_image = qc_image_close,
+  .open_image = open_image, .close_image = qc_image_close,
 };
 
 static struct nbdkit_filter filter = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 filter",
-  .load = qcow2_load,
-  .unload = qcow2_unload,
-  .config = qcow2_config,
-  .config_complete = qcow2_config_complete,
+  SERVE_CONFIG_CALLBACKS (qcow2),
   /* From the core's option table, shared with the plugin. */
   .config_help =
     "qcow2-backing-from=file\n"
