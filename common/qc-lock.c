@@ -9,6 +9,7 @@
 
 #include "qc-error.h"
 #include "qc-lock.h"
+#include "qc-options.h"
 
 #define PERM_READ   0
 #define PERM_WRITE  1
@@ -70,7 +71,8 @@ qc_lock_image (int fd, bool write, const char *name)
       if (held) {
         qc_error ("%s: cannot get the \"%s\" lock: another process (qemu?) "
                   "has the image open and does not share it; use "
-                  "locking=off to serve it anyway", name, perm_names[i]);
+                  "%slocking=off to serve it anyway", name, perm_names[i],
+                  qc_options_prefix ());
         errno = EAGAIN;
         return -1;
       }
@@ -80,8 +82,8 @@ qc_lock_image (int fd, bool write, const char *name)
         return -1;
       if (held) {
         qc_error ("%s: another process (qemu?) has the image open with "
-                  "\"%s\" permission; use locking=off to serve it anyway",
-                  name, perm_names[i]);
+                  "\"%s\" permission; use %slocking=off to serve it anyway",
+                  name, perm_names[i], qc_options_prefix ());
         errno = EAGAIN;
         return -1;
       }
@@ -92,7 +94,7 @@ qc_lock_image (int fd, bool write, const char *name)
  lock_err:
   if (errno == EAGAIN || errno == EACCES) {
     qc_error ("%s: image is locked by another process (qemu?); use "
-              "locking=off to serve it anyway", name);
+              "%slocking=off to serve it anyway", name, qc_options_prefix ());
     errno = EAGAIN;
   }
   else

@@ -15,7 +15,7 @@
 
 #define TABLE_ROW(key, type, syntax, def, help) { key, type, syntax, def, help },
 const struct qc_option qc_option_table[] = {
-  QC_OPTIONS (TABLE_ROW)
+  QC_OPTIONS (TABLE_ROW, plugin)
 };
 const size_t qc_option_table_len =
   sizeof qc_option_table / sizeof qc_option_table[0];
@@ -36,7 +36,8 @@ qc_options_prefix (void)
 
 /* qc_options.given has one bit per option. */
 #define COUNT_ROW(...) + 1
-_Static_assert (0 QC_OPTIONS (COUNT_ROW) <= 64, "too many options for given");
+_Static_assert (0 QC_OPTIONS (COUNT_ROW, plugin) <= 64,
+                "too many options for given");
 
 void
 qc_options_init (struct qc_options *opts)
@@ -200,7 +201,8 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   }
   if (strcmp (key, "backing") == 0) {
     if (*value == '\0') {
-      qc_error ("backing=: empty name (use backing=none for no backing)");
+      qc_error ("%sbacking=: empty name (use %sbacking=none for no "
+                "backing)", qc_prefix (opts), qc_prefix (opts));
       errno = EINVAL;
       return -1;
     }
@@ -481,13 +483,14 @@ qc_options_check (const struct qc_options *opts)
   if (opts->format && strcmp (opts->format, "raw") == 0 &&
       (opts->nr_ops || opts->check || opts->repair || opts->compress >= 0)) {
     qc_error ("snapshot, check, repair and compress options apply only to "
-              "format=qcow2");
+              "%sformat=qcow2", p);
     errno = EINVAL;
     return -1;
   }
   if (opts->format && strcmp (opts->format, "raw") == 0 &&
       (opts->backing || opts->snapshot)) {
-    qc_error ("backing= and snapshot= apply only to format=qcow2");
+    qc_error ("%sbacking= and %ssnapshot= apply only to %sformat=qcow2",
+              p, p, p);
     errno = EINVAL;
     return -1;
   }
@@ -499,7 +502,7 @@ qc_options_check_readonly (const struct qc_options *opts)
 {
   const char *p = qc_prefix (opts);
   const char *why = NULL;
-  char what[64];
+  char what[64], check[80];
 
   if (opts->create != QC_CREATE_NO) {
     snprintf (what, sizeof what, "%screate=", p);
@@ -513,7 +516,9 @@ qc_options_check_readonly (const struct qc_options *opts)
   }
   else if (opts->repair != QC_REPAIR_NONE) {
     snprintf (what, sizeof what, "%srepair=", p);
-    why = "nothing can be repaired (check=on only reports)";
+    snprintf (check, sizeof check, "nothing can be repaired (%scheck=on "
+              "only reports)", p);
+    why = check;
   }
   else if (opts->compress >= 0) {
     snprintf (what, sizeof what, "%scompress=", p);

@@ -15,18 +15,41 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
 
 /* The options, as an X-macro so that help texts can be string literals
  * (nbdkit copies config_help at load time, so it must be constant):
- * X (key, type, value syntax, default or NULL, help).
+ * X (key, type, value syntax, default or NULL, help).  M is the module
+ * (plugin, qcow2, overlay): help texts name options with its prefix,
+ * QC_P (M), and say what an option means to it where that differs,
+ * QC_HELP (NAME, M).
  */
-#define QC_OPTIONS(X)                                                   \
+#define QC_PREFIX_plugin ""
+#define QC_PREFIX_qcow2 "qcow2-"
+#define QC_PREFIX_overlay "overlay-"
+#define QC_P(M) QC_PREFIX_ ## M
+#define QC_HELP(name, M) QC_HELP_ ## name ## _ ## M
+#define QC_HELP_FOLLOW_plugin                                           \
+  "Files an image may name (backing, data file): any path, only in "    \
+  "its directory, or none."
+#define QC_HELP_FOLLOW_qcow2                                            \
+  "Files the image may name (backing, data file): any path, only in "   \
+  "the directory nbdkit was started in, or none."
+#define QC_HELP_FOLLOW_overlay                                          \
+  "Files the overlay may name (its data file): any path, only in its "  \
+  "directory, or none."
+#define QC_HELP_LOCKING_plugin "Take qemu-compatible image locks."
+#define QC_HELP_LOCKING_qcow2                                           \
+  "Take qemu-compatible locks on the image's local backing and data "   \
+  "files (the container is not locked)."
+#define QC_HELP_LOCKING_overlay                                         \
+  "Take qemu-compatible locks on the overlay file and its data file."
+
+#define QC_OPTIONS(X, M)                                                \
   X ("format", QC_OPT_STRING, "qcow2|raw", "qcow2",                     \
      "Image format.")                                                   \
   X ("backing", QC_OPT_STRING, "PATH|none", NULL,                       \
      "Use this backing file instead of the image's, or none.")          \
   X ("backing-format", QC_OPT_STRING, "qcow2|raw", NULL,                \
-     "Format of the backing= file (probed if absent).")                 \
+     "Format of the " QC_P (M) "backing= file (probed if absent).")     \
   X ("referenced-files", QC_OPT_STRING, "any|same-dir|none", "any",     \
-     "Files an image may name (backing, data file): any path, only in "  \
-     "its directory, or none.")                                         \
+     QC_HELP (FOLLOW, M))                                               \
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
      "Serve this internal snapshot (name or ID) by default.")           \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
@@ -34,7 +57,7 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("compressed-cache", QC_OPT_SIZE, "SIZE", "8M or 16 clusters",     \
      "Cache of decompressed clusters per image, 0 = off.")              \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
-     "Take qemu-compatible image locks.")                               \
+     QC_HELP (LOCKING, M))                                              \
   X ("overlap-check", QC_OPT_BOOL, "on|off", "on",                      \
      "Refuse writes over metadata or snapshot data, whatever the "      \
      "refcounts say.")                                                  \
@@ -53,7 +76,8 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("compress-level", QC_OPT_STRING, "N|fast", "zlib 6, zstd 3",      \
      "Compression level (zlib 1-9, zstd 1-22; fast: ISA-L / zstd 1).")  \
   X ("passphrase", QC_OPT_STRING, "SECRET|-|+FILE|-FD", NULL,          \
-     "Passphrase of an encrypted image (or of a new one: encrypt=luks).")\
+     "Passphrase of an encrypted image (or of a new one: "              \
+     QC_P (M) "encrypt=luks).")                                         \
   X ("backing-passphrase", QC_OPT_STRING, "SECRET|-|+FILE|-FD", NULL,  \
      "Passphrase of an encrypted backing file.")                       \
   X ("encrypt", QC_OPT_STRING, "luks|off", "off",                       \
@@ -85,15 +109,12 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("data-file-raw", QC_OPT_BOOL, "on|off", "off",                     \
      "Keep the external data file a valid raw image.")
 
+/* config_help text for all options of module M (plugin, qcow2). */
+#define QC_OPTIONS_HELP(M) QC_OPTIONS (QC_OPTIONS_HELP_ ## M, M)
+#define QC_OPTIONS_HELP_plugin(...) QC_OPTION_HELP_LINE ("", __VA_ARGS__)
+#define QC_OPTIONS_HELP_qcow2(...) QC_OPTION_HELP_LINE ("qcow2-", __VA_ARGS__)
 #define QC_OPTION_HELP_LINE(prefix, key, type, syntax, def, help)       \
   "\n" prefix key "=" syntax "\n    " help
-/* config_help text for all options, keys with the given prefix. */
-#define QC_OPTIONS_HELP(prefix)                                         \
-  QC_OPTIONS (QC_OPTIONS_HELP_ ## prefix)
-#define QC_OPTIONS_HELP_(...) QC_OPTION_HELP_LINE ("", __VA_ARGS__)
-#define QC_OPTIONS_HELP_qcow2(...) QC_OPTION_HELP_LINE ("qcow2-", __VA_ARGS__)
-#define QC_OPTIONS_HELP_overlay(...) \
-  QC_OPTION_HELP_LINE ("overlay-", __VA_ARGS__)
 
 struct qc_option {
   const char *key;

@@ -63,8 +63,9 @@ resolve_name (struct qc_image *img, const struct qc_options *opts,
     return NULL;
   }
   if (opts->follow == QC_FOLLOW_NONE) {
-    qc_error ("%s: the image names its %s ('%s'): referenced-files=none "
-              "opens no file an image names", image_name, what, name);
+    qc_error ("%s: the image names its %s ('%s'): %sreferenced-files=none "
+              "opens no file an image names", image_name, what, name,
+              qc_prefix (opts));
     errno = EPERM;
     return NULL;
   }
@@ -109,8 +110,8 @@ qc_follow_check (const char *image_name, const char *root, const char *name,
   if (strncmp (real, root, n) != 0 ||
       (real[n] != '/' && !(n == 1 && root[0] == '/'))) {
     qc_error ("%s: the image's %s '%s' is %s, outside the image's "
-              "directory %s (referenced-files=same-dir)",
-              image_name, what, name, real, root);
+              "directory %s (%sreferenced-files=same-dir)",
+              image_name, what, name, real, root, qc_options_prefix ());
     free (real);
     errno = EPERM;
     return NULL;
@@ -164,8 +165,8 @@ open_crypto (struct qc_image *img, const struct qc_options *opts,
      * (open_backing): name that option, not the top image's.
      */
     qc_error ("%s: the %s is encrypted (%s): give its passphrase with "
-              "%spassphrase=", img->name,
-              depth > 0 ? "backing file" : "image", kind,
+              "%s%spassphrase=", img->name,
+              depth > 0 ? "backing file" : "image", kind, qc_prefix (opts),
               depth > 0 ? "backing-" : "");
     errno = EPERM;
     return -1;
@@ -183,8 +184,8 @@ open_crypto (struct qc_image *img, const struct qc_options *opts,
     return -1;
   }
   if (opts->compress >= 0) {
-    qc_error ("%s: compress= cannot be used with an encrypted image",
-              img->name);
+    qc_error ("%s: %scompress= cannot be used with an encrypted image",
+              img->name, qc_prefix (opts));
     errno = EINVAL;
     return -1;
   }
@@ -260,8 +261,8 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
     name = opts->backing;
     format = opts->backing_format;
     if (looks_like_protocol (name)) {
-      qc_error ("backing=%s: looks like a protocol or json: name; only "
-                "plain file names are supported", name);
+      qc_error ("%sbacking=%s: looks like a protocol or json: name; only "
+                "plain file names are supported", qc_prefix (opts), name);
       errno = EINVAL;
       return -1;
     }
@@ -433,8 +434,11 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     return img;
   }
   if (dev->size < 4 || !qcow2_has_magic (magic)) {
-    qc_error ("%s: not a qcow2 image (no QFI\\xfb magic); use format=raw "
-              "to serve it as a raw image", img->name);
+    if (opts->backing_dev)      /* an overlay: always qcow2 */
+      qc_error ("%s: not a qcow2 image (no QFI\\xfb magic)", img->name);
+    else
+      qc_error ("%s: not a qcow2 image (no QFI\\xfb magic); use %sformat=raw "
+                "to serve it as a raw image", img->name, qc_prefix (opts));
     errno = EINVAL;
     goto err;
   }
@@ -464,17 +468,17 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   img->compress = opts->compress;
   img->compress_level = opts->compress_level;
   if (img->compress >= 0 && img->compress != img->h.compression_type) {
-    qc_error ("%s: the image's compression type is %s: compress=%s needs "
-              "an image created with compression-type=%s", img->name,
-              img->h.compression_type ? "zstd" : "zlib",
+    qc_error ("%s: the image's compression type is %s: %scompress=%s "
+              "needs an image created with compression-type=%s", img->name,
+              img->h.compression_type ? "zstd" : "zlib", qc_prefix (opts),
               img->compress ? "zstd" : "zlib",
               img->compress ? "zstd" : "zlib");
     errno = EINVAL;
     goto err;
   }
   if (img->compress >= 0 && img->external_data) {
-    qc_error ("%s: compress= cannot be used with an external data file",
-              img->name);
+    qc_error ("%s: %scompress= cannot be used with an external data file",
+              img->name, qc_prefix (opts));
     errno = EINVAL;
     goto err;
   }

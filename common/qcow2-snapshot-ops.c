@@ -106,7 +106,7 @@ apply_refs (struct qc_image *img, const struct qc_refs *r, int sign,
 
   if (r->out_of_range) {
     qc_error ("%s: the image references clusters past its end; repair it "
-              "first (repair=all)", img->name);
+              "first (%srepair=all)", img->name, qc_options_prefix ());
     errno = EINVAL;
     return -1;
   }
@@ -1229,9 +1229,9 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
         return -1;
       }
       qc_error ("%s: check: %" PRIu64 " corruptions and %" PRIu64 " leaked "
-                "clusters: the image is served read-only; repair=all "
+                "clusters: the image is served read-only; %srepair=all "
                 "rebuilds its refcounts", img->name, res.corruptions,
-                res.leaks);
+                res.leaks, qc_prefix (opts));
       img->force_readonly = true;
       __atomic_store_n (&img->active.dev.readonly, true, __ATOMIC_RELEASE);
       return 0;

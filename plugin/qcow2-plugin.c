@@ -144,7 +144,7 @@ static struct nbdkit_plugin plugin = {
   /* From the core's option table, shared with the filters. */
   .config_help =
     "[file=]FILE\n    The image (qcow2 or raw)."
-    QC_OPTIONS_HELP (),
+    QC_OPTIONS_HELP (plugin),
   .magic_config_key = "file",
   .get_ready = qcow2_get_ready,
   .list_exports = qcow2_list_exports,

@@ -104,6 +104,10 @@ is_engine_key (const char *key)
 static char help[8192] =
   "overlay=FILE\n    (required) The qcow2 overlay file (created if missing).";
 
+/* The table's help texts as they read for the overlay. */
+#define HELP_TEXT(key, type, syntax, def, help) help,
+static const char *const overlay_help[] = { QC_OPTIONS (HELP_TEXT, overlay) };
+
 static void
 build_help (void)
 {
@@ -125,7 +129,7 @@ build_help (void)
     if (refused_reason (o->key) || strcmp (o->key, "backing-format") == 0)
       continue;
     n = snprintf (help + len, sizeof help - len, "\n" PREFIX "%s=%s\n    %s",
-                  o->key, o->syntax, o->help);
+                  o->key, o->syntax, overlay_help[i]);
     if (n < 0 || (size_t) n >= sizeof help - len) {
       help[len] = '\0';
       return;
