@@ -170,6 +170,13 @@ qc_options_given (const struct qc_options *opts, const char *key)
   return i >= 0 && (opts->given & (1ULL << i));
 }
 
+void
+qc_options_set_size (struct qc_options *opts, uint64_t size)
+{
+  opts->size = size;
+  opts->given |= 1ULL << option_index ("size");
+}
+
 static int set_option (struct qc_options *opts, const char *key,
                        const char *value);
 

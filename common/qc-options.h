@@ -155,6 +155,11 @@ extern void qc_options_free (struct qc_options *opts);
 extern int qc_options_set (struct qc_options *opts,
                            const char *key, const char *value);
 
+/* The size of an image to create, decided by the front-end (the
+ * overlay's is the plugin's), as if size= was given: 0 is a size.
+ */
+extern void qc_options_set_size (struct qc_options *opts, uint64_t size);
+
 /* The creation options' rules, as qemu-img applies them. */
 extern int qc_create_check (const struct qc_options *opts);
 /* The virtual size a created image gets (size= rounded up to 512). */

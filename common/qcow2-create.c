@@ -68,7 +68,7 @@ qc_create_check (const struct qc_options *o)
     if (o->preallocate_metadata)
       REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
   }
-  if (o->size == 0 && o->create == QC_CREATE_FORCE)
+  if (!qc_options_given (o, "size") && o->create == QC_CREATE_FORCE)
     REFUSE ("%screate=force needs %ssize=", p, p);
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
     REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
@@ -247,9 +247,8 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   if (l1_size > QCOW2_MAX_L1_BYTES / 8)
     REFUSE ("size=%" PRIu64 " is too large for cluster-size=%" PRIu64,
             o->size, cs);
+  /* A 0-byte disk has no L1 table at all, as qemu-img makes it. */
   l1_clusters = (l1_size * 8 + cs - 1) / cs;
-  if (l1_clusters == 0)
-    l1_clusters = 1;
   if (o->encrypt) {
     if (qc_crypto_luks_format (o->passphrase, strlen (o->passphrase),
                                o->encrypt_iter_time ? o->encrypt_iter_time
@@ -282,8 +281,9 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
     qc_error ("%m");
     goto out;
   }
-  if (build_header (o, buf, cs, cs, t, (1 + t + b) * cs, l1_size,
-                    (1 + t + b + l1_clusters) * cs, luks_len) == -1 ||
+  if (build_header (o, buf, cs, cs, t, l1_size ? (1 + t + b) * cs : 0,
+                    l1_size, (1 + t + b + l1_clusters) * cs,
+                    luks_len) == -1 ||
       blkdev_pwrite (dev, buf, cs, 0, 0) == -1)
     goto out;
   if (luks && blkdev_pwrite (dev, luks, luks_len,
@@ -433,7 +433,8 @@ qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
 
   if (qc_create_check (o) == -1)
     return -1;
-  if (o->size == 0)
+  /* size=0 is a size: a 0-byte disk, as qemu-img create makes. */
+  if (!qc_options_given (o, "size"))
     REFUSE ("creating an image needs %ssize=", p);
   /* The largest disk a 32 MiB L1 table maps with this cluster size. */
   l2_entries = cs / (o->extended_l2 ? 16 : 8);

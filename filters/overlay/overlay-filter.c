@@ -309,12 +309,8 @@ open_image (struct blkdev *dev, bool readonly)
                     "(nbdkit -r) does not create it", opts.file);
       goto err;
     }
-    if (dev->size == 0) {
-      nbdkit_error ("overlay=%s: the plugin below serves 0 bytes: there "
-                    "is nothing to overlay", opts.file);
-      goto err;
-    }
-    opts.size = dev->size;
+    /* A 0-byte plugin too: nbdkit-cow-filter serves it as well. */
+    qc_options_set_size (&opts, dev->size);
     created = true;
     if (qc_image_create (&opts, NULL) == -1)
       goto err;
