@@ -373,7 +373,7 @@ END_TEST
  */
 START_TEST (test_table_consistent)
 {
-  static const char help[] = QC_OPTIONS_HELP ();
+  static const char help[] = QC_OPTIONS_HELP (plugin);
   static const char help_qcow2[] = QC_OPTIONS_HELP (qcow2);
   struct qc_options o;
   size_t i, j;
