@@ -81,8 +81,9 @@ hint ()
     *) bad "$name: the hint names '$opt', not $prefix...: $(cat err)"
        return ;;
   esac
-  case "$opt" in qcow2-qcow2-*|overlay-overlay-*|qcow2-overlay-*|overlay-qcow2-*)
-    bad "$name: '$opt'"; return ;;
+  case "$opt" in
+    qcow2-qcow2-*|overlay-overlay-*|qcow2-overlay-*|overlay-qcow2-*)
+      bad "$name: '$opt'"; return ;;
   esac
   # The hint names an option with its value or without: give it one.
   case "$opt" in *=) opt="${opt}secret" ;; esac
