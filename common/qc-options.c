@@ -177,6 +177,12 @@ qc_options_set_size (struct qc_options *opts, uint64_t size)
   opts->given |= 1ULL << option_index ("size");
 }
 
+bool
+qc_create_size_known (const struct qc_options *opts)
+{
+  return opts->size != 0 || qc_options_given (opts, "size");
+}
+
 static int set_option (struct qc_options *opts, const char *key,
                        const char *value);
 

@@ -160,6 +160,12 @@ extern int qc_options_set (struct qc_options *opts,
  */
 extern void qc_options_set_size (struct qc_options *opts, uint64_t size);
 
+/* Whether a created image's size is known: size=0 is a size (a 0-byte
+ * disk, as qemu-img create makes), so a size given or set counts, even
+ * 0; a caller of the core may also just set opts->size.
+ */
+extern bool qc_create_size_known (const struct qc_options *opts);
+
 /* The creation options' rules, as qemu-img applies them. */
 extern int qc_create_check (const struct qc_options *opts);
 /* The virtual size a created image gets (size= rounded up to 512). */

@@ -68,7 +68,7 @@ qc_create_check (const struct qc_options *o)
     if (o->preallocate_metadata)
       REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
   }
-  if (!qc_options_given (o, "size") && o->create == QC_CREATE_FORCE)
+  if (!qc_create_size_known (o) && o->create == QC_CREATE_FORCE)
     REFUSE ("%screate=force needs %ssize=", p, p);
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
     REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
@@ -433,8 +433,7 @@ qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
 
   if (qc_create_check (o) == -1)
     return -1;
-  /* size=0 is a size: a 0-byte disk, as qemu-img create makes. */
-  if (!qc_options_given (o, "size"))
+  if (!qc_create_size_known (o))
     REFUSE ("creating an image needs %ssize=", p);
   /* The largest disk a 32 MiB L1 table maps with this cluster size. */
   l2_entries = cs / (o->extended_l2 ? 16 : 8);
