@@ -733,66 +733,6 @@ qc_image_make_writable (struct qc_image *img)
   return r;
 }
 
-int
-qc_before_first_write (struct qc_image *img)
-{
-  uint64_t keep;
-  int r = 0;
-
-  if (__atomic_load_n (&img->failed, __ATOMIC_ACQUIRE)) {
-    qc_error ("%s: an earlier I/O error left the image's metadata in an "
-              "unknown state: reopen it", img->name);
-    errno = EIO;
-    return -1;
-  }
-  if (__atomic_load_n (&img->marked_corrupt, __ATOMIC_ACQUIRE)) {
-    qc_error ("%s: the image was marked corrupt (see the first error): no "
-              "more writes; repair it with qemu-img check -r all",
-              img->name);
-    errno = EIO;
-    return -1;
-  }
-  if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
-    return 0;
-  pthread_mutex_lock (&img->meta_lock);
-  if (img->written)
-    goto out;
-  /* We do not maintain persistent bitmaps or unknown autoclear features:
-   * clearing their bits before the first write tells qemu they are stale.
-   */
-  keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
-  if (!img->external_data)
-    keep = 0;
-  if (keep != img->h.autoclear_features) {
-    uint64_t be = htobe64 (keep);
-    bool had_bitmaps =
-      img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
-
-    if (qc_write_header_field (img, QCOW2_HDR_AUTOCLEAR, &be, 8) == -1 ||
-        blkdev_flush (img->file) == -1) {
-      r = -1;
-      goto out;
-    }
-    img->h.autoclear_features = keep;
-    /* The bit is durable: nobody trusts the bitmaps any more, so their
-     * clusters can be given back.
-     */
-    if (had_bitmaps && qc_bitmaps_release (img) == -1) {
-      r = -1;
-      goto out;
-    }
-  }
-  /* What the refcounts cannot be trusted with, from here on. */
-  if (qc_guard_build (img) == -1) {
-    r = -1;
-    goto out;
-  }
-  __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
- out:
-  pthread_mutex_unlock (&img->meta_lock);
-  return r;
-}
-
 struct blkdev *
 qc_image_default_view (struct qc_image *img)
 {

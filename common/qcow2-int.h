@@ -290,7 +290,10 @@ extern void qc_store_entry (struct qc_image *img, uint8_t *table,
                             struct l2cache_entry *pin, uint64_t index,
                             uint64_t e, uint64_t bm);
 
-/* Header changes due before the first write (autoclear bits). */
+/* Header changes due before the first write (autoclear bits), and the
+ * refusals after a failure (qcow2-write.c): qc_view_write, _zero and
+ * _trim call it first.
+ */
 extern int qc_before_first_write (struct qc_image *img);
 
 /* References to every host cluster (qcow2-check.c). */

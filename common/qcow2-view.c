@@ -239,8 +239,7 @@ view_pwrite (struct blkdev *dev, const void *buf, size_t count,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, ENOSPC, "write") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "write"))
     return -1;
   return qc_view_write (v, buf, count, offset, flags);
 }
@@ -251,8 +250,7 @@ view_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, ENOSPC, "zero") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "zero"))
     return -1;
   return qc_view_zero (v, count, offset, flags);
 }
@@ -263,8 +261,7 @@ view_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, EINVAL, "trim") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, EINVAL, "trim"))
     return -1;
   return qc_view_trim (v, count, offset, flags);
 }
