@@ -311,7 +311,9 @@ extern int qc_count_refs (struct qc_image *img, bool refcount_structures,
 /* The same, also filling refs->copied. */
 extern int qc_count_refs_copied (struct qc_image *img, struct qc_refs *refs);
 extern void qc_refs_free (struct qc_refs *refs);
-/* Write new refcount structures from the references (dirty images). */
+/* Write new refcount structures from the references (dirty images;
+ * qcow2-writable.c).
+ */
 extern int qc_rebuild_refcounts (struct qc_image *img);
 
 /* Every cluster range the persistent bitmaps occupy (qcow2-bitmaps.c). */
