@@ -296,7 +296,7 @@ extern void qc_store_entry (struct qc_image *img, uint8_t *table,
  */
 extern int qc_before_first_write (struct qc_image *img);
 
-/* References to every host cluster (qcow2-check.c). */
+/* References to every host cluster (qcow2-refs.c). */
 struct qc_refs {
   uint64_t nr_clusters;
   uint32_t *count;              /* references per host cluster */
