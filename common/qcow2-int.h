@@ -316,6 +316,20 @@ extern void qc_refs_free (struct qc_refs *refs);
  */
 extern int qc_rebuild_refcounts (struct qc_image *img);
 
+/* Check and repair (qcow2-check.c).  Set COPIED exactly where the
+ * refcount is 1 in the active tree, or (!apply) only count where it is
+ * wrong (meta_lock held).
+ */
+extern int qc_copied_flags (struct qc_image *img, bool apply,
+                            uint64_t *fixed);
+/* The summaries after a check's and a repair's findings, in qemu-img
+ * check's words.
+ */
+extern void qc_check_report (struct qc_image *img,
+                             const struct qc_check_result *res);
+extern void qc_check_report_repaired (struct qc_image *img,
+                                      const struct qc_check_result *res);
+
 /* Every cluster range the persistent bitmaps occupy (qcow2-bitmaps.c). */
 extern int qc_bitmaps_walk (struct qc_image *img,
                             int (*fn) (struct qc_image *img, uint64_t offset,
