@@ -59,7 +59,8 @@ struct qcow2_snapshot {
   uint32_t vm_state_size;
   uint32_t extra_size;
   uint8_t *extra;               /* extra data as stored, kept on rewrite */
-  struct qc_view *view;         /* loaded on first use */
+  uint64_t *l1;                 /* host byte order: loaded on first use */
+  struct qc_view *view;         /* made on first use, over l1 */
 };
 
 struct qc_image {
@@ -191,7 +192,9 @@ extern void qc_view_init (struct qc_view *v, struct qc_image *img,
                           uint64_t *l1, uint32_t l1_size, uint64_t size,
                           const char *name);
 
-/* Load an L1 table (l1_size entries at offset) into host byte order. */
+/* Load an L1 table (l1_size entries at offset) into host byte order
+ * (qcow2-map.c).
+ */
 extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
                              uint32_t l1_size, const char *what);
 
@@ -376,6 +379,11 @@ extern int qc_flush_locked (struct qc_image *img);
 /* Snapshot table. */
 extern int qc_snapshots_read (struct qc_image *img);
 extern void qc_snapshots_free (struct qc_image *img);
+/* Snapshot i's L1 table, loaded on first use (qcow2-snapshot.c). */
+extern uint64_t *qc_snapshot_l1 (struct qc_image *img, uint32_t i);
+/* Free what was loaded for a snapshot: its L1 table and its view. */
+extern void qc_snapshot_free_loaded (struct qcow2_snapshot *s);
+/* Snapshot i's view, made on first use (qcow2-view.c). */
 extern struct qc_view *qc_snapshot_view (struct qc_image *img, uint32_t i);
 
 #endif /* QC_QCOW2_INT_H */

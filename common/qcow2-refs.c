@@ -202,12 +202,13 @@ count_refs (struct qc_image *img, bool refcount_structures, bool copied,
   if (h->nb_snapshots)
     ref_range (img, r, h->snapshots_offset, img->snapshots_size);
   for (i = 0; i < img->nr_snapshots; i++) {
-    struct qc_view *v = qc_snapshot_view (img, i);
-    if (!v)
+    const uint64_t *l1 = qc_snapshot_l1 (img, i);
+    if (!l1)
       goto err;
     ref_range (img, r, img->snapshots[i].l1_table_offset,
                (uint64_t) img->snapshots[i].l1_size * 8);
-    if (l2_list_add (img, &l2s, v->l1, v->l1_size, false) == -1)
+    if (l2_list_add (img, &l2s, l1, img->snapshots[i].l1_size,
+                     false) == -1)
       goto err;
   }
   if (ref_l2_tables (img, r, &l2s) == -1)

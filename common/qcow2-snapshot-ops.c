@@ -520,11 +520,7 @@ snapshot_delete (struct qc_image *img, const char *name)
   qc_debug ("%s: deleted snapshot '%s'", img->name, name);
   ret = 0;
  free_s:
-  if (s.view) {
-    free (s.view->l1);
-    free (s.view->dev.name);
-    free (s.view);
-  }
+  qc_snapshot_free_loaded (&s);
   free (s.id);
   free (s.name);
   free (s.extra);
