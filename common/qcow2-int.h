@@ -338,8 +338,6 @@ extern int qc_bitmaps_walk (struct qc_image *img,
                             int (*fn) (struct qc_image *img, uint64_t offset,
                                        uint64_t bytes, void *opaque),
                             void *opaque);
-/* Give back the clusters of bitmaps nobody trusts any more. */
-extern int qc_bitmaps_release (struct qc_image *img);
 
 /* The safety net over damaged refcounts (qcow2-guard.c).  Built before
  * the first write (meta_lock held); each check returns -1 with errno

@@ -771,6 +771,39 @@ write_plain (struct qc_view *v, const uint8_t *p, uint64_t offset,
   return write_slow (v, p, offset, count < in_l2 ? count : in_l2);
 }
 
+/* Giving back the clusters of bitmaps nobody trusts any more (see
+ * qcow2-bitmaps.c).  Drop one reference to each cluster of a range, if it has one. */
+static int
+release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
+               void *opaque)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t c, v;
+
+  if (offset == 0 || (offset & (cs - 1)))
+    return -1;
+  for (c = offset / cs; bytes && c <= (offset + bytes - 1) / cs; c++) {
+    if (qc_refcount_get (img, c, &v) == -1 || v == 0)
+      return -1;
+    if (qc_refcount_add (img, c, -1) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+release_bitmaps (struct qc_image *img)
+{
+  int r = qc_bitmaps_walk (img, release_range, NULL);
+
+  if (r == -1)
+    return -1;
+  if (r == 1)
+    qc_debug ("%s: bitmap metadata is inconsistent; some of its clusters "
+              "stay leaked", img->name);
+  return 0;
+}
+
 /* Every write, zero and trim of a view starts here (the view's device
  * checks only bounds): the header changes due before the first change
  * of the image, and the refusals once it failed or was marked corrupt.
@@ -821,7 +854,7 @@ qc_before_first_write (struct qc_image *img)
     /* The bit is durable: nobody trusts the bitmaps any more, so their
      * clusters can be given back.
      */
-    if (had_bitmaps && qc_bitmaps_release (img) == -1) {
+    if (had_bitmaps && release_bitmaps (img) == -1) {
       r = -1;
       goto out;
     }
