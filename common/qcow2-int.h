@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "blkdev.h"
+#include "byteorder.h"
 #include "dcache.h"
 #include "l2cache.h"
 #include "qcow2.h"
@@ -198,11 +199,48 @@ extern void qc_view_init (struct qc_view *v, struct qc_image *img,
 extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
                              uint32_t l1_size, const char *what);
 
-/* Refcounts. */
-extern uint64_t qc_refcount_entry_get (const uint8_t *block, uint64_t index,
-                                       uint32_t order);
-extern void qc_refcount_entry_set (uint8_t *block, uint64_t index,
-                                   uint32_t order, uint64_t v);
+/* Refcount entries of any width (1 to 64 bits) in a refcount block:
+ * inline, since the allocator, the safety net and the rebuild all read
+ * blocks and none of them should depend on another for this.
+ */
+static inline uint64_t
+qc_refcount_entry_get (const uint8_t *block, uint64_t index, uint32_t order)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: return get_be64 (block + index * 8);
+  case 32: return get_be32 (block + index * 4);
+  case 16: return get_be16 (block + index * 2);
+  case 8: return block[index];
+  default:
+    /* Sub-byte widths are packed least significant bits first. */
+    return (block[index * bits / 8] >> (index * bits % 8)) &
+      ((1U << bits) - 1);
+  }
+}
+
+static inline void
+qc_refcount_entry_set (uint8_t *block, uint64_t index, uint32_t order,
+                       uint64_t v)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: put_be64 (block + index * 8, v); break;
+  case 32: put_be32 (block + index * 4, v); break;
+  case 16: put_be16 (block + index * 2, v); break;
+  case 8: block[index] = v; break;
+  default: {
+    uint8_t *b = &block[index * bits / 8];
+    unsigned shift = index * bits % 8;
+    uint8_t mask = ((1U << bits) - 1) << shift;
+    *b = (*b & ~mask) | ((v << shift) & mask);
+  }
+  }
+}
+
+/* Refcounts (qcow2-refcount.c). */
 extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
 
 /* Writable refcounts and the allocator (meta_lock held). */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Refcounts: reading entries of any width (1 to 64 bits), and qemu's
- * test for a metadata-preallocated image, which decides how extents of
- * data clusters that are holes in the host file are reported.
+/* Refcounts: qemu's test for a metadata-preallocated image, which
+ * decides how extents of data clusters that are holes in the host file
+ * are reported.
  */
 #include <config.h>
 
@@ -13,43 +13,6 @@
 #include "byteorder.h"
 #include "qc-error.h"
 #include "qcow2-int.h"
-
-uint64_t
-qc_refcount_entry_get (const uint8_t *block, uint64_t index, uint32_t order)
-{
-  unsigned bits = 1U << order;
-
-  switch (bits) {
-  case 64: return get_be64 (block + index * 8);
-  case 32: return get_be32 (block + index * 4);
-  case 16: return get_be16 (block + index * 2);
-  case 8: return block[index];
-  default:
-    /* Sub-byte widths are packed least significant bits first. */
-    return (block[index * bits / 8] >> (index * bits % 8)) &
-      ((1U << bits) - 1);
-  }
-}
-
-void
-qc_refcount_entry_set (uint8_t *block, uint64_t index, uint32_t order,
-                       uint64_t v)
-{
-  unsigned bits = 1U << order;
-
-  switch (bits) {
-  case 64: put_be64 (block + index * 8, v); break;
-  case 32: put_be32 (block + index * 4, v); break;
-  case 16: put_be16 (block + index * 2, v); break;
-  case 8: block[index] = v; break;
-  default: {
-    uint8_t *b = &block[index * bits / 8];
-    unsigned shift = index * bits % 8;
-    uint8_t mask = ((1U << bits) - 1) << shift;
-    *b = (*b & ~mask) | ((v << shift) & mask);
-  }
-  }
-}
 
 /* Count clusters of the file with a non-zero refcount, stopping at
  * limit.  Reads the refcount table and blocks one at a time.
