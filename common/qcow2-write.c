@@ -772,7 +772,9 @@ write_plain (struct qc_view *v, const uint8_t *p, uint64_t offset,
 }
 
 /* Giving back the clusters of bitmaps nobody trusts any more (see
- * qcow2-bitmaps.c).  Drop one reference to each cluster of a range, if it has one. */
+ * qcow2-bitmaps.c).  Drop one reference to each cluster of a range, if
+ * it has one.
+ */
 static int
 release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
                void *opaque)
