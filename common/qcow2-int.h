@@ -95,7 +95,8 @@ struct qc_image {
   pthread_mutex_t lock;         /* guards making the image writable */
   pthread_mutex_t snap_lock;    /* guards loading snapshot views */
 
-  /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-flush.c).  All
+  /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-alloc.c,
+   * qcow2-flush.c).  All
    * of it is guarded by meta_lock, except the I/O epoch counters.
    */
   bool writable;                        /* atomic */
@@ -243,7 +244,16 @@ qc_refcount_entry_set (uint8_t *block, uint64_t index, uint32_t order,
 /* Refcounts (qcow2-refcount.c). */
 extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
 
-/* Writable refcounts and the allocator (meta_lock held). */
+/* Refcount entries per refcount block. */
+static inline uint64_t
+qc_refcount_per_block (const struct qc_image *img)
+{
+  return (img->h.cluster_size * 8) >> img->h.refcount_order;
+}
+
+/* Writable refcounts (qcow2-refcount.c) and the allocator
+ * (qcow2-alloc.c), meta_lock held.
+ */
 extern int qc_refcount_open (struct qc_image *img);
 extern void qc_refcount_close (struct qc_image *img);
 extern int qc_refcount_get (struct qc_image *img, uint64_t cluster,
