@@ -26,7 +26,19 @@
 #define DEFAULT_CACHE_MAX (32ULL << 20)
 
 static struct qc_image *image_open (const struct qc_options *opts,
-                                    struct blkdev *dev, unsigned depth);
+                                    struct blkdev *dev, unsigned depth,
+                                    const struct qc_open_file *of);
+
+/* The default seam: local files. */
+static struct blkdev *
+open_local_file (void *opaque, const char *path, enum qc_open_mode mode,
+                 const char *role)
+{
+  return mode == QC_OPEN_READONLY ? blkdev_file_open (path, true)
+                                  : blkdev_file_open_upgradable (path);
+}
+
+static const struct qc_open_file local_files = { open_local_file, NULL };
 
 /* A name from an image that qemu would take for a protocol (json:,
  * http://, nbd:...): a ':' before the first '/'.  We never interpret
@@ -207,7 +219,8 @@ open_data_file (struct qc_image *img, const struct qc_options *opts)
   path = resolve_name (img, opts, img->h.data_file, "external data file");
   if (!path)
     return -1;
-  img->data = blkdev_file_open_upgradable (path);
+  img->data = img->open_file.open (img->open_file.opaque, path,
+                                   QC_OPEN_UPGRADABLE, "external data file");
   free (path);
   if (!img->data)
     return -1;
@@ -286,7 +299,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.backing_passphrase = opts->backing_passphrase;
   bopts.follow = opts->follow;
   bopts.follow_root = img->follow_root;
-  img->backing_img = image_open (&bopts, NULL, depth + 1);
+  img->backing_img = image_open (&bopts, NULL, depth + 1, &img->open_file);
   free (path);
   if (!img->backing_img)
     return -1;
@@ -350,7 +363,7 @@ cache_capacity (const struct qc_image *img, uint64_t bytes)
 
 static struct qc_image *
 image_open (const struct qc_options *opts, struct blkdev *dev,
-            unsigned depth)
+            unsigned depth, const struct qc_open_file *of)
 {
   struct qc_image *img = calloc (1, sizeof *img);
   uint8_t magic[4];
@@ -367,9 +380,11 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   pthread_mutex_init (&img->meta_lock, NULL);
   pthread_rwlock_init (&img->rmw_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
+  img->open_file = *of;
   if (!dev)
-    dev = depth > 0 ? blkdev_file_open (opts->file, true)
-                    : blkdev_file_open_upgradable (opts->file);
+    dev = of->open (of->opaque, opts->file,
+                    depth > 0 ? QC_OPEN_READONLY : QC_OPEN_UPGRADABLE,
+                    depth > 0 ? "backing file" : NULL);
   if (!dev)
     goto err;
   img->file = dev;
@@ -496,7 +511,14 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
 struct qc_image *
 qc_image_open (const struct qc_options *opts, struct blkdev *dev)
 {
-  return image_open (opts, dev, 0);
+  return image_open (opts, dev, 0, &local_files);
+}
+
+struct qc_image *
+qc_image_open_with (const struct qc_options *opts, struct blkdev *dev,
+                    const struct qc_open_file *of)
+{
+  return image_open (opts, dev, 0, of ? of : &local_files);
 }
 
 void

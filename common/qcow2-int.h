@@ -71,6 +71,7 @@ struct qc_image {
   bool is_raw;
   bool locking;
   bool borrowed;                /* file belongs to the caller */
+  struct qc_open_file open_file; /* opens the files the image names */
   struct qc_crypto *crypto;     /* encryption, or NULL */
   pthread_rwlock_t rmw_lock;    /* partial-sector writes of encrypted
                                  * images (qcow2-data-io.c) */
