@@ -22,10 +22,6 @@
 #include "qcow2-crypto.h"
 #include "qcow2-int.h"
 
-#define EXT_BACKING_FMT   0xe2792acaU
-#define EXT_FEATURE_NAMES 0x6803f857U
-#define EXT_DATA_FILE     0x44415441U
-#define EXT_CRYPTO        0x0537be77U
 #define HEADER_LENGTH     112
 
 #define REFUSE(...) \
@@ -107,7 +103,7 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   }
 
   if (o->backing_file && o->backing_format &&
-      !put_ext (buf, cs, &pos, EXT_BACKING_FMT, o->backing_format,
+      !put_ext (buf, cs, &pos, QCOW2_EXT_BACKING_FMT, o->backing_format,
                 strlen (o->backing_format)))
     REFUSE ("backing-format= does not fit in the header cluster (%" PRIu64
             " bytes)", cs);
@@ -116,14 +112,14 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     put_be32 (buf + 32, 2);                     /* crypt_method: LUKS */
     put_be64 (ext, luks_off);
     put_be64 (ext + 8, luks_len);
-    if (!put_ext (buf, cs, &pos, EXT_CRYPTO, ext, sizeof ext))
+    if (!put_ext (buf, cs, &pos, QCOW2_EXT_CRYPTO, ext, sizeof ext))
       REFUSE ("the encryption header extension does not fit in the header "
               "cluster (%" PRIu64 " bytes)", cs);
   }
   if (o->data_file) {
     if (strlen (o->data_file) > 1023)
       REFUSE ("data-file name is longer than 1023 bytes");
-    if (!put_ext (buf, cs, &pos, EXT_DATA_FILE, o->data_file,
+    if (!put_ext (buf, cs, &pos, QCOW2_EXT_DATA_FILE, o->data_file,
                   strlen (o->data_file)))
       REFUSE ("data-file name does not fit in the header cluster (%" PRIu64
               " bytes)", cs);
@@ -140,7 +136,8 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     /* Only names for messages: left out when it does not fit, as
      * qemu-img does (512-byte clusters with any other extension).
      */
-    (void) put_ext (buf, cs, &pos, EXT_FEATURE_NAMES, table, sizeof table);
+    (void) put_ext (buf, cs, &pos, QCOW2_EXT_FEATURE_NAMES, table,
+                    sizeof table);
   }
   pos += 8;                     /* end of extensions */
   if (o->backing_file) {

@@ -15,13 +15,6 @@
 #include "qc-error.h"
 #include "qcow2-header.h"
 
-#define EXT_END           0x00000000U
-#define EXT_BACKING_FMT   0xe2792acaU
-#define EXT_FEATURE_NAMES 0x6803f857U
-#define EXT_BITMAPS       0x23852875U
-#define EXT_CRYPTO        0x0537be77U
-#define EXT_DATA_FILE     0x44415441U
-
 static const char *const incompat_names[] = {
   "dirty", "corrupt", "external data file", "compression type",
   "extended L2 entries",
@@ -99,7 +92,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
     uint32_t len = get_be32 (buf + off + 4);
     const uint8_t *data = buf + off + 8;
 
-    if (type == EXT_END)
+    if (type == QCOW2_EXT_END)
       return 0;
     if (len > cs - off - 8)
       BAD ("%s: header extension 0x%08" PRIx32 " at offset %" PRIu64
@@ -107,7 +100,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
            name, type, off, len);
 
     switch (type) {
-    case EXT_BACKING_FMT:
+    case QCOW2_EXT_BACKING_FMT:
       if (h->backing_format)
         BAD ("%s: more than one backing format extension", name);
       if (len == 0 || len > 16)
@@ -118,7 +111,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
         return -1;
       break;
 
-    case EXT_FEATURE_NAMES: {
+    case QCOW2_EXT_FEATURE_NAMES: {
       uint32_t i, n = len / 48;
       if (h->features)
         BAD ("%s: more than one feature name table", name);
@@ -138,7 +131,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       break;
     }
 
-    case EXT_BITMAPS:
+    case QCOW2_EXT_BITMAPS:
       if (len < 24)
         BAD ("%s: bitmaps extension has bad length %" PRIu32, name, len);
       h->has_bitmaps_ext = true;
@@ -147,7 +140,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       h->bitmap_directory_offset = get_be64 (data + 16);
       break;
 
-    case EXT_CRYPTO:
+    case QCOW2_EXT_CRYPTO:
       if (len != 16)
         BAD ("%s: encryption header extension has bad length %" PRIu32,
              name, len);
@@ -156,7 +149,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       h->crypto_length = get_be64 (data + 8);
       break;
 
-    case EXT_DATA_FILE:
+    case QCOW2_EXT_DATA_FILE:
       if (h->data_file)
         BAD ("%s: more than one external data file extension", name);
       if (len == 0 || len > 4096)

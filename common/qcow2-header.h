@@ -10,6 +10,16 @@
 
 #define QCOW2_MAGIC 0x514649fbU          /* "QFI\xfb" */
 
+/* Header extension types (read in qcow2-header.c, written in
+ * qcow2-create.c).
+ */
+#define QCOW2_EXT_END           0x00000000U
+#define QCOW2_EXT_BACKING_FMT   0xe2792acaU
+#define QCOW2_EXT_FEATURE_NAMES 0x6803f857U
+#define QCOW2_EXT_BITMAPS       0x23852875U
+#define QCOW2_EXT_CRYPTO        0x0537be77U
+#define QCOW2_EXT_DATA_FILE     0x44415441U
+
 /* Incompatible feature bits. */
 #define QCOW2_INCOMPAT_DIRTY       (1ULL << 0)
 #define QCOW2_INCOMPAT_CORRUPT     (1ULL << 1)
