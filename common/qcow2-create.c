@@ -78,13 +78,13 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     order++;
   memset (buf, 0, cs);
   put_be32 (buf, QCOW2_MAGIC);
-  put_be32 (buf + 4, compat);
-  put_be32 (buf + 20, __builtin_ctzll (cs));
-  put_be64 (buf + 24, qc_create_size (o));
-  put_be32 (buf + 36, l1_size);
-  put_be64 (buf + 40, l1_off);
-  put_be64 (buf + 48, reftable_off);
-  put_be32 (buf + 56, reftable_clusters);
+  put_be32 (buf + QCOW2_HDR_VERSION, compat);
+  put_be32 (buf + QCOW2_HDR_CLUSTER_BITS, __builtin_ctzll (cs));
+  put_be64 (buf + QCOW2_HDR_SIZE, qc_create_size (o));
+  put_be32 (buf + QCOW2_HDR_L1_SIZE, l1_size);
+  put_be64 (buf + QCOW2_HDR_L1_TABLE_OFFSET, l1_off);
+  put_be64 (buf + QCOW2_HDR_REFCOUNT_TABLE, reftable_off);
+  put_be32 (buf + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS, reftable_clusters);
   if (compat == 2) {
     pos = 72;
   }
@@ -93,11 +93,12 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     if (ctype) incompat |= QCOW2_INCOMPAT_COMPRESSION;
     if (o->extended_l2) incompat |= QCOW2_INCOMPAT_EXTL2;
     if (o->data_file_raw) autoclear |= QCOW2_AUTOCLEAR_DATA_RAW;
-    put_be64 (buf + 72, incompat);
-    put_be64 (buf + 80, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
-    put_be64 (buf + 88, autoclear);
-    put_be32 (buf + 96, order);
-    put_be32 (buf + 100, HEADER_LENGTH);
+    put_be64 (buf + QCOW2_HDR_INCOMPAT, incompat);
+    put_be64 (buf + QCOW2_HDR_COMPAT,
+              o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
+    put_be64 (buf + QCOW2_HDR_AUTOCLEAR, autoclear);
+    put_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER, order);
+    put_be32 (buf + QCOW2_HDR_HEADER_LENGTH, HEADER_LENGTH);
     buf[104] = ctype;
     pos = HEADER_LENGTH;
   }
@@ -109,7 +110,7 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
             " bytes)", cs);
   if (luks_len) {
     uint8_t ext[16];
-    put_be32 (buf + 32, 2);                     /* crypt_method: LUKS */
+    put_be32 (buf + QCOW2_HDR_CRYPT_METHOD, 2);           /* LUKS */
     put_be64 (ext, luks_off);
     put_be64 (ext + 8, luks_len);
     if (!put_ext (buf, cs, &pos, QCOW2_EXT_CRYPTO, ext, sizeof ext))
@@ -145,8 +146,8 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     if (pos + len > cs)
       REFUSE ("backing-file name does not fit in the header cluster");
     memcpy (buf + pos, o->backing_file, len);
-    put_be64 (buf + 8, pos);
-    put_be32 (buf + 16, len);
+    put_be64 (buf + QCOW2_HDR_BACKING_FILE_OFFSET, pos);
+    put_be32 (buf + QCOW2_HDR_BACKING_FILE_SIZE, len);
   }
   if (pos > cs)
     REFUSE ("the header does not fit in one cluster");

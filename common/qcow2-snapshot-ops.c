@@ -238,7 +238,7 @@ rewrite_snapshot_table (struct qc_image *img, const struct qcow2_snapshot
   /* nb_snapshots and snapshots_offset are adjacent: one write. */
   put_be32 (hdr, n);
   put_be64 (hdr + 4, off);
-  if (qc_write_header_field (img, 60, hdr, 12) == -1 ||
+  if (qc_write_header_field (img, QCOW2_HDR_NB_SNAPSHOTS, hdr, 12) == -1 ||
       blkdev_flush (img->file) == -1)
     goto out;
   if (img->h.nb_snapshots)
@@ -385,18 +385,18 @@ switch_active_l1 (struct qc_image *img, uint64_t *l1, uint32_t l1_size,
    */
   if (size < img->h.size) {
     put_be64 (hdr, size);
-    if (qc_write_header_field (img, 24, hdr, 8) == -1 ||
+    if (qc_write_header_field (img, QCOW2_HDR_SIZE, hdr, 8) == -1 ||
         blkdev_flush (img->file) == -1)
       return -1;
   }
   put_be32 (hdr, l1_size);
   put_be64 (hdr + 4, off);
-  if (qc_write_header_field (img, 36, hdr, 12) == -1 ||
+  if (qc_write_header_field (img, QCOW2_HDR_L1_SIZE, hdr, 12) == -1 ||
       blkdev_flush (img->file) == -1)
     return -1;
   if (size > img->h.size) {
     put_be64 (hdr, size);
-    if (qc_write_header_field (img, 24, hdr, 8) == -1 ||
+    if (qc_write_header_field (img, QCOW2_HDR_SIZE, hdr, 8) == -1 ||
         blkdev_flush (img->file) == -1)
       return -1;
   }

@@ -155,7 +155,8 @@ qc_rebuild_refcounts (struct qc_image *img)
     goto out;
   put_be64 (hdr, start * cs);
   put_be32 (hdr + 8, t);
-  if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
+  if (qc_write_header_field (img, QCOW2_HDR_REFCOUNT_TABLE, hdr,
+                             sizeof hdr) == -1 ||
       blkdev_flush (img->file) == -1)
     goto out;
   img->h.refcount_table_offset = start * cs;
