@@ -86,12 +86,7 @@ copied_flags_report (struct qc_image *img, bool apply, uint64_t *fixed,
       (*fixed)++;
     else if (ne != l1e) {
       __atomic_store_n (&img->active.l1[i], ne, __ATOMIC_RELEASE);
-      if (img->l1_dirty_lo == img->l1_dirty_hi) {
-        img->l1_dirty_lo = i;
-        img->l1_dirty_hi = i + 1;
-      }
-      if (i < img->l1_dirty_lo) img->l1_dirty_lo = i;
-      if (i + 1 > img->l1_dirty_hi) img->l1_dirty_hi = i + 1;
+      qc_l1_mark_dirty (img, i);
       (*fixed)++;
     }
     t = l2cache_get (img->cache, img->file, l2off, &pin);

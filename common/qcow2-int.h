@@ -335,6 +335,24 @@ extern int qc_view_flush (struct qc_view *v);
 /* Allocate every cluster of the disk (preallocation=metadata). */
 extern int qc_preallocate (struct qc_image *img);
 
+/* Active L1 entry i changed: widen the range that the next writeback
+ * writes (meta_lock held).
+ */
+static inline void
+qc_l1_mark_dirty (struct qc_image *img, uint64_t i)
+{
+  if (img->l1_dirty_lo == img->l1_dirty_hi) {
+    img->l1_dirty_lo = i;
+    img->l1_dirty_hi = i + 1;
+  }
+  else {
+    if (i < img->l1_dirty_lo)
+      img->l1_dirty_lo = i;
+    if (i + 1 > img->l1_dirty_hi)
+      img->l1_dirty_hi = i + 1;
+  }
+}
+
 /* Store an L2 entry (and bitmap) in a pinned table, marking it dirty
  * (meta_lock held).
  */

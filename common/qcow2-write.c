@@ -184,14 +184,7 @@ l2_for_write (struct qc_image *img, uint64_t l1_index, bool create,
     return -1;
   __atomic_store_n (&img->active.l1[l1_index], new_off | QCOW2_OFLAG_COPIED,
                     __ATOMIC_RELEASE);
-  if (img->l1_dirty_lo == img->l1_dirty_hi) {
-    img->l1_dirty_lo = l1_index;
-    img->l1_dirty_hi = l1_index + 1;
-  }
-  else {
-    if (l1_index < img->l1_dirty_lo) img->l1_dirty_lo = l1_index;
-    if (l1_index + 1 > img->l1_dirty_hi) img->l1_dirty_hi = l1_index + 1;
-  }
+  qc_l1_mark_dirty (img, l1_index);
   return 0;
 }
 
