@@ -4,9 +4,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "blkdev.h"
 #include "qc-error.h"
 #include "qc-lock.h"
 #include "qc-options.h"
@@ -112,4 +115,28 @@ qc_unlock_image (int fd)
     ofd_lock (fd, F_OFD_SETLK, F_UNLCK, 100 + i, &fl);
     ofd_lock (fd, F_OFD_SETLK, F_UNLCK, 200 + i, &fl);
   }
+}
+
+/* qemu's locks on a file of the image (see qc-lock.h): the image
+ * itself, each backing file (read locks only: we never write them) and
+ * the external data file (write locks too once the image is writable).
+ * role names the file in messages ("backing file"); NULL for the image.
+ * A device that is not a local file (a filter's container) takes none.
+ */
+int
+qc_lock_file (struct blkdev *dev, bool write, const char *role)
+{
+  int fd = blkdev_file_fd (dev);
+  char *label = NULL;
+  int r;
+
+  if (fd < 0)
+    return 0;
+  if (role && asprintf (&label, "%s %s", role, dev->name) == -1) {
+    qc_error ("%s: %m", dev->name);
+    return -1;
+  }
+  r = qc_lock_image (fd, write, label ? label : dev->name);
+  free (label);
+  return r;
 }

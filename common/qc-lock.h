@@ -10,6 +10,8 @@
 
 #include <stdbool.h>
 
+struct blkdev;
+
 /* Lock fd (an image open read-only when !write).  Returns 0, or -1 after
  * qc_error naming the conflicting permission (errno EAGAIN).
  */
@@ -17,5 +19,11 @@ extern int qc_lock_image (int fd, bool write, const char *name);
 
 /* Release the locks qc_lock_image took on fd. */
 extern void qc_unlock_image (int fd);
+
+/* The same on a device: the locks for a file of an image (role names it
+ * in messages, e.g. "backing file"; NULL for the image itself).  A
+ * device that is not a local file takes none and succeeds.
+ */
+extern int qc_lock_file (struct blkdev *dev, bool write, const char *role);
 
 #endif /* QC_LOCK_H */

@@ -12,6 +12,7 @@
 
 #include "qc-error.h"
 #include "qc-options.h"
+#include "qcow2-header.h"
 
 #define TABLE_ROW(key, type, syntax, def, help) { key, type, syntax, def, help },
 const struct qc_option qc_option_table[] = {
@@ -437,6 +438,81 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   qc_error ("unknown parameter '%s'", key);
   errno = EINVAL;
   return -1;
+}
+
+#define REFUSE(...) \
+  do { qc_error (__VA_ARGS__); errno = EINVAL; return -1; } while (0)
+
+/* qemu-img rounds the virtual size up to whole 512-byte sectors (and
+ * qemu reads only whole sectors): so do we.
+ */
+uint64_t
+qc_create_size (const struct qc_options *o)
+{
+  return (o->size + 511) & ~511ULL;
+}
+
+int
+qc_create_check (const struct qc_options *o)
+{
+  uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
+  int compat = o->compat ? o->compat : 3;
+  const char *p = qc_prefix (o);
+
+  if (o->encrypt_iter_time && !o->encrypt)
+    REFUSE ("%sencrypt-iter-time= does nothing without %sencrypt=luks",
+            p, p);
+  if (o->compress >= 0 && o->compression_type >= 0 &&
+      o->compress != o->compression_type)
+    REFUSE ("%scompress=%s needs %scompression-type=%s", p,
+            o->compress ? "zstd" : "zlib", p, o->compress ? "zstd" : "zlib");
+  if (o->compress >= 0 && o->data_file)
+    REFUSE ("%scompress= cannot be used with an external data file", p);
+  if (o->format && strcmp (o->format, "raw") == 0)
+    REFUSE ("%screate= makes qcow2 images only (not %sformat=raw)", p, p);
+  if (o->encrypt) {
+    if (!o->passphrase)
+      REFUSE ("%sencrypt=luks needs %spassphrase=", p, p);
+    if (o->compress >= 0)
+      REFUSE ("%scompress= cannot be used with encryption", p);
+    if (o->data_file)
+      REFUSE ("%sdata-file= cannot be used with encryption", p);
+    if (o->preallocate_metadata)
+      REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
+  }
+  if (!qc_create_size_known (o) && o->create == QC_CREATE_FORCE)
+    REFUSE ("%screate=force needs %ssize=", p, p);
+  if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
+    REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
+            "512 and 2M", p, cs);
+  if (compat == 2) {
+    if (o->lazy_refcounts)
+      REFUSE ("%slazy-refcounts needs %scompat=1.1", p, p);
+    if (o->refcount_bits && o->refcount_bits != 16)
+      REFUSE ("%srefcount-bits other than 16 need %scompat=1.1", p, p);
+    if (o->compression_type > 0 || o->compress > 0)
+      REFUSE ("%scompression-type=zstd needs %scompat=1.1", p, p);
+    if (o->data_file)
+      REFUSE ("%sdata-file needs %scompat=1.1", p, p);
+    if (o->extended_l2)
+      REFUSE ("%sextended-l2 needs %scompat=1.1", p, p);
+  }
+  if (o->extended_l2 && cs < 16384)
+    REFUSE ("%sextended-l2 needs a cluster size of at least 16k", p);
+  if (o->data_file_raw && !o->data_file)
+    REFUSE ("%sdata-file-raw needs %sdata-file=", p, p);
+  if (o->data_file_raw && o->backing_file)
+    REFUSE ("%sbacking-file= and %sdata-file-raw cannot be used together",
+            p, p);
+  if (o->preallocate_metadata && o->backing_file && !o->extended_l2)
+    REFUSE ("%spreallocation=metadata with a backing file needs "
+            "%sextended-l2=on", p, p);
+  if (o->backing_file && strlen (o->backing_file) > QCOW2_MAX_BACKING_NAME)
+    REFUSE ("%sbacking-file name is longer than 1023 bytes", p);
+  if (o->backing_format && strcmp (o->backing_format, "qcow2") != 0 &&
+      strcmp (o->backing_format, "raw") != 0)
+    REFUSE ("%sbacking-format=%s: only qcow2 and raw", p, o->backing_format);
+  return 0;
 }
 
 /* Keys that only say how to create an image. */

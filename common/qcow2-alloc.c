@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Writable refcounts and the cluster allocator.
+/* The cluster allocator, and the free lists of clusters whose last
+ * reference is gone.
  *
  * All of this runs with the image's meta_lock held.  Refcount blocks
- * live in their own table cache and reach the disk before any L2 entry
- * that points to a cluster they count (qcow2-flush.c).  New refcount
+ * (qcow2-refcount.c) live in their own table cache and reach the disk
+ * before any L2 entry that points to a cluster they count
+ * (qcow2-flush.c).  New refcount
  * blocks describe themselves: they are placed inside the range they
  * count, next to the clusters that needed them.  A full refcount table
  * is replaced by a larger copy written elsewhere, and the header pointer
@@ -23,187 +25,6 @@
 /* Host offsets must fit in the 56-bit offset field of table entries. */
 #define MAX_HOST_OFFSET (1ULL << 56)
 
-static uint64_t
-per_block (const struct qc_image *img)
-{
-  return (img->h.cluster_size * 8) >> img->h.refcount_order;
-}
-
-uint64_t
-qc_refcount_max (const struct qc_image *img)
-{
-  unsigned bits = 1U << img->h.refcount_order;
-
-  return bits == 64 ? INT64_MAX : (1ULL << bits) - 1;
-}
-
-/* Byte range of an entry inside its block, for dirty tracking. */
-static void
-entry_bytes (uint64_t index, uint32_t order, uint32_t *lo, uint32_t *hi)
-{
-  unsigned bits = 1U << order;
-
-  *lo = index * bits / 8;
-  *hi = *lo + (bits >= 8 ? bits / 8 : 1);
-}
-
-int
-qc_refcount_open (struct qc_image *img)
-{
-  const struct qcow2_header *h = &img->h;
-  const uint64_t cs = h->cluster_size;
-  uint64_t i, n = (uint64_t) h->refcount_table_clusters * cs / 8;
-  uint64_t limit = (blkdev_size (img->file) + cs - 1) & ~(cs - 1);
-  uint64_t capacity;
-
-  img->reftable = calloc (n, sizeof *img->reftable);
-  if (!img->reftable) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  if (blkdev_pread (img->file, img->reftable, n * 8,
-                    h->refcount_table_offset) == -1)
-    return -1;
-  for (i = 0; i < n; i++) {
-    uint64_t e = be64toh (img->reftable[i]);
-    uint64_t off = e & QCOW2_OFFSET_MASK;
-    if ((off & (cs - 1)) || off >= limit || (e & ~QCOW2_OFFSET_MASK)) {
-      qc_error ("%s: refcount table entry %" PRIu64 " is invalid (0x%"
-                PRIx64 "); repair the image with qemu-img check -r all",
-                img->name, i, e);
-      errno = EINVAL;
-      return -1;
-    }
-    img->reftable[i] = off;
-  }
-  img->reftable_entries = n;
-  capacity = (4ULL << 20) / cs;
-  img->rcache = l2cache_new (capacity < 4 ? 4 : capacity, cs);
-  if (!img->rcache)
-    return -1;
-  img->free_cursor = 0;
-  __atomic_store_n (&img->alloc_end, limit, __ATOMIC_RELEASE);
-  return 0;
-}
-
-void
-qc_refcount_close (struct qc_image *img)
-{
-  l2cache_free (img->rcache);
-  img->rcache = NULL;
-  free (img->reftable);
-  img->reftable = NULL;
-  free (img->pending.offsets);
-  free (img->waiting[0].offsets);
-  free (img->waiting[1].offsets);
-}
-
-/* The refcount block counting cluster, or NULL (*pin NULL) if none. */
-static int
-get_block (struct qc_image *img, uint64_t cluster, uint8_t **block,
-           struct l2cache_entry **pin)
-{
-  uint64_t i = cluster / per_block (img);
-
-  *block = NULL;
-  *pin = NULL;
-  if (i >= img->reftable_entries || img->reftable[i] == 0)
-    return 0;
-  *block = l2cache_get (img->rcache, img->file, img->reftable[i], pin);
-  return *block ? 0 : -1;
-}
-
-int
-qc_refcount_get (struct qc_image *img, uint64_t cluster, uint64_t *value)
-{
-  uint8_t *block;
-  struct l2cache_entry *pin;
-
-  if (get_block (img, cluster, &block, &pin) == -1)
-    return -1;
-  *value = block ?
-    qc_refcount_entry_get (block, cluster % per_block (img),
-                           img->h.refcount_order) : 0;
-  l2cache_put (img->rcache, pin);
-  return 0;
-}
-
-int
-qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
-{
-  const uint32_t order = img->h.refcount_order;
-  uint64_t index = cluster % per_block (img);
-  uint8_t *block;
-  struct l2cache_entry *pin;
-  uint64_t v, nv;
-  unsigned i;
-  uint32_t lo, hi;
-
-  if (get_block (img, cluster, &block, &pin) == -1)
-    return -1;
-  if (block &&
-      qc_guard_inplace_check (img, img->reftable[cluster / per_block (img)],
-                              img->h.cluster_size,
-                              "updating a refcount in", true) == -1) {
-    l2cache_put (img->rcache, pin);
-    return -1;
-  }
-  if (!block) {
-    qc_error ("%s: cluster %" PRIu64 " has no refcount block (internal "
-              "error or corrupt image)", img->name, cluster);
-    errno = EIO;
-    return -1;
-  }
-  v = qc_refcount_entry_get (block, index, order);
-  if (delta < 0 && v < (uint64_t) -delta) {
-    qc_error ("%s: refcount of cluster %" PRIu64 " would drop below 0 "
-              "(the image's refcounts are wrong; repair it with qemu-img "
-              "check -r all)", img->name, cluster);
-    l2cache_put (img->rcache, pin);
-    errno = EIO;
-    return -1;
-  }
-  nv = v + delta;
-  if (delta > 0 && (nv < v || nv > qc_refcount_max (img))) {
-    qc_error ("%s: refcount of cluster %" PRIu64 " would overflow the "
-              "image's %u-bit refcounts", img->name, cluster, 1U << order);
-    l2cache_put (img->rcache, pin);
-    errno = EOVERFLOW;
-    return -1;
-  }
-  if (qc_guard_refcount_changed (img, cluster, v, nv) == -1) {
-    l2cache_put (img->rcache, pin);
-    return -1;
-  }
-  qc_refcount_entry_set (block, index, order, nv);
-  entry_bytes (index, order, &lo, &hi);
-  l2cache_mark_dirty (img->rcache, pin, lo, hi);
-  l2cache_put (img->rcache, pin);
-
-  if (nv == 0) {
-    uint64_t off = cluster * img->h.cluster_size;
-    /* Whatever table this cluster held is gone. */
-    l2cache_drop (img->cache, off);
-    l2cache_drop (img->rcache, off);
-    /* Compressed streams in it may be followed by new ones at the
-     * same place.
-     */
-    dcache_drop (img->dcache, off, off + img->h.cluster_size);
-    if (cluster < img->free_cursor)
-      img->free_cursor = cluster;
-    /* Never pack compressed streams into a freed cluster (qemu 7.2 did,
-     * and corrupted its images).
-     */
-    for (i = 0; i < QC_ZOPEN; i++)
-      if (img->zopen[i] && img->zopen[i] / img->h.cluster_size == cluster)
-        img->zopen[i] = 0;
-    /* Unless something still refers to it (damaged refcounts). */
-    if (qc_guard_may_discard (img, cluster))
-      blkdev_trim (img->file, img->h.cluster_size, off, 0);
-  }
-  return 0;
-}
-
 /* Missing refcount blocks for clusters [start, end): their count, and
  * the highest table index they need.
  */
@@ -212,7 +33,7 @@ missing_blocks (struct qc_image *img, const uint64_t *table,
                 uint64_t entries, uint64_t start, uint64_t end,
                 uint64_t *max_index)
 {
-  uint64_t pb = per_block (img), b, n = 0;
+  uint64_t pb = qc_refcount_per_block (img), b, n = 0;
 
   *max_index = 0;
   for (b = start / pb; b <= (end - 1) / pb; b++)
@@ -282,7 +103,7 @@ place_blocks (struct qc_image *img, uint64_t *table, uint64_t entries,
               uint64_t *dirty_lo, uint64_t *dirty_hi)
 {
   const uint64_t cs = img->h.cluster_size;
-  uint64_t pb = per_block (img), b;
+  uint64_t pb = qc_refcount_per_block (img), b;
 
   for (b = start / pb; b <= (end - 1) / pb; b++) {
     struct l2cache_entry *pin;
@@ -507,7 +328,7 @@ int
 qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster)
 {
   const uint64_t cs = img->h.cluster_size;
-  uint64_t v, b = cluster / per_block (img);
+  uint64_t v, b = cluster / qc_refcount_per_block (img);
 
   /* Only where a refcount block exists already (no layout changes). */
   if (b >= img->reftable_entries || img->reftable[b] == 0)

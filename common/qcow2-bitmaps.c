@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Persistent dirty bitmaps.  We do not maintain them, so before the first
- * write the image's bitmaps autoclear bit is cleared (qemu then knows
- * they are stale and ignores them) and the clusters they occupied are
- * given back, so that the image has no leaked clusters afterwards.
+/* Persistent dirty bitmaps: finding every cluster they occupy.  We do
+ * not maintain them, so before the first write the image's bitmaps
+ * autoclear bit is cleared (qemu then knows they are stale and ignores
+ * them) and the clusters they occupied are given back (qcow2-write.c),
+ * so that the image has no leaked clusters afterwards.  Counting
+ * references and the safety net read them through this file too, so
+ * it only reads: giving back lives with the write path.
  *
  * A hostile image could make the directory point at live clusters; we
  * never drop a reference below zero and stop at the first inconsistency,
@@ -93,36 +96,4 @@ qc_bitmaps_walk (struct qc_image *img,
   }
   free (dir);
   return r;
-}
-
-/* Drop one reference to each cluster of a range, if it has one. */
-static int
-release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
-               void *opaque)
-{
-  const uint64_t cs = img->h.cluster_size;
-  uint64_t c, v;
-
-  if (offset == 0 || (offset & (cs - 1)))
-    return -1;
-  for (c = offset / cs; bytes && c <= (offset + bytes - 1) / cs; c++) {
-    if (qc_refcount_get (img, c, &v) == -1 || v == 0)
-      return -1;
-    if (qc_refcount_add (img, c, -1) == -1)
-      return -1;
-  }
-  return 0;
-}
-
-int
-qc_bitmaps_release (struct qc_image *img)
-{
-  int r = qc_bitmaps_walk (img, release_range, NULL);
-
-  if (r == -1)
-    return -1;
-  if (r == 1)
-    qc_debug ("%s: bitmap metadata is inconsistent; some of its clusters "
-              "stay leaked", img->name);
-  return 0;
 }

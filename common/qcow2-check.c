@@ -1,401 +1,293 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Counting references to host clusters, and rebuilding the refcount
- * structures from them.  A dirty image (lazy refcounts, not closed
- * cleanly) has stale refcounts: before writing, we rebuild them, which
- * is what qemu-img check -r all does.
- *
- * Memory is one counter per cluster of the file: bounded by the file's
- * real size, not by what the header claims.
+/* Check and repair, as qemu-img check [-r leaks|all] does them: the
+ * references counted (qcow2-refs.c) against the refcounts, the refcount
+ * structures that something else shares, and the COPIED flags.  Runs
+ * with the image writable (for a repair) and no I/O in flight, under
+ * the metadata lock.
  */
 #include <config.h>
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "byteorder.h"
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-/* Count n references to every cluster in [offset, offset+bytes). */
-static void
-ref_range_n (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
-             uint64_t bytes, uint32_t n)
-{
-  const uint64_t cs = img->h.cluster_size;
-  uint64_t c, first, last;
-
-  if (bytes == 0)
-    return;
-  first = offset / cs;
-  last = (offset + bytes - 1) / cs;
-  for (c = first; c <= last; c++) {
-    if (c >= r->nr_clusters) {
-      r->out_of_range += n;
-      if (c < r->past_end)
-        r->past_end = c;
-    }
-    else
-      r->count[c] = r->count[c] > UINT32_MAX - n ? UINT32_MAX
-                                                 : r->count[c] + n;
-  }
-}
-
-static void
-ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
-           uint64_t bytes)
-{
-  ref_range_n (img, r, offset, bytes, 1);
-}
-
-/* The L2 tables of every L1 table, each with how many L1 entries point
- * at it: a table shared by the active image and 20 snapshots is read
- * once, its entries counted 21 times.
+/* What check and repair report, one line per finding (worded as
+ * qemu-img check words them, so the two can be compared), at most
+ * MAX_FINDING_LINES of them per pass, then how many more there were.
  */
-struct l2_list {
-  uint64_t *off;
-  size_t len, cap;
+#define MAX_FINDING_LINES 100
+
+struct findings {
+  struct qc_image *img;
+  uint64_t n;
 };
 
-static int
-l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
-             uint32_t l1_size, bool active)
+static void finding (struct findings *f, const char *fs, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* f NULL: not reported. */
+static void
+finding (struct findings *f, const char *fs, ...)
 {
-  uint32_t i;
+  va_list args;
+  char msg[256];
 
-  for (i = 0; i < l1_size; i++) {
-    uint64_t off = __atomic_load_n (&l1[i], __ATOMIC_RELAXED) &
-      QCOW2_OFFSET_MASK;
-
-    if (off == 0)
-      continue;
-    if (l->len == l->cap) {
-      size_t cap = l->cap ? l->cap * 2 : 256;
-      uint64_t *p = realloc (l->off, cap * sizeof *p);
-      if (!p) {
-        qc_error ("%s: %m", img->name);
-        return -1;
-      }
-      l->off = p;
-      l->cap = cap;
-    }
-    l->off[l->len++] = off | active;
-  }
-  return 0;
+  if (!f || f->n++ >= MAX_FINDING_LINES)
+    return;
+  va_start (args, fs);
+  vsnprintf (msg, sizeof msg, fs, args);
+  va_end (args);
+  qc_info ("%s: %s", f->img->name, msg);
 }
 
-static int
-cmp_u64 (const void *a, const void *b)
+static void
+findings_end (struct findings *f)
 {
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
+  if (f->n > MAX_FINDING_LINES)
+    qc_info ("%s: ... and %" PRIu64 " more", f->img->name,
+             f->n - MAX_FINDING_LINES);
 }
 
-/* The tables themselves, then what each distinct table points to.  An
- * offset with bit 0 set came from the active L1 table (offsets are
- * sector-aligned, so the bit is free).
+/* Set COPIED exactly where the refcount is 1, in the active tree; or
+ * (!apply) only count where it is wrong.  Each flag set or found wrong
+ * is reported to f.
  */
 static int
-ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
+copied_flags_report (struct qc_image *img, bool apply, uint64_t *fixed,
+                     struct findings *f)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
-  const uint64_t entries = 1ULL << h->l2_bits;
   bool external = img->external_data;
-  uint8_t *t;
-  size_t i, k;
-  uint64_t j;
+  uint32_t i;
+  uint64_t j, v;
 
-  t = malloc (cs);
-  if (!t) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  if (l->len > 1)
-    qsort (l->off, l->len, sizeof *l->off, cmp_u64);
-  for (i = 0; i < l->len; i = k) {
-    uint64_t l2off = l->off[i] & ~1ULL;
-    bool active = false;
-    uint32_t n;
+  for (i = 0; i < img->active.l1_size; i++) {
+    uint64_t l1e = img->active.l1[i], l2off = l1e & QCOW2_OFFSET_MASK, ne;
+    struct l2cache_entry *pin;
+    uint8_t *t;
 
-    for (k = i; k < l->len && (l->off[k] & ~1ULL) == l2off; k++)
-      active |= l->off[k] & 1;
-    n = k - i > UINT32_MAX ? UINT32_MAX : k - i;
-    ref_range_n (img, r, l2off, cs, n);
-    if ((l2off & (cs - 1)) || l2off / cs >= r->nr_clusters)
-      continue;                 /* counted as out of range or unaligned */
-    if (l2cache_read (img->cache, img->file, l2off, t) == -1) {
-      free (t);
+    if (!l2off)
+      continue;
+    if (qc_refcount_get (img, l2off / cs, &v) == -1)
       return -1;
+    ne = v == 1 ? l1e | QCOW2_OFLAG_COPIED : l1e & ~QCOW2_OFLAG_COPIED;
+    if (ne != l1e)
+      finding (f, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
+               " l1_entry=%" PRIx64 " refcount=%" PRIu64,
+               apply ? "Repairing" : "ERROR", i, l1e, v);
+    if (ne != l1e && !apply)
+      (*fixed)++;
+    else if (ne != l1e) {
+      __atomic_store_n (&img->active.l1[i], ne, __ATOMIC_RELEASE);
+      qc_l1_mark_dirty (img, i);
+      (*fixed)++;
     }
-    for (j = 0; j < entries; j++) {
-      uint64_t e, bm, host;
+    t = l2cache_get (img->cache, img->file, l2off, &pin);
+    if (!t)
+      return -1;
+    for (j = 0; j < (1ULL << h->l2_bits); j++) {
+      uint64_t e, bm, want;
       qc_load_entry (img, t + j * h->l2_entry_size, &e, &bm);
       if (e & QCOW2_OFLAG_COMPRESSED) {
-        uint64_t coff, clen;
-        qc_compressed_extent (img, e & ~(QCOW2_OFLAG_COPIED |
-                                         QCOW2_OFLAG_COMPRESSED),
-                              &coff, &clen);
-        ref_range_n (img, r, coff, clen, n);
-        continue;
+        want = e & ~QCOW2_OFLAG_COPIED;
+        if (want != e)
+          finding (f, "%s OFLAG_COPIED on a compressed cluster: l2_entry=%"
+                   PRIx64, apply ? "Repairing" : "ERROR", e);
       }
-      host = e & QCOW2_OFFSET_MASK;
-      if (!host || external)
+      else if ((e & QCOW2_OFFSET_MASK) && !external) {
+        if (qc_refcount_get (img, (e & QCOW2_OFFSET_MASK) / cs, &v) == -1) {
+          l2cache_put (img->cache, pin);
+          return -1;
+        }
+        want = v == 1 ? e | QCOW2_OFLAG_COPIED : e & ~QCOW2_OFLAG_COPIED;
+        if (want != e)
+          finding (f, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                   " refcount=%" PRIu64, apply ? "Repairing" : "ERROR", e, v);
+      }
+      else
         continue;
-      ref_range_n (img, r, host, cs, n);
-      if (r->copied && active && (e & QCOW2_OFLAG_COPIED) &&
-          host / cs < r->nr_clusters)
-        r->copied[host / cs / 64] |= 1ULL << (host / cs % 64);
+      if (want != e) {
+        if (apply)
+          qc_store_entry (img, t, pin, j, want, bm);
+        (*fixed)++;
+      }
+    }
+    l2cache_put (img->cache, pin);
+  }
+  return 0;
+}
+
+int
+qc_copied_flags (struct qc_image *img, bool apply, uint64_t *fixed)
+{
+  return copied_flags_report (img, apply, fixed, NULL);
+}
+
+static uint64_t
+shared_refcount_structures (struct qc_image *img, const struct qc_refs *r,
+                            struct findings *f)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t k, c, n = 0, first = img->h.refcount_table_offset / cs;
+
+  for (c = first; c < first + img->h.refcount_table_clusters; c++)
+    if (c < r->nr_clusters && r->count[c] > 1) {
+      finding (f, "ERROR refcount table cluster %" PRIu64 " has %" PRIu32
+               " references", c, r->count[c]);
+      n++;
+    }
+  for (k = 0; k < img->reftable_entries; k++) {
+    c = img->reftable[k] / cs;
+    if (img->reftable[k] && c < r->nr_clusters && r->count[c] > 1) {
+      finding (f, "ERROR refcount block %" PRIu64 " (cluster %" PRIu64
+               ") has %" PRIu32 " references", k, c, r->count[c]);
+      n++;
     }
   }
-  free (t);
-  return 0;
+  return n;
 }
 
-static int
-ref_bitmap_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
-                  void *opaque)
-{
-  ref_range (img, opaque, offset, bytes);
-  return 0;
-}
-
-/* Bitmap clusters count only while the bitmaps bit says they are valid
- * (we clear it, and give them back, before our first write).
+/* Without repair, every finding is reported (to stderr, through
+ * qc_info); with repair, every repair.
  */
-static int
-ref_bitmaps (struct qc_image *img, struct qc_refs *r)
-{
-  if (!(img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
-    return 0;
-  return qc_bitmaps_walk (img, ref_bitmap_range, r) == -1 ? -1 : 0;
-}
-
-static int
-count_refs (struct qc_image *img, bool refcount_structures, bool copied,
-            struct qc_refs *r)
-{
-  const struct qcow2_header *h = &img->h;
-  const uint64_t cs = h->cluster_size;
-  uint64_t end = blkdev_size (img->file) > img->alloc_end ?
-    blkdev_size (img->file) : img->alloc_end;
-  struct l2_list l2s = { 0 };
-  uint32_t i;
-
-  memset (r, 0, sizeof *r);
-  r->past_end = UINT64_MAX;
-  r->nr_clusters = (end + cs - 1) / cs;
-  r->count = calloc (r->nr_clusters ? r->nr_clusters : 1, sizeof *r->count);
-  if (copied)
-    r->copied = calloc (r->nr_clusters / 64 + 1, sizeof *r->copied);
-  if (!r->count || (copied && !r->copied)) {
-    qc_error ("%s: %m", img->name);
-    qc_refs_free (r);
-    return -1;
-  }
-  ref_range (img, r, 0, cs);                    /* header */
-  ref_range (img, r, h->l1_table_offset, (uint64_t) h->l1_size * 8);
-  if (l2_list_add (img, &l2s, img->active.l1, img->active.l1_size,
-                   true) == -1)
-    goto err;
-  if (h->nb_snapshots)
-    ref_range (img, r, h->snapshots_offset, img->snapshots_size);
-  for (i = 0; i < img->nr_snapshots; i++) {
-    struct qc_view *v = qc_snapshot_view (img, i);
-    if (!v)
-      goto err;
-    ref_range (img, r, img->snapshots[i].l1_table_offset,
-               (uint64_t) img->snapshots[i].l1_size * 8);
-    if (l2_list_add (img, &l2s, v->l1, v->l1_size, false) == -1)
-      goto err;
-  }
-  if (ref_l2_tables (img, r, &l2s) == -1)
-    goto err;
-  if (h->has_crypto_ext)
-    ref_range (img, r, h->crypto_offset, h->crypto_length);
-  if (ref_bitmaps (img, r) == -1)
-    goto err;
-  if (refcount_structures) {
-    uint64_t k;
-    ref_range (img, r, h->refcount_table_offset,
-               (uint64_t) h->refcount_table_clusters * cs);
-    for (k = 0; k < img->reftable_entries; k++)
-      if (img->reftable[k])
-        ref_range (img, r, img->reftable[k], cs);
-  }
-  free (l2s.off);
-  return 0;
- err:
-  free (l2s.off);
-  qc_refs_free (r);
-  return -1;
-}
-
 int
-qc_count_refs (struct qc_image *img, bool refcount_structures,
-               struct qc_refs *r)
+qc_image_check (struct qc_image *img, enum qc_repair repair,
+                struct qc_check_result *res)
 {
-  return count_refs (img, refcount_structures, false, r);
+  struct qc_refs r;
+  struct findings seen = { .img = img }, fixes = { .img = img };
+  struct findings *f = repair == QC_REPAIR_NONE ? &seen : NULL;
+  uint64_t c, v, copied = 0;
+  int ret = -1;
+
+  memset (res, 0, sizeof *res);
+  pthread_mutex_lock (&img->meta_lock);
+  if (qc_flush_locked (img) == -1 || qc_count_refs (img, true, &r) == -1)
+    goto unlock;
+  res->corruptions += r.out_of_range;
+  if (r.out_of_range)
+    finding (f, "ERROR %" PRIu64 " references to clusters past the end of "
+             "the file", r.out_of_range);
+  for (c = 0; c < r.nr_clusters; c++) {
+    if (qc_refcount_get (img, c, &v) == -1)
+      goto out;
+    if (v > r.count[c]) {
+      res->leaks++;
+      finding (f, "Leaked cluster %" PRIu64 " refcount=%" PRIu64
+               " reference=%" PRIu32, c, v, r.count[c]);
+    }
+    else if (v < r.count[c]) {
+      res->corruptions++;
+      finding (f, "ERROR cluster %" PRIu64 " refcount=%" PRIu64
+               " reference=%" PRIu32, c, v, r.count[c]);
+    }
+  }
+  /* A refcount table or block cluster that something else references
+   * too (or twice) is a corruption, whatever its refcount says: the
+   * refcounts read through it are not refcounts, and repairing leaks in
+   * place would write over what shares it.  Only a rebuild fixes it.
+   */
+  res->corruptions += shared_refcount_structures (img, &r, f);
+  /* COPIED flags that disagree with the refcounts are corruptions too:
+   * a write would go in place into a shared cluster.
+   */
+  if (copied_flags_report (img, false, &copied, f) == -1)
+    goto out;
+  res->corruptions += copied;
+
+  /* Repairs: leaks alone with repair=leaks; everything with repair=all.
+   * A corrupt image is not touched by repair=leaks.
+   */
+  if (repair == QC_REPAIR_ALL && res->corruptions - copied > 0) {
+    finding (&fixes, "Rebuilding refcount structure");
+    for (c = 0; c < r.nr_clusters; c++) {
+      if (qc_refcount_get (img, c, &v) == -1)
+        goto out;
+      if (v != r.count[c])
+        finding (&fixes, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+                 " reference=%" PRIu32, c, v, r.count[c]);
+    }
+    /* Stale cached refcount blocks go with the old structures. */
+    if (qc_rebuild_refcounts (img) == -1)
+      goto out;
+    l2cache_free (img->rcache);
+    img->rcache = NULL;
+    free (img->reftable);
+    img->reftable = NULL;
+    if (qc_refcount_open (img) == -1)
+      goto out;
+    res->corruptions_fixed = res->corruptions - copied;
+    res->leaks_fixed = res->leaks;
+  }
+  else if (repair != QC_REPAIR_NONE &&
+           (repair == QC_REPAIR_ALL || res->corruptions == 0)) {
+    for (c = 0; c < r.nr_clusters; c++) {
+      if (qc_refcount_get (img, c, &v) == -1)
+        goto out;
+      if (v > r.count[c])
+        finding (&fixes, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+                 " reference=%" PRIu32, c, v, r.count[c]);
+      /* Down to the number of references, in steps that fit a signed
+       * delta (a 64-bit refcount may have its top bit set).
+       */
+      while (v > r.count[c]) {
+        uint64_t step = v - r.count[c] > INT64_MAX ? INT64_MAX
+                                                   : v - r.count[c];
+        if (qc_refcount_add (img, c, -(int64_t) step) == -1)
+          goto out;
+        v -= step;
+      }
+    }
+    res->leaks_fixed = res->leaks;
+  }
+  if (repair == QC_REPAIR_ALL) {
+    uint64_t fixed = 0;
+    /* After a rebuild, the flags found wrong may be right again (as
+     * qemu-img check -r all counts them): only those changed count.
+     */
+    if (copied_flags_report (img, true, &fixed, &fixes) == -1)
+      goto out;
+    res->copied_fixed = fixed;
+    res->corruptions_fixed += fixed;
+  }
+  if (qc_flush_locked (img) == -1)
+    goto out;
+  ret = 0;
+ out:
+  findings_end (&seen);
+  findings_end (&fixes);
+  qc_refs_free (&r);
+ unlock:
+  pthread_mutex_unlock (&img->meta_lock);
+  return ret;
 }
 
-int
-qc_count_refs_copied (struct qc_image *img, struct qc_refs *r)
+/* The summary after the findings, in qemu-img check's words. */
+void
+qc_check_report (struct qc_image *img, const struct qc_check_result *res)
 {
-  return count_refs (img, true, true, r);
+  if (res->corruptions)
+    qc_info ("%s: %" PRIu64 " errors were found on the image.",
+             img->name, res->corruptions);
+  if (res->leaks)
+    qc_info ("%s: %" PRIu64 " leaked clusters were found on the image.",
+             img->name, res->leaks);
+  if (!res->corruptions && !res->leaks)
+    qc_info ("%s: No errors were found on the image.", img->name);
 }
 
 void
-qc_refs_free (struct qc_refs *r)
+qc_check_report_repaired (struct qc_image *img,
+                          const struct qc_check_result *res)
 {
-  free (r->count);
-  r->count = NULL;
-  free (r->copied);
-  r->copied = NULL;
-}
-
-/* Where the new refcount table and blocks go: the first run of clusters
- * that holds them (they cover themselves too) with no reference and no
- * old refcount structure in it.  Never over the old structures: until
- * the header points to the new table, the old one is what a crash
- * leaves.  A fixed-size container has no room past its end.
- */
-static int
-place_structures (struct qc_image *img, const struct qc_refs *r,
-                  uint64_t per_block, uint64_t *startp, uint64_t *tp,
-                  uint64_t *nbp)
-{
-  const uint64_t cs = img->h.cluster_size;
-  const uint64_t limit = img->file->fixed_size ?
-    blkdev_size (img->file) / cs : UINT64_MAX / cs;
-  const uint64_t t0 = img->h.refcount_table_offset / cs;
-  uint64_t start = 1, t = 0, nb = 0, c, k, nold = 0, *old;
-  int ret = -1;
-
-  old = malloc ((img->h.refcount_table_clusters + img->reftable_entries + 1)
-                * sizeof *old);
-  if (!old) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  for (k = 0; k < img->h.refcount_table_clusters; k++)
-    old[nold++] = t0 + k;
-  for (k = 0; k < img->reftable_entries; k++)
-    if (img->reftable[k])
-      old[nold++] = img->reftable[k] / cs;
-  qsort (old, nold, sizeof *old, cmp_u64);
-
-  for (;;) {
-    /* How many blocks and table clusters cover the image and this run. */
-    for (;;) {
-      uint64_t end = start + t + nb > r->nr_clusters ?
-        start + t + nb : r->nr_clusters;
-      uint64_t nb2 = (end + per_block - 1) / per_block;
-      uint64_t t2 = (nb2 * 8 + cs - 1) / cs;
-      if (nb2 == nb && t2 == t)
-        break;
-      nb = nb2;
-      t = t2;
-    }
-    if (start + t + nb > limit || t * cs > QCOW2_MAX_REFTABLE_BYTES) {
-      qc_error ("%s: no room for new refcount structures (%" PRIu64
-                " clusters)", img->name, t + nb);
-      errno = ENOSPC;
-      goto out;
-    }
-    for (c = start; c < start + t + nb; c++)
-      if ((c < r->nr_clusters && r->count[c]) ||
-          bsearch (&c, old, nold, sizeof *old, cmp_u64))
-        break;
-    if (c == start + t + nb)
-      break;
-    start = c + 1;
-  }
-  *startp = start;
-  *tp = t;
-  *nbp = nb;
-  ret = 0;
- out:
-  free (old);
-  return ret;
-}
-
-int
-qc_rebuild_refcounts (struct qc_image *img)
-{
-  const struct qcow2_header *h = &img->h;
-  const uint64_t cs = h->cluster_size;
-  const uint64_t per_block = (cs * 8) >> h->refcount_order;
-  const uint64_t max = h->refcount_order == 6 ? INT64_MAX :
-    (1ULL << (1U << h->refcount_order)) - 1;
-  struct qc_refs r;
-  uint64_t start, nb = 0, t = 0, b, c, *table = NULL;
-  uint8_t *block = NULL, hdr[12];
-  int ret = -1;
-
-  /* Clusters are freed here without qc_refcount_add seeing them. */
-  dcache_clear (img->dcache);
-  /* The old refcount structures are not counted: they become free. */
-  if (qc_count_refs (img, false, &r) == -1)
-    return -1;
-  for (c = 0; c < r.nr_clusters; c++)
-    if (r.count[c] > max) {
-      qc_error ("%s: cluster %" PRIu64 " has %" PRIu32 " references, more "
-                "than the image's refcounts can hold", img->name, c,
-                r.count[c]);
-      errno = EOVERFLOW;
-      goto out;
-    }
-
-  /* New table and blocks in the first free run that holds them (they
-   * cover themselves), never over the old refcount structures: until the
-   * header points to the new table, the old one is what a crash leaves.
-   * A fixed-size container has no room past its end.
-   */
-  if (place_structures (img, &r, per_block, &start, &t, &nb) == -1)
-    goto out;
-  if (t * cs > QCOW2_MAX_REFTABLE_BYTES) {
-    qc_error ("%s: the image is too large for a refcount table", img->name);
-    errno = EFBIG;
-    goto out;
-  }
-  table = calloc (t * cs / 8, sizeof *table);
-  block = malloc (cs);
-  if (!table || !block) {
-    qc_error ("%s: %m", img->name);
-    goto out;
-  }
-  for (b = 0; b < nb; b++) {
-    memset (block, 0, cs);
-    for (c = b * per_block; c < (b + 1) * per_block; c++) {
-      uint64_t v = 0;
-      if (c >= start && c < start + t + nb)
-        v = 1;                  /* the new table and blocks */
-      else if (c < r.nr_clusters)
-        v = r.count[c];
-      if (v)
-        qc_refcount_entry_set (block, c - b * per_block, h->refcount_order, v);
-    }
-    table[b] = htobe64 ((start + t + b) * cs);
-    if (blkdev_pwrite (img->file, block, cs, (start + t + b) * cs, 0) == -1)
-      goto out;
-  }
-  if (blkdev_pwrite (img->file, table, t * cs, start * cs, 0) == -1 ||
-      blkdev_flush (img->file) == -1)
-    goto out;
-  put_be64 (hdr, start * cs);
-  put_be32 (hdr + 8, t);
-  if (qc_write_header_field (img, 48, hdr, sizeof hdr) == -1 ||
-      blkdev_flush (img->file) == -1)
-    goto out;
-  img->h.refcount_table_offset = start * cs;
-  img->h.refcount_table_clusters = t;
-  qc_debug ("%s: refcounts rebuilt: table at 0x%" PRIx64 ", %" PRIu64
-            " blocks", img->name, start * cs, nb);
-  ret = 0;
- out:
-  free (table);
-  free (block);
-  qc_refs_free (&r);
-  return ret;
+  qc_info ("%s: The following inconsistencies were found and repaired: %"
+           PRIu64 " leaked clusters, %" PRIu64 " corruptions", img->name,
+           res->leaks_fixed, res->corruptions_fixed);
 }

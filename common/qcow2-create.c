@@ -22,86 +22,10 @@
 #include "qcow2-crypto.h"
 #include "qcow2-int.h"
 
-#define EXT_BACKING_FMT   0xe2792acaU
-#define EXT_FEATURE_NAMES 0x6803f857U
-#define EXT_DATA_FILE     0x44415441U
-#define EXT_CRYPTO        0x0537be77U
 #define HEADER_LENGTH     112
 
 #define REFUSE(...) \
   do { qc_error (__VA_ARGS__); errno = EINVAL; return -1; } while (0)
-
-/* qemu-img rounds the virtual size up to whole 512-byte sectors (and
- * qemu reads only whole sectors): so do we.
- */
-uint64_t
-qc_create_size (const struct qc_options *o)
-{
-  return (o->size + 511) & ~511ULL;
-}
-
-int
-qc_create_check (const struct qc_options *o)
-{
-  uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
-  int compat = o->compat ? o->compat : 3;
-  const char *p = qc_prefix (o);
-
-  if (o->encrypt_iter_time && !o->encrypt)
-    REFUSE ("%sencrypt-iter-time= does nothing without %sencrypt=luks",
-            p, p);
-  if (o->compress >= 0 && o->compression_type >= 0 &&
-      o->compress != o->compression_type)
-    REFUSE ("%scompress=%s needs %scompression-type=%s", p,
-            o->compress ? "zstd" : "zlib", p, o->compress ? "zstd" : "zlib");
-  if (o->compress >= 0 && o->data_file)
-    REFUSE ("%scompress= cannot be used with an external data file", p);
-  if (o->format && strcmp (o->format, "raw") == 0)
-    REFUSE ("%screate= makes qcow2 images only (not %sformat=raw)", p, p);
-  if (o->encrypt) {
-    if (!o->passphrase)
-      REFUSE ("%sencrypt=luks needs %spassphrase=", p, p);
-    if (o->compress >= 0)
-      REFUSE ("%scompress= cannot be used with encryption", p);
-    if (o->data_file)
-      REFUSE ("%sdata-file= cannot be used with encryption", p);
-    if (o->preallocate_metadata)
-      REFUSE ("%spreallocation=metadata cannot be used with encryption", p);
-  }
-  if (!qc_create_size_known (o) && o->create == QC_CREATE_FORCE)
-    REFUSE ("%screate=force needs %ssize=", p, p);
-  if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
-    REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
-            "512 and 2M", p, cs);
-  if (compat == 2) {
-    if (o->lazy_refcounts)
-      REFUSE ("%slazy-refcounts needs %scompat=1.1", p, p);
-    if (o->refcount_bits && o->refcount_bits != 16)
-      REFUSE ("%srefcount-bits other than 16 need %scompat=1.1", p, p);
-    if (o->compression_type > 0 || o->compress > 0)
-      REFUSE ("%scompression-type=zstd needs %scompat=1.1", p, p);
-    if (o->data_file)
-      REFUSE ("%sdata-file needs %scompat=1.1", p, p);
-    if (o->extended_l2)
-      REFUSE ("%sextended-l2 needs %scompat=1.1", p, p);
-  }
-  if (o->extended_l2 && cs < 16384)
-    REFUSE ("%sextended-l2 needs a cluster size of at least 16k", p);
-  if (o->data_file_raw && !o->data_file)
-    REFUSE ("%sdata-file-raw needs %sdata-file=", p, p);
-  if (o->data_file_raw && o->backing_file)
-    REFUSE ("%sbacking-file= and %sdata-file-raw cannot be used together",
-            p, p);
-  if (o->preallocate_metadata && o->backing_file && !o->extended_l2)
-    REFUSE ("%spreallocation=metadata with a backing file needs "
-            "%sextended-l2=on", p, p);
-  if (o->backing_file && strlen (o->backing_file) > QCOW2_MAX_BACKING_NAME)
-    REFUSE ("%sbacking-file name is longer than 1023 bytes", p);
-  if (o->backing_format && strcmp (o->backing_format, "qcow2") != 0 &&
-      strcmp (o->backing_format, "raw") != 0)
-    REFUSE ("%sbacking-format=%s: only qcow2 and raw", p, o->backing_format);
-  return 0;
-}
 
 /* Append an extension at *pos of the header cluster (cs bytes): type,
  * length, data padded to 8 bytes.  False, writing nothing, if it and
@@ -154,13 +78,13 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     order++;
   memset (buf, 0, cs);
   put_be32 (buf, QCOW2_MAGIC);
-  put_be32 (buf + 4, compat);
-  put_be32 (buf + 20, __builtin_ctzll (cs));
-  put_be64 (buf + 24, qc_create_size (o));
-  put_be32 (buf + 36, l1_size);
-  put_be64 (buf + 40, l1_off);
-  put_be64 (buf + 48, reftable_off);
-  put_be32 (buf + 56, reftable_clusters);
+  put_be32 (buf + QCOW2_HDR_VERSION, compat);
+  put_be32 (buf + QCOW2_HDR_CLUSTER_BITS, __builtin_ctzll (cs));
+  put_be64 (buf + QCOW2_HDR_SIZE, qc_create_size (o));
+  put_be32 (buf + QCOW2_HDR_L1_SIZE, l1_size);
+  put_be64 (buf + QCOW2_HDR_L1_TABLE_OFFSET, l1_off);
+  put_be64 (buf + QCOW2_HDR_REFCOUNT_TABLE, reftable_off);
+  put_be32 (buf + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS, reftable_clusters);
   if (compat == 2) {
     pos = 72;
   }
@@ -169,33 +93,34 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     if (ctype) incompat |= QCOW2_INCOMPAT_COMPRESSION;
     if (o->extended_l2) incompat |= QCOW2_INCOMPAT_EXTL2;
     if (o->data_file_raw) autoclear |= QCOW2_AUTOCLEAR_DATA_RAW;
-    put_be64 (buf + 72, incompat);
-    put_be64 (buf + 80, o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
-    put_be64 (buf + 88, autoclear);
-    put_be32 (buf + 96, order);
-    put_be32 (buf + 100, HEADER_LENGTH);
+    put_be64 (buf + QCOW2_HDR_INCOMPAT, incompat);
+    put_be64 (buf + QCOW2_HDR_COMPAT,
+              o->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS : 0);
+    put_be64 (buf + QCOW2_HDR_AUTOCLEAR, autoclear);
+    put_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER, order);
+    put_be32 (buf + QCOW2_HDR_HEADER_LENGTH, HEADER_LENGTH);
     buf[104] = ctype;
     pos = HEADER_LENGTH;
   }
 
   if (o->backing_file && o->backing_format &&
-      !put_ext (buf, cs, &pos, EXT_BACKING_FMT, o->backing_format,
+      !put_ext (buf, cs, &pos, QCOW2_EXT_BACKING_FMT, o->backing_format,
                 strlen (o->backing_format)))
     REFUSE ("backing-format= does not fit in the header cluster (%" PRIu64
             " bytes)", cs);
   if (luks_len) {
     uint8_t ext[16];
-    put_be32 (buf + 32, 2);                     /* crypt_method: LUKS */
+    put_be32 (buf + QCOW2_HDR_CRYPT_METHOD, 2);           /* LUKS */
     put_be64 (ext, luks_off);
     put_be64 (ext + 8, luks_len);
-    if (!put_ext (buf, cs, &pos, EXT_CRYPTO, ext, sizeof ext))
+    if (!put_ext (buf, cs, &pos, QCOW2_EXT_CRYPTO, ext, sizeof ext))
       REFUSE ("the encryption header extension does not fit in the header "
               "cluster (%" PRIu64 " bytes)", cs);
   }
   if (o->data_file) {
     if (strlen (o->data_file) > 1023)
       REFUSE ("data-file name is longer than 1023 bytes");
-    if (!put_ext (buf, cs, &pos, EXT_DATA_FILE, o->data_file,
+    if (!put_ext (buf, cs, &pos, QCOW2_EXT_DATA_FILE, o->data_file,
                   strlen (o->data_file)))
       REFUSE ("data-file name does not fit in the header cluster (%" PRIu64
               " bytes)", cs);
@@ -212,7 +137,8 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     /* Only names for messages: left out when it does not fit, as
      * qemu-img does (512-byte clusters with any other extension).
      */
-    (void) put_ext (buf, cs, &pos, EXT_FEATURE_NAMES, table, sizeof table);
+    (void) put_ext (buf, cs, &pos, QCOW2_EXT_FEATURE_NAMES, table,
+                    sizeof table);
   }
   pos += 8;                     /* end of extensions */
   if (o->backing_file) {
@@ -220,8 +146,8 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
     if (pos + len > cs)
       REFUSE ("backing-file name does not fit in the header cluster");
     memcpy (buf + pos, o->backing_file, len);
-    put_be64 (buf + 8, pos);
-    put_be32 (buf + 16, len);
+    put_be64 (buf + QCOW2_HDR_BACKING_FILE_OFFSET, pos);
+    put_be32 (buf + QCOW2_HDR_BACKING_FILE_SIZE, len);
   }
   if (pos > cs)
     REFUSE ("the header does not fit in one cluster");

@@ -9,6 +9,15 @@
  *   3. only then are clusters they no longer reference freed.
  *
  * A crash between the steps can leak clusters, never corrupt the image.
+ *
+ * This file and the allocator (qcow2-alloc.c) call each other, the one
+ * cycle between the core's files (tests/check-core-cycles.sh allows no
+ * other).  It is inherent: step 3 is the allocator's (qc_free_progress
+ * moves frees on once the metadata that unreferenced them is durable),
+ * and the allocator needs writeback in turn: in a full container the
+ * only free clusters may be those waiting for it (qc_alloc_clusters
+ * calls qc_flush_locked and retries), and a grown refcount table is
+ * written with qc_write_table_range.
  */
 #include <config.h>
 

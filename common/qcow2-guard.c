@@ -422,11 +422,11 @@ describe (struct qc_image *img, uint64_t c, struct describe *d)
                    "the active image") == -1)
     return;
   for (i = 0; i < img->nr_snapshots && d->found < 3; i++) {
-    struct qc_view *v = qc_snapshot_view (img, i);
-    if (!v)
+    const uint64_t *l1 = qc_snapshot_l1 (img, i);
+    if (!l1)
       return;
     snprintf (who, sizeof who, "snapshot '%s'", img->snapshots[i].name);
-    if (describe_l1 (img, d, c, v->l1, v->l1_size, who) == -1)
+    if (describe_l1 (img, d, c, l1, img->snapshots[i].l1_size, who) == -1)
       return;
   }
   if (d->found == 0)

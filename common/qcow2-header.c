@@ -15,13 +15,6 @@
 #include "qc-error.h"
 #include "qcow2-header.h"
 
-#define EXT_END           0x00000000U
-#define EXT_BACKING_FMT   0xe2792acaU
-#define EXT_FEATURE_NAMES 0x6803f857U
-#define EXT_BITMAPS       0x23852875U
-#define EXT_CRYPTO        0x0537be77U
-#define EXT_DATA_FILE     0x44415441U
-
 static const char *const incompat_names[] = {
   "dirty", "corrupt", "external data file", "compression type",
   "extended L2 entries",
@@ -99,7 +92,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
     uint32_t len = get_be32 (buf + off + 4);
     const uint8_t *data = buf + off + 8;
 
-    if (type == EXT_END)
+    if (type == QCOW2_EXT_END)
       return 0;
     if (len > cs - off - 8)
       BAD ("%s: header extension 0x%08" PRIx32 " at offset %" PRIu64
@@ -107,7 +100,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
            name, type, off, len);
 
     switch (type) {
-    case EXT_BACKING_FMT:
+    case QCOW2_EXT_BACKING_FMT:
       if (h->backing_format)
         BAD ("%s: more than one backing format extension", name);
       if (len == 0 || len > 16)
@@ -118,7 +111,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
         return -1;
       break;
 
-    case EXT_FEATURE_NAMES: {
+    case QCOW2_EXT_FEATURE_NAMES: {
       uint32_t i, n = len / 48;
       if (h->features)
         BAD ("%s: more than one feature name table", name);
@@ -138,7 +131,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       break;
     }
 
-    case EXT_BITMAPS:
+    case QCOW2_EXT_BITMAPS:
       if (len < 24)
         BAD ("%s: bitmaps extension has bad length %" PRIu32, name, len);
       h->has_bitmaps_ext = true;
@@ -147,7 +140,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       h->bitmap_directory_offset = get_be64 (data + 16);
       break;
 
-    case EXT_CRYPTO:
+    case QCOW2_EXT_CRYPTO:
       if (len != 16)
         BAD ("%s: encryption header extension has bad length %" PRIu32,
              name, len);
@@ -156,7 +149,7 @@ parse_extensions (const uint8_t *buf, uint64_t cs, const char *name,
       h->crypto_length = get_be64 (data + 8);
       break;
 
-    case EXT_DATA_FILE:
+    case QCOW2_EXT_DATA_FILE:
       if (h->data_file)
         BAD ("%s: more than one external data file extension", name);
       if (len == 0 || len > 4096)
@@ -217,25 +210,26 @@ qcow2_header_parse (const uint8_t *buf, uint64_t len, uint64_t file_size,
   unsigned bit;
 
   memset (h, 0, sizeof *h);
-  if (len < 72)
+  if (len < QCOW2_HDR_V2_LENGTH)
     BAD ("%s: file too short for a qcow2 header", name);
   if (get_be32 (buf) != QCOW2_MAGIC)
     BAD ("%s: not a qcow2 image (no QFI\\xfb magic)", name);
-  h->version = get_be32 (buf + 4);
+  h->version = get_be32 (buf + QCOW2_HDR_VERSION);
   if (h->version != 2 && h->version != 3)
     BAD ("%s: qcow2 version %" PRIu32 " is not supported (only 2 and 3)",
          name, h->version);
-  h->backing_file_offset = get_be64 (buf + 8);
-  h->backing_file_size = get_be32 (buf + 16);
-  h->cluster_bits = get_be32 (buf + 20);
-  h->size = get_be64 (buf + 24);
-  h->crypt_method = get_be32 (buf + 32);
-  h->l1_size = get_be32 (buf + 36);
-  h->l1_table_offset = get_be64 (buf + 40);
-  h->refcount_table_offset = get_be64 (buf + 48);
-  h->refcount_table_clusters = get_be32 (buf + 56);
-  h->nb_snapshots = get_be32 (buf + 60);
-  h->snapshots_offset = get_be64 (buf + 64);
+  h->backing_file_offset = get_be64 (buf + QCOW2_HDR_BACKING_FILE_OFFSET);
+  h->backing_file_size = get_be32 (buf + QCOW2_HDR_BACKING_FILE_SIZE);
+  h->cluster_bits = get_be32 (buf + QCOW2_HDR_CLUSTER_BITS);
+  h->size = get_be64 (buf + QCOW2_HDR_SIZE);
+  h->crypt_method = get_be32 (buf + QCOW2_HDR_CRYPT_METHOD);
+  h->l1_size = get_be32 (buf + QCOW2_HDR_L1_SIZE);
+  h->l1_table_offset = get_be64 (buf + QCOW2_HDR_L1_TABLE_OFFSET);
+  h->refcount_table_offset = get_be64 (buf + QCOW2_HDR_REFCOUNT_TABLE);
+  h->refcount_table_clusters =
+    get_be32 (buf + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS);
+  h->nb_snapshots = get_be32 (buf + QCOW2_HDR_NB_SNAPSHOTS);
+  h->snapshots_offset = get_be64 (buf + QCOW2_HDR_SNAPSHOTS_OFFSET);
   if (h->version == 2) {
     h->refcount_order = 4;
     h->header_length = 72;
@@ -243,11 +237,11 @@ qcow2_header_parse (const uint8_t *buf, uint64_t len, uint64_t file_size,
   else {
     if (len < 104)
       BAD ("%s: file too short for a version 3 header", name);
-    h->incompatible_features = get_be64 (buf + 72);
-    h->compatible_features = get_be64 (buf + 80);
-    h->autoclear_features = get_be64 (buf + 88);
-    h->refcount_order = get_be32 (buf + 96);
-    h->header_length = get_be32 (buf + 100);
+    h->incompatible_features = get_be64 (buf + QCOW2_HDR_INCOMPAT);
+    h->compatible_features = get_be64 (buf + QCOW2_HDR_COMPAT);
+    h->autoclear_features = get_be64 (buf + QCOW2_HDR_AUTOCLEAR);
+    h->refcount_order = get_be32 (buf + QCOW2_HDR_REFCOUNT_ORDER);
+    h->header_length = get_be32 (buf + QCOW2_HDR_HEADER_LENGTH);
   }
 
   if (h->cluster_bits < 9 || h->cluster_bits > 21)

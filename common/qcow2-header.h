@@ -10,6 +10,16 @@
 
 #define QCOW2_MAGIC 0x514649fbU          /* "QFI\xfb" */
 
+/* Header extension types (read in qcow2-header.c, written in
+ * qcow2-create.c).
+ */
+#define QCOW2_EXT_END           0x00000000U
+#define QCOW2_EXT_BACKING_FMT   0xe2792acaU
+#define QCOW2_EXT_FEATURE_NAMES 0x6803f857U
+#define QCOW2_EXT_BITMAPS       0x23852875U
+#define QCOW2_EXT_CRYPTO        0x0537be77U
+#define QCOW2_EXT_DATA_FILE     0x44415441U
+
 /* Incompatible feature bits. */
 #define QCOW2_INCOMPAT_DIRTY       (1ULL << 0)
 #define QCOW2_INCOMPAT_CORRUPT     (1ULL << 1)
@@ -18,10 +28,30 @@
 #define QCOW2_INCOMPAT_EXTL2       (1ULL << 4)
 #define QCOW2_INCOMPAT_KNOWN       0x1fULL
 /* Compatible and autoclear bits. */
-/* Header fields that are updated in place (byte offsets). */
-#define QCOW2_HDR_REFCOUNT_TABLE 48   /* offset (8) and clusters (4) */
-#define QCOW2_HDR_INCOMPAT       72   /* version 3 only */
-#define QCOW2_HDR_AUTOCLEAR      88
+/* Header fields (byte offsets in the header).  Some are updated in
+ * place, together with the next: L1_SIZE with L1_TABLE_OFFSET,
+ * REFCOUNT_TABLE (the offset) with REFCOUNT_TABLE_CLUSTERS, NB_SNAPSHOTS
+ * with SNAPSHOTS_OFFSET.
+ */
+#define QCOW2_HDR_MAGIC                   0
+#define QCOW2_HDR_VERSION                 4
+#define QCOW2_HDR_BACKING_FILE_OFFSET     8
+#define QCOW2_HDR_BACKING_FILE_SIZE      16
+#define QCOW2_HDR_CLUSTER_BITS           20
+#define QCOW2_HDR_SIZE                   24
+#define QCOW2_HDR_CRYPT_METHOD           32
+#define QCOW2_HDR_L1_SIZE                36
+#define QCOW2_HDR_L1_TABLE_OFFSET        40
+#define QCOW2_HDR_REFCOUNT_TABLE         48
+#define QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS 56
+#define QCOW2_HDR_NB_SNAPSHOTS           60
+#define QCOW2_HDR_SNAPSHOTS_OFFSET       64
+#define QCOW2_HDR_V2_LENGTH              72   /* version 2 ends here */
+#define QCOW2_HDR_INCOMPAT               72   /* version 3 only */
+#define QCOW2_HDR_COMPAT                 80
+#define QCOW2_HDR_AUTOCLEAR              88
+#define QCOW2_HDR_REFCOUNT_ORDER         96
+#define QCOW2_HDR_HEADER_LENGTH         100
 
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ULL << 0)

@@ -26,7 +26,19 @@
 #define DEFAULT_CACHE_MAX (32ULL << 20)
 
 static struct qc_image *image_open (const struct qc_options *opts,
-                                    struct blkdev *dev, unsigned depth);
+                                    struct blkdev *dev, unsigned depth,
+                                    const struct qc_open_file *of);
+
+/* The default seam: local files. */
+static struct blkdev *
+open_local_file (void *opaque, const char *path, enum qc_open_mode mode,
+                 const char *role)
+{
+  return mode == QC_OPEN_READONLY ? blkdev_file_open (path, true)
+                                  : blkdev_file_open_upgradable (path);
+}
+
+static const struct qc_open_file local_files = { open_local_file, NULL };
 
 /* A name from an image that qemu would take for a protocol (json:,
  * http://, nbd:...): a ':' before the first '/'.  We never interpret
@@ -196,30 +208,6 @@ open_crypto (struct qc_image *img, const struct qc_options *opts,
   return img->crypto ? 0 : -1;
 }
 
-/* qemu's locks on a file of the image (see qc-lock.h): the image
- * itself, each backing file (read locks only: we never write them) and
- * the external data file (write locks too once the image is writable).
- * role names the file in messages ("backing file"); NULL for the image.
- * A device that is not a local file (a filter's container) takes none.
- */
-static int
-lock_file (struct blkdev *dev, bool write, const char *role)
-{
-  int fd = blkdev_file_fd (dev);
-  char *label = NULL;
-  int r;
-
-  if (fd < 0)
-    return 0;
-  if (role && asprintf (&label, "%s %s", role, dev->name) == -1) {
-    qc_error ("%s: %m", dev->name);
-    return -1;
-  }
-  r = qc_lock_image (fd, write, label ? label : dev->name);
-  free (label);
-  return r;
-}
-
 static int
 open_data_file (struct qc_image *img, const struct qc_options *opts)
 {
@@ -232,13 +220,14 @@ open_data_file (struct qc_image *img, const struct qc_options *opts)
   path = resolve_name (img, opts, img->h.data_file, "external data file");
   if (!path)
     return -1;
-  img->data = blkdev_file_open_upgradable (path);
+  img->data = img->open_file.open (img->open_file.opaque, path,
+                                   QC_OPEN_UPGRADABLE, "external data file");
   free (path);
   if (!img->data)
     return -1;
   img->external_data = true;
   /* Read locks until the image is made writable. */
-  if (opts->locking && lock_file (img->data, false, "external data file"))
+  if (opts->locking && qc_lock_file (img->data, false, "external data file"))
     return -1;
   return 0;
 }
@@ -311,7 +300,7 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   bopts.backing_passphrase = opts->backing_passphrase;
   bopts.follow = opts->follow;
   bopts.follow_root = img->follow_root;
-  img->backing_img = image_open (&bopts, NULL, depth + 1);
+  img->backing_img = image_open (&bopts, NULL, depth + 1, &img->open_file);
   free (path);
   if (!img->backing_img)
     return -1;
@@ -375,7 +364,7 @@ cache_capacity (const struct qc_image *img, uint64_t bytes)
 
 static struct qc_image *
 image_open (const struct qc_options *opts, struct blkdev *dev,
-            unsigned depth)
+            unsigned depth, const struct qc_open_file *of)
 {
   struct qc_image *img = calloc (1, sizeof *img);
   uint8_t magic[4];
@@ -392,9 +381,11 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   pthread_mutex_init (&img->meta_lock, NULL);
   pthread_rwlock_init (&img->rmw_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
+  img->open_file = *of;
   if (!dev)
-    dev = depth > 0 ? blkdev_file_open (opts->file, true)
-                    : blkdev_file_open_upgradable (opts->file);
+    dev = of->open (of->opaque, opts->file,
+                    depth > 0 ? QC_OPEN_READONLY : QC_OPEN_UPGRADABLE,
+                    depth > 0 ? "backing file" : NULL);
   if (!dev)
     goto err;
   img->file = dev;
@@ -406,7 +397,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
   img->locking = opts->locking;
   img->overlap_check = opts->overlap_check;
   if (opts->locking &&
-      lock_file (dev, false, depth > 0 ? "backing file" : NULL) == -1)
+      qc_lock_file (dev, false, depth > 0 ? "backing file" : NULL) == -1)
     goto err;
 
   /* Format: as given, else (for backing files without a recorded
@@ -524,7 +515,14 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
 struct qc_image *
 qc_image_open (const struct qc_options *opts, struct blkdev *dev)
 {
-  return image_open (opts, dev, 0);
+  return image_open (opts, dev, 0, &local_files);
+}
+
+struct qc_image *
+qc_image_open_with (const struct qc_options *opts, struct blkdev *dev,
+                    const struct qc_open_file *of)
+{
+  return image_open (opts, dev, 0, of ? of : &local_files);
 }
 
 void
@@ -575,226 +573,6 @@ qc_image_close (struct qc_image *img)
   free (img->follow_root);
   free (img);
   errno = saved_errno;
-}
-
-/* A dirty image's refcounts are stale (lazy refcounts, not closed
- * cleanly): rebuild them from the references, then clear the bit.
- */
-static int
-rebuild_dirty (struct qc_image *img)
-{
-  uint64_t incompat = img->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
-  uint64_t be = htobe64 (incompat);
-
-  qc_debug ("%s: image is dirty: rebuilding its refcounts", img->name);
-  if (qc_rebuild_refcounts (img) == -1 ||
-      qc_write_header_field (img, QCOW2_HDR_INCOMPAT, &be, 8) == -1 ||
-      blkdev_flush (img->file) == -1)
-    return -1;
-  img->h.incompatible_features = incompat;
-  return 0;
-}
-
-/* Do [a, a + alen) and [b, b + blen) share a cluster? */
-static bool
-clusters_meet (uint64_t cs, uint64_t a, uint64_t alen, uint64_t b,
-               uint64_t blen)
-{
-  if (alen == 0 || blen == 0)
-    return false;
-  /* Last clusters computed without overflow: a hostile offset may be
-   * anything.
-   */
-  return a / cs <= b / cs + (b % cs + blen - 1) / cs &&
-    b / cs <= a / cs + (a % cs + alen - 1) / cs;
-}
-
-/* The structure the active L1 table shares a cluster with, or NULL.
- * Writes update the active L1 table in place: in a corrupt image where
- * it lies in the header, the snapshot table, a snapshot's L1 table, the
- * refcount structures or the encryption header, they would overwrite
- * those (qemu's overlap checks refuse such writes and mark the image
- * corrupt).  Refcounts cannot tell: a repair counts both references.
- */
-static const char *
-active_l1_overlap (struct qc_image *img)
-{
-  const struct qcow2_header *h = &img->h;
-  const uint64_t cs = h->cluster_size;
-  const uint64_t a = h->l1_table_offset, alen = (uint64_t) h->l1_size * 8;
-  uint64_t k;
-
-  if (clusters_meet (cs, a, alen, 0, cs))
-    return "the header";
-  if (h->nb_snapshots &&
-      clusters_meet (cs, a, alen, h->snapshots_offset, img->snapshots_size))
-    return "the snapshot table";
-  for (k = 0; k < img->nr_snapshots; k++)
-    if (clusters_meet (cs, a, alen, img->snapshots[k].l1_table_offset,
-                       (uint64_t) img->snapshots[k].l1_size * 8))
-      return "the L1 table of a snapshot";
-  if (clusters_meet (cs, a, alen, h->refcount_table_offset,
-                     (uint64_t) h->refcount_table_clusters * cs))
-    return "the refcount table";
-  for (k = 0; k < img->reftable_entries; k++)
-    if (img->reftable[k] && clusters_meet (cs, a, alen, img->reftable[k], cs))
-      return "a refcount block";
-  if (h->has_crypto_ext &&
-      clusters_meet (cs, a, alen, h->crypto_offset, h->crypto_length))
-    return "the encryption header";
-  return NULL;
-}
-
-/* After a refused write lock: the read locks alone again, and the
- * device read-only.
- */
-static void
-relock_readonly (struct blkdev *dev)
-{
-  int fd = blkdev_file_fd (dev);
-
-  if (fd >= 0) {
-    qc_unlock_image (fd);
-    qc_lock_image (fd, false, dev->name);
-  }
-  __atomic_store_n (&dev->readonly, true, __ATOMIC_RELEASE);
-}
-
-int
-qc_image_make_writable (struct qc_image *img)
-{
-  const char *overlap;
-  int r = -1;
-
-  pthread_mutex_lock (&img->lock);
-  if (img->writable) {
-    r = 0;
-    goto out;
-  }
-  if (img->default_view != &img->active.dev && !img->is_raw) {
-    qc_error ("%s: a snapshot is served: it is read-only", img->name);
-    errno = EROFS;
-    goto out;
-  }
-  if (img->force_readonly) {
-    qc_error ("%s: the check found corruptions: serving read-only",
-              img->name);
-    errno = EROFS;
-    goto out;
-  }
-  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
-    qc_error ("%s: the image is marked corrupt: it can only be served "
-              "read-only (nbdkit -r) until it is repaired (qemu-img check "
-              "-r all)", img->name);
-    errno = EROFS;
-    goto out;
-  }
-  /* The same devices, opened read-write from the start where the files
-   * allow it (readers in flight keep using them), and qemu's write locks
-   * on the same open file description.
-   */
-  if ((img->file->readonly && blkdev_make_writable (img->file) == -1) ||
-      (img->external_data && img->data->readonly &&
-       blkdev_make_writable (img->data) == -1))
-    goto out;
-  if (img->locking &&
-      (lock_file (img->file, true, NULL) == -1 ||
-       (img->external_data &&
-        lock_file (img->data, true, "external data file") == -1))) {
-    /* Back to what we had: read-only, with read locks. */
-    relock_readonly (img->file);
-    if (img->external_data)
-      relock_readonly (img->data);
-    goto out;
-  }
-  if (img->is_raw) {
-    __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
-    r = 0;
-    goto out;
-  }
-  if ((img->h.incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
-      rebuild_dirty (img) == -1)
-    goto out;
-  if (!img->reftable && qc_refcount_open (img) == -1)
-    goto out;
-  overlap = active_l1_overlap (img);
-  if (overlap) {
-    qc_error ("%s: the active L1 table shares a cluster with %s (a "
-              "corrupt image): it can only be served read-only",
-              img->name, overlap);
-    errno = EROFS;
-    goto out;
-  }
-  img->dirty_limit = (32ULL << 20) / img->h.cluster_size;
-  if (img->dirty_limit < 64)
-    img->dirty_limit = 64;
-
-  __atomic_store_n (&img->active.dev.readonly, false, __ATOMIC_RELEASE);
-  __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
-  r = 0;
- out:
-  pthread_mutex_unlock (&img->lock);
-  return r;
-}
-
-int
-qc_before_first_write (struct qc_image *img)
-{
-  uint64_t keep;
-  int r = 0;
-
-  if (__atomic_load_n (&img->failed, __ATOMIC_ACQUIRE)) {
-    qc_error ("%s: an earlier I/O error left the image's metadata in an "
-              "unknown state: reopen it", img->name);
-    errno = EIO;
-    return -1;
-  }
-  if (__atomic_load_n (&img->marked_corrupt, __ATOMIC_ACQUIRE)) {
-    qc_error ("%s: the image was marked corrupt (see the first error): no "
-              "more writes; repair it with qemu-img check -r all",
-              img->name);
-    errno = EIO;
-    return -1;
-  }
-  if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
-    return 0;
-  pthread_mutex_lock (&img->meta_lock);
-  if (img->written)
-    goto out;
-  /* We do not maintain persistent bitmaps or unknown autoclear features:
-   * clearing their bits before the first write tells qemu they are stale.
-   */
-  keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
-  if (!img->external_data)
-    keep = 0;
-  if (keep != img->h.autoclear_features) {
-    uint64_t be = htobe64 (keep);
-    bool had_bitmaps =
-      img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
-
-    if (qc_write_header_field (img, QCOW2_HDR_AUTOCLEAR, &be, 8) == -1 ||
-        blkdev_flush (img->file) == -1) {
-      r = -1;
-      goto out;
-    }
-    img->h.autoclear_features = keep;
-    /* The bit is durable: nobody trusts the bitmaps any more, so their
-     * clusters can be given back.
-     */
-    if (had_bitmaps && qc_bitmaps_release (img) == -1) {
-      r = -1;
-      goto out;
-    }
-  }
-  /* What the refcounts cannot be trusted with, from here on. */
-  if (qc_guard_build (img) == -1) {
-    r = -1;
-    goto out;
-  }
-  __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
- out:
-  pthread_mutex_unlock (&img->meta_lock);
-  return r;
 }
 
 struct blkdev *

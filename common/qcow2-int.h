@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "blkdev.h"
+#include "byteorder.h"
 #include "dcache.h"
 #include "l2cache.h"
 #include "qcow2.h"
@@ -59,7 +60,8 @@ struct qcow2_snapshot {
   uint32_t vm_state_size;
   uint32_t extra_size;
   uint8_t *extra;               /* extra data as stored, kept on rewrite */
-  struct qc_view *view;         /* loaded on first use */
+  uint64_t *l1;                 /* host byte order: loaded on first use */
+  struct qc_view *view;         /* made on first use, over l1 */
 };
 
 struct qc_image {
@@ -69,6 +71,7 @@ struct qc_image {
   bool is_raw;
   bool locking;
   bool borrowed;                /* file belongs to the caller */
+  struct qc_open_file open_file; /* opens the files the image names */
   struct qc_crypto *crypto;     /* encryption, or NULL */
   pthread_rwlock_t rmw_lock;    /* partial-sector writes of encrypted
                                  * images (qcow2-data-io.c) */
@@ -93,7 +96,8 @@ struct qc_image {
   pthread_mutex_t lock;         /* guards making the image writable */
   pthread_mutex_t snap_lock;    /* guards loading snapshot views */
 
-  /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-flush.c).  All
+  /* Write state (qcow2-write.c, qcow2-refcount.c, qcow2-alloc.c,
+   * qcow2-flush.c).  All
    * of it is guarded by meta_lock, except the I/O epoch counters.
    */
   bool writable;                        /* atomic */
@@ -191,18 +195,66 @@ extern void qc_view_init (struct qc_view *v, struct qc_image *img,
                           uint64_t *l1, uint32_t l1_size, uint64_t size,
                           const char *name);
 
-/* Load an L1 table (l1_size entries at offset) into host byte order. */
+/* Load an L1 table (l1_size entries at offset) into host byte order
+ * (qcow2-map.c).
+ */
 extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
                              uint32_t l1_size, const char *what);
 
-/* Refcounts. */
-extern uint64_t qc_refcount_entry_get (const uint8_t *block, uint64_t index,
-                                       uint32_t order);
-extern void qc_refcount_entry_set (uint8_t *block, uint64_t index,
-                                   uint32_t order, uint64_t v);
+/* Refcount entries of any width (1 to 64 bits) in a refcount block:
+ * inline, since the allocator, the safety net and the rebuild all read
+ * blocks and none of them should depend on another for this.
+ */
+static inline uint64_t
+qc_refcount_entry_get (const uint8_t *block, uint64_t index, uint32_t order)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: return get_be64 (block + index * 8);
+  case 32: return get_be32 (block + index * 4);
+  case 16: return get_be16 (block + index * 2);
+  case 8: return block[index];
+  default:
+    /* Sub-byte widths are packed least significant bits first. */
+    return (block[index * bits / 8] >> (index * bits % 8)) &
+      ((1U << bits) - 1);
+  }
+}
+
+static inline void
+qc_refcount_entry_set (uint8_t *block, uint64_t index, uint32_t order,
+                       uint64_t v)
+{
+  unsigned bits = 1U << order;
+
+  switch (bits) {
+  case 64: put_be64 (block + index * 8, v); break;
+  case 32: put_be32 (block + index * 4, v); break;
+  case 16: put_be16 (block + index * 2, v); break;
+  case 8: block[index] = v; break;
+  default: {
+    uint8_t *b = &block[index * bits / 8];
+    unsigned shift = index * bits % 8;
+    uint8_t mask = ((1U << bits) - 1) << shift;
+    *b = (*b & ~mask) | ((v << shift) & mask);
+  }
+  }
+}
+
+/* Refcounts (qcow2-refcount.c). */
 extern int qc_detect_metadata_prealloc (struct qc_image *img, bool *ret);
 
-/* Writable refcounts and the allocator (meta_lock held). */
+/* Refcount entries per refcount block. */
+static inline uint64_t
+qc_refcount_per_block (const struct qc_image *img)
+{
+  return (img->h.cluster_size * 8) >> img->h.refcount_order;
+}
+
+/* Writable refcounts (qcow2-refcount.c) and the allocator
+ * (qcow2-alloc.c), meta_lock held.
+ */
 extern int qc_refcount_open (struct qc_image *img);
 extern void qc_refcount_close (struct qc_image *img);
 extern int qc_refcount_get (struct qc_image *img, uint64_t cluster,
@@ -283,6 +335,24 @@ extern int qc_view_flush (struct qc_view *v);
 /* Allocate every cluster of the disk (preallocation=metadata). */
 extern int qc_preallocate (struct qc_image *img);
 
+/* Active L1 entry i changed: widen the range that the next writeback
+ * writes (meta_lock held).
+ */
+static inline void
+qc_l1_mark_dirty (struct qc_image *img, uint64_t i)
+{
+  if (img->l1_dirty_lo == img->l1_dirty_hi) {
+    img->l1_dirty_lo = i;
+    img->l1_dirty_hi = i + 1;
+  }
+  else {
+    if (i < img->l1_dirty_lo)
+      img->l1_dirty_lo = i;
+    if (i + 1 > img->l1_dirty_hi)
+      img->l1_dirty_hi = i + 1;
+  }
+}
+
 /* Store an L2 entry (and bitmap) in a pinned table, marking it dirty
  * (meta_lock held).
  */
@@ -290,10 +360,13 @@ extern void qc_store_entry (struct qc_image *img, uint8_t *table,
                             struct l2cache_entry *pin, uint64_t index,
                             uint64_t e, uint64_t bm);
 
-/* Header changes due before the first write (autoclear bits). */
+/* Header changes due before the first write (autoclear bits), and the
+ * refusals after a failure (qcow2-write.c): qc_view_write, _zero and
+ * _trim call it first.
+ */
 extern int qc_before_first_write (struct qc_image *img);
 
-/* References to every host cluster (qcow2-check.c). */
+/* References to every host cluster (qcow2-refs.c). */
 struct qc_refs {
   uint64_t nr_clusters;
   uint32_t *count;              /* references per host cluster */
@@ -308,16 +381,30 @@ extern int qc_count_refs (struct qc_image *img, bool refcount_structures,
 /* The same, also filling refs->copied. */
 extern int qc_count_refs_copied (struct qc_image *img, struct qc_refs *refs);
 extern void qc_refs_free (struct qc_refs *refs);
-/* Write new refcount structures from the references (dirty images). */
+/* Write new refcount structures from the references (dirty images;
+ * qcow2-writable.c).
+ */
 extern int qc_rebuild_refcounts (struct qc_image *img);
+
+/* Check and repair (qcow2-check.c).  Set COPIED exactly where the
+ * refcount is 1 in the active tree, or (!apply) only count where it is
+ * wrong (meta_lock held).
+ */
+extern int qc_copied_flags (struct qc_image *img, bool apply,
+                            uint64_t *fixed);
+/* The summaries after a check's and a repair's findings, in qemu-img
+ * check's words.
+ */
+extern void qc_check_report (struct qc_image *img,
+                             const struct qc_check_result *res);
+extern void qc_check_report_repaired (struct qc_image *img,
+                                      const struct qc_check_result *res);
 
 /* Every cluster range the persistent bitmaps occupy (qcow2-bitmaps.c). */
 extern int qc_bitmaps_walk (struct qc_image *img,
                             int (*fn) (struct qc_image *img, uint64_t offset,
                                        uint64_t bytes, void *opaque),
                             void *opaque);
-/* Give back the clusters of bitmaps nobody trusts any more. */
-extern int qc_bitmaps_release (struct qc_image *img);
 
 /* The safety net over damaged refcounts (qcow2-guard.c).  Built before
  * the first write (meta_lock held); each check returns -1 with errno
@@ -357,6 +444,11 @@ extern int qc_flush_locked (struct qc_image *img);
 /* Snapshot table. */
 extern int qc_snapshots_read (struct qc_image *img);
 extern void qc_snapshots_free (struct qc_image *img);
+/* Snapshot i's L1 table, loaded on first use (qcow2-snapshot.c). */
+extern uint64_t *qc_snapshot_l1 (struct qc_image *img, uint32_t i);
+/* Free what was loaded for a snapshot: its L1 table and its view. */
+extern void qc_snapshot_free_loaded (struct qcow2_snapshot *s);
+/* Snapshot i's view, made on first use (qcow2-view.c). */
 extern struct qc_view *qc_snapshot_view (struct qc_image *img, uint32_t i);
 
 #endif /* QC_QCOW2_INT_H */

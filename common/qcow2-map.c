@@ -220,3 +220,24 @@ qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
   free (in);
   return r;
 }
+
+uint64_t *
+qc_load_l1 (struct qc_image *img, uint64_t offset, uint32_t l1_size,
+            const char *what)
+{
+  uint64_t *l1 = calloc (l1_size ? l1_size : 1, sizeof *l1);
+  uint32_t i;
+
+  if (!l1) {
+    qc_error ("%s: %s: %m", img->name, what);
+    return NULL;
+  }
+  if (l1_size &&
+      blkdev_pread (img->file, l1, (size_t) l1_size * 8, offset) == -1) {
+    free (l1);
+    return NULL;
+  }
+  for (i = 0; i < l1_size; i++)
+    l1[i] = be64toh (l1[i]);
+  return l1;
+}

@@ -125,11 +125,7 @@ qc_snapshots_free (struct qc_image *img)
 
   for (i = 0; i < img->nr_snapshots; i++) {
     struct qcow2_snapshot *s = &img->snapshots[i];
-    if (s->view) {
-      free (s->view->l1);
-      free (s->view->dev.name);
-      free (s->view);
-    }
+    qc_snapshot_free_loaded (s);
     free (s->id);
     free (s->name);
     free (s->extra);
@@ -139,19 +135,21 @@ qc_snapshots_free (struct qc_image *img)
   img->nr_snapshots = 0;
 }
 
-/* The view of snapshot i, loading its L1 table the first time. */
-struct qc_view *
-qc_snapshot_view (struct qc_image *img, uint32_t i)
+/* Snapshot i's L1 table (s->l1_size entries, host byte order), loaded
+ * the first time.  Counting references and the safety net walk the
+ * snapshots' trees through this, without a view: a view is a device
+ * whose writes lead to the allocator, which consults the safety net.
+ */
+uint64_t *
+qc_snapshot_l1 (struct qc_image *img, uint32_t i)
 {
   struct qcow2_snapshot *s = &img->snapshots[i];
   const uint64_t cs = img->h.cluster_size;
   uint64_t limit = (blkdev_size (img->file) + cs - 1) & ~(cs - 1);
-  struct qc_view *v = NULL;
   uint64_t *l1;
-  char *name = NULL;
 
   pthread_mutex_lock (&img->snap_lock);
-  if (s->view)
+  if (s->l1)
     goto out;
   if (s->disk_size > INT64_MAX) {
     qc_error ("%s: snapshot '%s' claims an invalid disk size %" PRIu64,
@@ -170,21 +168,22 @@ qc_snapshot_view (struct qc_image *img, uint32_t i)
     errno = EINVAL;
     goto out;
   }
-  l1 = qc_load_l1 (img, s->l1_table_offset, s->l1_size, "snapshot L1");
-  v = malloc (sizeof *v);
-  if (!l1 || !v || asprintf (&name, "%s (snapshot %s)", img->name,
-                             s->name) == -1) {
-    if (l1 && v)
-      qc_error ("%s: %m", img->name);
-    free (l1);
-    free (v);
-    v = NULL;
-    goto out;
-  }
-  qc_view_init (v, img, l1, s->l1_size, s->disk_size, name);
-  s->view = v;
+  s->l1 = qc_load_l1 (img, s->l1_table_offset, s->l1_size, "snapshot L1");
  out:
-  v = s->view;
+  l1 = s->l1;
   pthread_mutex_unlock (&img->snap_lock);
-  return v;
+  return l1;
+}
+
+/* Free what qc_snapshot_l1 and qc_snapshot_view loaded for s. */
+void
+qc_snapshot_free_loaded (struct qcow2_snapshot *s)
+{
+  if (s->view) {
+    free (s->view->dev.name);
+    free (s->view);
+    s->view = NULL;
+  }
+  free (s->l1);
+  s->l1 = NULL;
 }

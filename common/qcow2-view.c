@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -239,8 +240,7 @@ view_pwrite (struct blkdev *dev, const void *buf, size_t count,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, ENOSPC, "write") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "write"))
     return -1;
   return qc_view_write (v, buf, count, offset, flags);
 }
@@ -251,8 +251,7 @@ view_zero (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, ENOSPC, "zero") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, ENOSPC, "zero"))
     return -1;
   return qc_view_zero (v, count, offset, flags);
 }
@@ -263,8 +262,7 @@ view_trim (struct blkdev *dev, uint64_t count, uint64_t offset,
 {
   struct qc_view *v = (struct qc_view *) dev;
 
-  if (!inside (v, count, offset, EINVAL, "trim") ||
-      qc_before_first_write (v->img) == -1)
+  if (!inside (v, count, offset, EINVAL, "trim"))
     return -1;
   return qc_view_trim (v, count, offset, flags);
 }
@@ -300,23 +298,33 @@ qc_view_init (struct qc_view *v, struct qc_image *img,
   v->l1_size = l1_size;
 }
 
-uint64_t *
-qc_load_l1 (struct qc_image *img, uint64_t offset, uint32_t l1_size,
-            const char *what)
+/* The view of snapshot i: its L1 table (qcow2-snapshot.c), as a device.
+ * The view does not own the table: the snapshot does.
+ */
+struct qc_view *
+qc_snapshot_view (struct qc_image *img, uint32_t i)
 {
-  uint64_t *l1 = calloc (l1_size ? l1_size : 1, sizeof *l1);
-  uint32_t i;
+  struct qcow2_snapshot *s = &img->snapshots[i];
+  uint64_t *l1 = qc_snapshot_l1 (img, i);
+  struct qc_view *v;
+  char *name = NULL;
 
-  if (!l1) {
-    qc_error ("%s: %s: %m", img->name, what);
+  if (!l1)
     return NULL;
+  pthread_mutex_lock (&img->snap_lock);
+  if (!s->view) {
+    v = malloc (sizeof *v);
+    if (!v || asprintf (&name, "%s (snapshot %s)", img->name,
+                        s->name) == -1) {
+      qc_error ("%s: %m", img->name);
+      free (v);
+    }
+    else {
+      qc_view_init (v, img, l1, s->l1_size, s->disk_size, name);
+      s->view = v;
+    }
   }
-  if (l1_size &&
-      blkdev_pread (img->file, l1, (size_t) l1_size * 8, offset) == -1) {
-    free (l1);
-    return NULL;
-  }
-  for (i = 0; i < l1_size; i++)
-    l1[i] = be64toh (l1[i]);
-  return l1;
+  v = s->view;
+  pthread_mutex_unlock (&img->snap_lock);
+  return v;
 }

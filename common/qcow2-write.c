@@ -184,14 +184,7 @@ l2_for_write (struct qc_image *img, uint64_t l1_index, bool create,
     return -1;
   __atomic_store_n (&img->active.l1[l1_index], new_off | QCOW2_OFLAG_COPIED,
                     __ATOMIC_RELEASE);
-  if (img->l1_dirty_lo == img->l1_dirty_hi) {
-    img->l1_dirty_lo = l1_index;
-    img->l1_dirty_hi = l1_index + 1;
-  }
-  else {
-    if (l1_index < img->l1_dirty_lo) img->l1_dirty_lo = l1_index;
-    if (l1_index + 1 > img->l1_dirty_hi) img->l1_dirty_hi = l1_index + 1;
-  }
+  qc_l1_mark_dirty (img, l1_index);
   return 0;
 }
 
@@ -771,9 +764,110 @@ write_plain (struct qc_view *v, const uint8_t *p, uint64_t offset,
   return write_slow (v, p, offset, count < in_l2 ? count : in_l2);
 }
 
+/* Giving back the clusters of bitmaps nobody trusts any more (see
+ * qcow2-bitmaps.c).  Drop one reference to each cluster of a range, if
+ * it has one.
+ */
+static int
+release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
+               void *opaque)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t c, v;
+
+  if (offset == 0 || (offset & (cs - 1)))
+    return -1;
+  for (c = offset / cs; bytes && c <= (offset + bytes - 1) / cs; c++) {
+    if (qc_refcount_get (img, c, &v) == -1 || v == 0)
+      return -1;
+    if (qc_refcount_add (img, c, -1) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+release_bitmaps (struct qc_image *img)
+{
+  int r = qc_bitmaps_walk (img, release_range, NULL);
+
+  if (r == -1)
+    return -1;
+  if (r == 1)
+    qc_debug ("%s: bitmap metadata is inconsistent; some of its clusters "
+              "stay leaked", img->name);
+  return 0;
+}
+
+/* Every write, zero and trim of a view starts here (the view's device
+ * checks only bounds): the header changes due before the first change
+ * of the image, and the refusals once it failed or was marked corrupt.
+ * It belongs to the write path, not to opening: the view below the
+ * image must not call back up into qcow2-image.c.
+ */
 int
-qc_view_write (struct qc_view *v, const void *buf, size_t count,
-               uint64_t offset, unsigned flags)
+qc_before_first_write (struct qc_image *img)
+{
+  uint64_t keep;
+  int r = 0;
+
+  if (__atomic_load_n (&img->failed, __ATOMIC_ACQUIRE)) {
+    qc_error ("%s: an earlier I/O error left the image's metadata in an "
+              "unknown state: reopen it", img->name);
+    errno = EIO;
+    return -1;
+  }
+  if (__atomic_load_n (&img->marked_corrupt, __ATOMIC_ACQUIRE)) {
+    qc_error ("%s: the image was marked corrupt (see the first error): no "
+              "more writes; repair it with qemu-img check -r all",
+              img->name);
+    errno = EIO;
+    return -1;
+  }
+  if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE))
+    return 0;
+  pthread_mutex_lock (&img->meta_lock);
+  if (img->written)
+    goto out;
+  /* We do not maintain persistent bitmaps or unknown autoclear features:
+   * clearing their bits before the first write tells qemu they are stale.
+   */
+  keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
+  if (!img->external_data)
+    keep = 0;
+  if (keep != img->h.autoclear_features) {
+    uint64_t be = htobe64 (keep);
+    bool had_bitmaps =
+      img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS;
+
+    if (qc_write_header_field (img, QCOW2_HDR_AUTOCLEAR, &be, 8) == -1 ||
+        blkdev_flush (img->file) == -1) {
+      r = -1;
+      goto out;
+    }
+    img->h.autoclear_features = keep;
+    /* The bit is durable: nobody trusts the bitmaps any more, so their
+     * clusters can be given back.
+     */
+    if (had_bitmaps && release_bitmaps (img) == -1) {
+      r = -1;
+      goto out;
+    }
+  }
+  /* What the refcounts cannot be trusted with, from here on. */
+  if (qc_guard_build (img) == -1) {
+    r = -1;
+    goto out;
+  }
+  __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
+ out:
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
+static int
+view_write (struct qc_view *v, const void *buf, size_t count,
+            uint64_t offset, unsigned flags)
 {
   struct qc_image *img = v->img;
   const uint8_t *p = buf;
@@ -807,6 +901,15 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
   if (flags & BLKDEV_FUA)
     return qc_view_flush (v);
   return 0;
+}
+
+int
+qc_view_write (struct qc_view *v, const void *buf, size_t count,
+               uint64_t offset, unsigned flags)
+{
+  if (qc_before_first_write (v->img) == -1)
+    return -1;
+  return view_write (v, buf, count, offset, flags);
 }
 
 int
@@ -895,7 +998,7 @@ write_zeros (struct qc_view *v, uint64_t offset, uint64_t len,
     qc_error ("%s: %m", v->img->name);
     return -1;
   }
-  r = qc_view_write (v, zeros, len, offset, 0);
+  r = view_write (v, zeros, len, offset, 0);
   free (zeros);
   return r;
 }
@@ -1021,6 +1124,9 @@ qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
   uint64_t a = (offset + unit - 1) & ~(unit - 1), b = end & ~(unit - 1);
   enum zero_mode mode = (flags & BLKDEV_MAY_TRIM) ? ZERO_UNMAP : ZERO_KEEP;
 
+  if (qc_before_first_write (img) == -1)
+    return -1;
+
   /* The last partial unit at the end of the disk counts as whole. */
   if (end == v->dev.size)
     b = (end + unit - 1) & ~(unit - 1);
@@ -1071,6 +1177,9 @@ qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
   const uint64_t cs = img->h.cluster_size;
   uint64_t end = offset + count;
   uint64_t a = (offset + cs - 1) & ~(cs - 1), b = end & ~(cs - 1);
+
+  if (qc_before_first_write (img) == -1)
+    return -1;
 
   /* A v2 image cannot make a cluster read as zeros without writing, and
    * deallocating would let the backing file show through: like qemu, do

@@ -95,6 +95,32 @@ struct qc_image;
  */
 extern struct qc_image *qc_image_open (const struct qc_options *opts,
                                        struct blkdev *dev);
+
+/* The block-device seam for the files an image names: opening the
+ * image file itself (dev NULL), its backing files and its external data
+ * file goes through open, so that tests can put each of them on a
+ * memory, fault-injecting or crash-recording device.  Kept apart from
+ * the options, which are what the user gives.  path is the name as
+ * resolved (referenced-files= rules already applied); role names the
+ * file in messages ("backing file", "external data file", NULL for the
+ * image).  An upgradable device is opened read-only and must support
+ * blkdev_make_writable; a read-only one is never written.  Returns a
+ * device the image then owns (closed with it), or NULL after qc_error.
+ */
+enum qc_open_mode { QC_OPEN_READONLY, QC_OPEN_UPGRADABLE };
+struct qc_open_file {
+  struct blkdev *(*open) (void *opaque, const char *path,
+                          enum qc_open_mode mode, const char *role);
+  void *opaque;
+};
+
+/* qc_image_open with the files opened through of (NULL: local files,
+ * what qc_image_open does).  The hook is used for the whole backing
+ * chain.
+ */
+extern struct qc_image *qc_image_open_with (const struct qc_options *opts,
+                                            struct blkdev *dev,
+                                            const struct qc_open_file *of);
 extern void qc_image_close (struct qc_image *img);
 
 /* referenced-files=same-dir: path (name as the image gives it) resolved

@@ -13,7 +13,9 @@
  * internal snapshot operations (apply, create, delete) on an image made
  * by qemu with two snapshots of different sizes, so that applying one
  * shrinks the active L1 table and applying the other grows it again.
- * One workload ("everything") does all of these in one run.
+ * One workload ("everything") does all of these in one run.  The
+ * "files" case puts a two-level backing chain and an external data
+ * file on fault devices too (see test_faults_files).
  *
  * A recording run counts the I/O points; then for every point k and
  * every fault that applies to it (reads: EIO; writes: EIO, ENOSPC,
@@ -103,11 +105,18 @@ struct faultdev {
   bool fired;
   char *kinds;                  /* recording: 'r', 'w', 'f' per point */
   size_t nkinds, kcap;
+  struct faultdev *ctl;         /* holds the counters above: the device
+                                 * itself, or the first of a set of
+                                 * files that share one count of I/O
+                                 * points */
+  uint64_t points;              /* I/O points on this device */
 };
 
 static void
 note (struct faultdev *f, char kind)
 {
+  f->points++;
+  f = f->ctl;
   f->io++;
   if (f->nkinds == f->kcap) {
     f->kcap = f->kcap ? 2 * f->kcap : 1024;
@@ -120,6 +129,7 @@ note (struct faultdev *f, char kind)
 static bool
 fires (struct faultdev *f)
 {
+  f = f->ctl;
   if (f->io != f->fault_at)
     return false;
   f->fired = true;
@@ -133,7 +143,8 @@ f_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 
   note (f, 'r');
   if (fires (f)) {
-    qc_error ("faultdev: injected read error at point %" PRIu64, f->io);
+    qc_error ("faultdev: injected read error at point %" PRIu64,
+              f->ctl->io);
     errno = EIO;
     return -1;
   }
@@ -164,7 +175,7 @@ f_pwrite (struct blkdev *dev, const void *buf, size_t count,
     return -1;
   }
   if (fires (f)) {
-    if (f->fault == F_SHORT) {
+    if (f->ctl->fault == F_SHORT) {
       /* Torn at a sector boundary, as disks tear writes: about half
        * of it, nothing if it is inside one sector (sector writes are
        * atomic: qemu and the core rely on that for header fields).
@@ -175,8 +186,8 @@ f_pwrite (struct blkdev *dev, const void *buf, size_t count,
       grow (f, offset + part);
     }
     qc_error ("faultdev: injected %s at point %" PRIu64,
-              fault_names[f->fault], f->io);
-    errno = f->fault == F_ENOSPC ? ENOSPC : EIO;
+              fault_names[f->ctl->fault], f->ctl->io);
+    errno = f->ctl->fault == F_ENOSPC ? ENOSPC : EIO;
     return -1;
   }
   memcpy (f->data + offset, buf, count);
@@ -191,7 +202,8 @@ f_flush (struct blkdev *dev)
 
   note (f, 'f');
   if (fires (f)) {
-    qc_error ("faultdev: injected flush error at point %" PRIu64, f->io);
+    qc_error ("faultdev: injected flush error at point %" PRIu64,
+              f->ctl->io);
     errno = EIO;
     return -1;
   }
@@ -234,6 +246,7 @@ faultdev_init (struct faultdev *f, const uint8_t *image, size_t len,
                uint64_t cap, bool growable)
 {
   memset (f, 0, sizeof *f);
+  f->ctl = f;
   f->cap = cap;
   f->data = calloc (1, cap);
   ck_assert (f->data != NULL);
@@ -1017,6 +1030,337 @@ START_TEST (test_faults)
 }
 END_TEST
 
+/* ------------------------------- backing chains and external data files */
+
+/* The same faults where an image's other files are: a two-level backing
+ * chain (base <- mid <- top) and an image with an external data file,
+ * made by qemu-img.  Every file is a growable faultdev of its own, which
+ * the core opens through qc_image_open_with; the devices share one
+ * count of I/O points, so that point k fails in whichever file it goes
+ * to (reads of a backing file during copy-on-write, writes of guest
+ * data to the data file).  Judged as above: the request fails with the
+ * injected errno, the backing files are never written, qemu-img check
+ * finds no corruption in what the devices hold, and every request that
+ * succeeded reads back once the final flush did.
+ */
+#define MAX_FILES 3
+
+struct fileset {
+  const char *names[MAX_FILES]; /* names[0]: the image opened */
+  bool written[MAX_FILES];      /* may be written (else: a backing file) */
+  size_t n;
+  struct faultdev devs[MAX_FILES];
+  uint8_t *orig[MAX_FILES];
+  size_t orig_len[MAX_FILES];
+};
+
+static struct blkdev *
+fileset_open (void *opaque, const char *path, enum qc_open_mode mode,
+              const char *role)
+{
+  struct fileset *fs = opaque;
+  const char *base = strrchr (path, '/') ? strrchr (path, '/') + 1 : path;
+  size_t i;
+
+  for (i = 0; i < fs->n; i++)
+    if (strcmp (base, fs->names[i]) == 0)
+      return &fs->devs[i].dev;
+  qc_error ("%s: no device for this file", path);
+  errno = ENOENT;
+  return NULL;
+}
+
+/* Fresh devices over the original files (or the files in sub/, for the
+ * reopen), counters shared through devs[0].
+ */
+static void
+fileset_load (struct fileset *fs, const char *sub)
+{
+  size_t i;
+
+  for (i = 0; i < fs->n; i++) {
+    char name[256];
+    uint8_t *p;
+    size_t len;
+
+    snprintf (name, sizeof name, "%s%s", sub, fs->names[i]);
+    p = unit_read_file (P (name), &len);
+    if (!sub[0]) {
+      fs->orig[i] = p;
+      fs->orig_len[i] = len;
+    }
+    faultdev_init (&fs->devs[i], p, len, CONTAINER, true);
+    fs->devs[i].dev.name = strdup (P (name));
+    fs->devs[i].ctl = &fs->devs[0];
+    if (sub[0])
+      free (p);
+  }
+}
+
+static void
+fileset_free_devs (struct fileset *fs)
+{
+  size_t i;
+
+  for (i = 0; i < fs->n; i++) {
+    free (fs->devs[i].data);
+    free (fs->devs[i].dev.name);
+  }
+  free (fs->devs[0].kinds);
+}
+
+struct files_workload {
+  const char *name;
+  const char *prepare;          /* shell commands in the test directory */
+  const char *names[MAX_FILES];
+  bool written[MAX_FILES];
+  const struct step *steps;
+  size_t nsteps;
+};
+
+static const struct step chain_steps[] = {
+  W (130 * KiB + 100, 1000, 0, 0x44),   /* copy-on-write from mid */
+  W (10 * KiB + 7, 3000, 0, 0x45),      /* copy-on-write from base */
+  W (600 * KiB, 8 * KiB, 0, -1),        /* over nothing */
+  Z (200 * KiB, 4 * KiB, 0),            /* over mid's data */
+  FLUSH,
+  W (128 * KiB, 4 * KiB, 0, 0x46),
+};
+
+static const struct step data_file_steps[] = {
+  W (60 * KiB + 100, 8 * KiB, 0, 0x78), /* half allocated */
+  Z (0, 8 * KiB, MAY_TRIM),
+  T (16 * KiB, 4 * KiB),
+  FLUSH,
+  W (512 * KiB, 16 * KiB, 0, -1),
+  W (1 * KiB, 512, 0, 0x79),            /* in place, in the data file */
+};
+
+static const struct files_workload files_workloads[] = {
+  { "backing-chain",
+    "qemu-img create -q -f qcow2 -o cluster_size=4096 base.qcow2 1M && "
+    "qemu-io -c 'write -P 0x11 0 256k' base.qcow2 && "
+    "qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 "
+    "  -F qcow2 mid.qcow2 && "
+    "qemu-io -c 'write -P 0x22 128k 256k' mid.qcow2 && "
+    "qemu-img create -q -f qcow2 -o cluster_size=4096 -b mid.qcow2 "
+    "  -F qcow2 top.qcow2 && "
+    "qemu-io -c 'write -P 0x33 300k 4k' top.qcow2",
+    { "top.qcow2", "mid.qcow2", "base.qcow2" }, { true, false, false },
+    chain_steps, N (chain_steps) },
+  { "data-file",
+    "qemu-img create -q -f qcow2 -o cluster_size=4096,data_file=d.raw "
+    "  d.qcow2 1M && "
+    "qemu-io -c 'write -P 0x77 0 64k' d.qcow2",
+    { "d.qcow2", "d.raw" }, { true, true },
+    data_file_steps, N (data_file_steps) },
+};
+
+/* Read the whole guest disk of the image in fs (no faults). */
+static uint8_t *
+files_read_guest (struct fileset *fs, uint64_t *size)
+{
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *v;
+  uint8_t *buf;
+
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open_with (&opts, &fs->devs[0].dev,
+                            &(struct qc_open_file) { fileset_open, fs });
+  ck_assert_msg (img != NULL, "reopen: %s", qc_last_error ());
+  v = qc_image_default_view (img);
+  *size = v->size;
+  buf = malloc (*size);
+  ck_assert (buf != NULL);
+  ck_assert_msg (blkdev_pread (v, buf, *size, 0) == 0, "read back: %s",
+                 qc_last_error ());
+  qc_image_close (img);
+  qc_options_free (&opts);
+  return buf;
+}
+
+/* One run with the fault at point k (0: recording).  Returns the
+ * number of I/O points.
+ */
+static char per_file[256];     /* the recording's points per file */
+
+static uint64_t
+files_run (const struct files_workload *w, struct fileset *fs,
+           const uint8_t *guest0, uint64_t size, uint64_t k,
+           enum fault fault, char **kinds)
+{
+  struct faultdev *ctl = &fs->devs[0];
+  struct qc_options opts;
+  struct qc_image *img;
+  struct blkdev *view = NULL;
+  uint8_t *shadow, *known, *got;
+  bool flushed = false;
+  uint64_t io, gsize;
+  char ctx[128];
+  size_t i;
+  int r;
+
+  snprintf (ctx, sizeof ctx, "%s: %s at point %" PRIu64, w->name,
+            fault_names[fault], k);
+  fileset_load (fs, "");
+  ctl->fault_at = k;
+  ctl->fault = fault;
+  shadow = malloc (size);
+  known = malloc (size);
+  ck_assert (shadow && known);
+  memcpy (shadow, guest0, size);
+  memset (known, 1, size);
+
+  qc_options_init (&opts);
+  opts.locking = false;
+  img = qc_image_open_with (&opts, &ctl->dev,
+                            &(struct qc_open_file) { fileset_open, fs });
+  if (img && qc_image_make_writable (img) == 0)
+    view = qc_image_default_view (img);
+  if (!view)
+    EXPECT (ctl->fired && errno == expected_errno (fault),
+            "%s: open failed: errno %d, fired %d: %s", ctx, errno,
+            ctl->fired, qc_last_error ());
+  for (i = 0; view && i <= w->nsteps; i++) {
+    const struct step *s = i < w->nsteps ? &w->steps[i] : &final_flush;
+    bool before = ctl->fired;
+    uint8_t *buf = NULL;
+
+    errno = 0;
+    switch (s->op) {
+    case 'w':
+      buf = malloc (s->len);
+      ck_assert (buf != NULL);
+      fill (buf, s->len, s->fill, i + 1);
+      r = blkdev_pwrite (view, buf, s->len, s->off, s->flags);
+      break;
+    case 'z':
+      r = blkdev_zero (view, s->len, s->off, s->flags);
+      break;
+    case 't':
+      r = blkdev_trim (view, s->len, s->off, s->flags);
+      break;
+    default:
+      r = blkdev_flush (view);
+      break;
+    }
+    if (ctl->fired && !before)
+      EXPECT (r == -1 && errno == expected_errno (fault),
+              "%s: step %zu ('%c'): r %d errno %d (%s)", ctx, i, s->op, r,
+              errno, strerror (errno));
+    else if (r == -1)
+      EXPECT (errno != 0, "%s: step %zu failed without errno", ctx, i);
+    if (s->op != 'f') {
+      if (r == 0 && s->op == 'w')
+        memcpy (shadow + s->off, buf, s->len);
+      else if (r == 0 && s->op == 'z')
+        memset (shadow + s->off, 0, s->len);
+      else if (s->op == 't' || r == -1)
+        memset (known + s->off, 0, s->len);
+    }
+    else if (i == w->nsteps)
+      flushed = r == 0;
+    free (buf);
+  }
+  if (img)
+    qc_image_close (img);
+  qc_options_free (&opts);
+  io = ctl->io;
+  if (kinds) {
+    char *p = per_file;
+
+    for (i = 0; i < fs->n; i++)
+      p += sprintf (p, "%s%s %" PRIu64, i ? ", " : "", fs->names[i],
+                    fs->devs[i].points);
+    *kinds = ctl->kinds;
+    ctl->kinds = NULL;
+  }
+
+  /* The backing files are never written; the rest is judged on disk. */
+  unit_sh ("rm -rf '%s/j' && mkdir '%s/j'", dir, dir);
+  for (i = 0; i < fs->n; i++) {
+    char name[256];
+
+    if (!w->written[i])
+      unit_assert_mem_eq (fs->devs[i].data, fs->orig[i], fs->orig_len[i],
+                          fs->names[i]);
+    EXPECT (w->written[i] || fs->devs[i].dev.size == fs->orig_len[i],
+            "%s: backing file %s changed size", ctx, fs->names[i]);
+    snprintf (name, sizeof name, "j/%s", fs->names[i]);
+    unit_write_file (P (name), fs->devs[i].data, fs->devs[i].dev.size);
+  }
+  r = unit_sh_status ("cd '%s/j' && qemu-img check --output=json '%s' "
+                      ">check.json 2>check.err; s=$?; "
+                      "[ $s = 0 ] || [ $s = 3 ] || exit 1; "
+                      "! grep -q '\"corruptions\": *[1-9]' check.json",
+                      dir, fs->names[0]);
+  EXPECT (r == 0, "%s: qemu-img check found corruption (or failed)", ctx);
+  fileset_free_devs (fs);
+
+  if (flushed) {
+    fileset_load (fs, "j/");
+    got = files_read_guest (fs, &gsize);
+    ck_assert_uint_eq (gsize, size);
+    for (i = 0; i < size; i++)
+      if (known[i] && got[i] != shadow[i]) {
+        failure ("%s: guest byte %zu reads 0x%02x, not 0x%02x", ctx, i,
+                 got[i], shadow[i]);
+        break;
+      }
+    free (got);
+    fileset_free_devs (fs);
+  }
+  for (i = 0; i < fs->n; i++)
+    free (fs->orig[i]);
+  free (shadow);
+  free (known);
+  return io;
+}
+
+START_TEST (test_faults_files)
+{
+  const struct files_workload *w = &files_workloads[_i];
+  struct fileset fs = { .n = 0 };
+  uint8_t *guest0;
+  uint64_t size, npoints, k, nruns = 0;
+  char *kinds = NULL;
+  size_t i;
+
+  unit_sh ("cd '%s' && %s", dir, w->prepare);
+  for (i = 0; i < MAX_FILES && w->names[i]; i++) {
+    fs.names[i] = w->names[i];
+    fs.written[i] = w->written[i];
+  }
+  fs.n = i;
+  fileset_load (&fs, "");
+  guest0 = files_read_guest (&fs, &size);
+  fileset_free_devs (&fs);
+  for (i = 0; i < fs.n; i++)
+    free (fs.orig[i]);
+
+  npoints = files_run (w, &fs, guest0, size, 0, F_NONE, &kinds);
+  ck_assert_msg (nfail == 0, "%s: the run without faults failed:\n%s",
+                 w->name, fail_buf);
+  for (k = 1; k <= npoints; k++) {
+    files_run (w, &fs, guest0, size, k, F_EIO, NULL);
+    nruns++;
+    if (kinds[k - 1] == 'w') {
+      files_run (w, &fs, guest0, size, k, F_SHORT, NULL);
+      nruns++;
+    }
+  }
+  fprintf (stderr, "faults: %s: %" PRIu64 " I/O points (%s), %" PRIu64
+           " runs, each checked by qemu-img\n", w->name, npoints, per_file,
+           nruns);
+  free (kinds);
+  free (guest0);
+  ck_assert_msg (nfail == 0, "%s: %zu failures; the first:\n%s", w->name,
+                 nfail, fail_buf);
+}
+END_TEST
+
 Suite *
 faults_suite (void)
 {
@@ -1027,6 +1371,12 @@ faults_suite (void)
   /* "everything": ~2000 runs, about a minute. */
   tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_faults, 0, N (workloads));
+  suite_add_tcase (s, tc);
+
+  tc = tcase_create ("files");
+  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
+  tcase_add_loop_test (tc, test_faults_files, 0, N (files_workloads));
   suite_add_tcase (s, tc);
   return s;
 }
