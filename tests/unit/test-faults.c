@@ -525,6 +525,35 @@ header_l1_size (const struct faultdev *f)
 /* Run w on f (fault already configured).  Failures fail the test. */
 static const struct step final_flush = FLUSH;
 
+/* Do step s (number i) on view (snapshot operations on img); *buf
+ * gets the bytes a write wrote (the caller frees them).  errno is the
+ * request's.
+ */
+static int
+run_step (struct qc_image *img, struct blkdev *view, const struct step *s,
+          size_t i, uint8_t **buf)
+{
+  switch (s->op) {
+  case 'w':
+    *buf = malloc (s->len);
+    ck_assert (*buf != NULL);
+    fill (*buf, s->len, s->fill, i + 1);
+    return blkdev_pwrite (view, *buf, s->len, s->off, s->flags);
+  case 'z':
+    return blkdev_zero (view, s->len, s->off, s->flags);
+  case 't':
+    return blkdev_trim (view, s->len, s->off, s->flags);
+  case 'A': case 'C': case 'D':
+    ck_assert (img != NULL);
+    return qc_image_snapshot_op (img, s->op == 'A' ? QC_SNAPSHOT_APPLY :
+                                 s->op == 'C' ? QC_SNAPSHOT_CREATE :
+                                 QC_SNAPSHOT_DELETE, s->name);
+  default:
+    return blkdev_flush (view);
+  }
+}
+
+
 static void
 run (const struct workload *w, struct faultdev *f, struct outcome *o,
      const char *ctx)
@@ -588,28 +617,7 @@ run (const struct workload *w, struct faultdev *f, struct outcome *o,
     uint32_t l1_before = header_l1_size (f);
 
     errno = 0;
-    switch (s->op) {
-    case 'w':
-      buf = malloc (s->len);
-      ck_assert (buf != NULL);
-      fill (buf, s->len, s->fill, i + 1);
-      r = blkdev_pwrite (view, buf, s->len, s->off, s->flags);
-      break;
-    case 'z':
-      r = blkdev_zero (view, s->len, s->off, s->flags);
-      break;
-    case 't':
-      r = blkdev_trim (view, s->len, s->off, s->flags);
-      break;
-    case 'A': case 'C': case 'D':
-      r = qc_image_snapshot_op (img, s->op == 'A' ? QC_SNAPSHOT_APPLY :
-                                s->op == 'C' ? QC_SNAPSHOT_CREATE :
-                                QC_SNAPSHOT_DELETE, s->name);
-      break;
-    default:
-      r = blkdev_flush (view);
-      break;
-    }
+    r = run_step (img, view, s, i, &buf);
     if (f->fired && !before) {
       o->fired = true;
       o->where = i < w->nsteps ? "a request" : "the final flush";
@@ -1229,23 +1237,7 @@ files_run (const struct files_workload *w, struct fileset *fs,
     uint8_t *buf = NULL;
 
     errno = 0;
-    switch (s->op) {
-    case 'w':
-      buf = malloc (s->len);
-      ck_assert (buf != NULL);
-      fill (buf, s->len, s->fill, i + 1);
-      r = blkdev_pwrite (view, buf, s->len, s->off, s->flags);
-      break;
-    case 'z':
-      r = blkdev_zero (view, s->len, s->off, s->flags);
-      break;
-    case 't':
-      r = blkdev_trim (view, s->len, s->off, s->flags);
-      break;
-    default:
-      r = blkdev_flush (view);
-      break;
-    }
+    r = run_step (NULL, view, s, i, &buf);
     if (ctl->fired && !before)
       EXPECT (r == -1 && errno == expected_errno (fault),
               "%s: step %zu ('%c'): r %d errno %d (%s)", ctx, i, s->op, r,
