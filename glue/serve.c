@@ -247,7 +247,8 @@ serve_pwrite (void *handle, const void *buf, uint32_t count,
 {
   struct serve_handle *h = handle;
 
-  h->written = true;
+  /* Requests of one connection run in parallel. */
+  __atomic_store_n (&h->written, true, __ATOMIC_RELAXED);
   return done (blkdev_pwrite (h->view, buf, count, offset,
                               glue_blkdev_flags (flags)), flags);
 }
@@ -257,7 +258,8 @@ serve_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct serve_handle *h = handle;
 
-  h->written = true;
+  /* Requests of one connection run in parallel. */
+  __atomic_store_n (&h->written, true, __ATOMIC_RELAXED);
   return done (blkdev_zero (h->view, count, offset,
                             glue_blkdev_flags (flags)), flags);
 }
@@ -267,7 +269,8 @@ serve_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct serve_handle *h = handle;
 
-  h->written = true;
+  /* Requests of one connection run in parallel. */
+  __atomic_store_n (&h->written, true, __ATOMIC_RELAXED);
   return done (blkdev_trim (h->view, count, offset,
                             glue_blkdev_flags (flags)), flags);
 }

@@ -155,7 +155,8 @@ filter_finalize (nbdkit_next *next, void *handle)
   /* A client that wrote and went away without flushing: its writes
    * become durable now, not only at shutdown.
    */
-  if (h->written && blkdev_flush (h->view) == -1)
+  if (__atomic_load_n (&h->written, __ATOMIC_RELAXED) &&
+      blkdev_flush (h->view) == -1)
     return -1;
   return 0;
 }
