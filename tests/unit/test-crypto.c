@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "blkdev.h"
@@ -223,15 +224,19 @@ static const struct variant {
 };
 
 /* qemu-img's PBKDF2 benchmark sometimes fails on a loaded machine
- * ("Unable to get accurate CPU usage"): retry.
+ * ("Unable to get accurate CPU usage"; three tries were not always
+ * enough in CI, next to the sanitizer builds): retry, with a pause.
  */
+#define QEMU_TRIES 10
 #define QEMU_RETRY(...)                                 \
   do {                                                  \
     int try_;                                           \
-    for (try_ = 0; try_ < 3; try_++)                    \
+    for (try_ = 0; try_ < QEMU_TRIES; try_++) {         \
       if (unit_sh_status (__VA_ARGS__) == 0)            \
         break;                                          \
-    if (try_ == 3)                                      \
+      usleep (200000);                                  \
+    }                                                   \
+    if (try_ == QEMU_TRIES)                             \
       unit_sh (__VA_ARGS__);                            \
   } while (0)
 
