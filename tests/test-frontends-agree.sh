@@ -94,7 +94,7 @@ hint ()
   ok "$name: the hint names $opt, which works"
 }
 # An encrypted image, and an encrypted overlay.
-qemu-img create -q -f qcow2 --object secret,id=s,data=secret \
+retry_pbkdf qemu-img create -q -f qcow2 --object secret,id=s,data=secret \
   -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=200 \
   enc.qcow2 1M
 "$NBDKIT" -U - --filter=overlay null 1M overlay=enc-ov.qcow2 \
