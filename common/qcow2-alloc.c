@@ -207,7 +207,8 @@ grow_reftable (struct qc_image *img, uint64_t min_entries)
     goto err;
   put_be64 (hdr, start * cs);
   put_be32 (hdr + 8, clusters);
-  if (qc_write_header_field (img, QCOW2_HDR_REFCOUNT_TABLE, hdr, sizeof hdr) == -1 ||
+  if (qc_write_header_field (img, QCOW2_HDR_REFCOUNT_TABLE, hdr,
+                             sizeof hdr) == -1 ||
       blkdev_flush (img->file) == -1) {
     /* The header may or may not point to the new table now: nothing
      * more can be written safely.
@@ -350,35 +351,18 @@ qc_alloc_cluster_at (struct qc_image *img, uint64_t cluster)
   return 1;
 }
 
-static int
-list_add (struct qc_image *img, struct qc_free_list *l, uint64_t offset)
-{
-  if (l->len == l->cap) {
-    size_t cap = l->cap ? l->cap * 2 : 64;
-    uint64_t *p = realloc (l->offsets, cap * sizeof *p);
-    if (!p) {
-      qc_error ("%s: %m", img->name);
-      return -1;
-    }
-    l->offsets = p;
-    l->cap = cap;
-  }
-  l->offsets[l->len++] = offset;
-  return 0;
-}
-
 int
 qc_free_later (struct qc_image *img, uint64_t offset)
 {
-  return list_add (img, &img->pending, offset);
+  return qc_offset_list_add (img->name, &img->pending, offset);
 }
 
 int
 qc_free_progress (struct qc_image *img)
 {
   unsigned e = __atomic_load_n (&img->epoch, __ATOMIC_SEQ_CST);
-  struct qc_free_list *old = &img->waiting[(e + 1) & 1];
-  struct qc_free_list *cur = &img->waiting[e & 1];
+  struct qc_offset_list *old = &img->waiting[(e + 1) & 1];
+  struct qc_offset_list *cur = &img->waiting[e & 1];
   size_t i;
 
   /* Frees from the previous epoch: safe once its I/O has drained. */
@@ -392,7 +376,8 @@ qc_free_progress (struct qc_image *img)
   }
   /* Pending frees are durable now (callers wrote the metadata). */
   for (i = 0; i < img->pending.len; i++)
-    if (list_add (img, cur, img->pending.offsets[i]) == -1)
+    if (qc_offset_list_add (img->name, cur,
+                            img->pending.offsets[i]) == -1)
       return -1;
   img->pending.len = 0;
   /* Start a new epoch, so that the current frees can drain. */
@@ -405,7 +390,7 @@ qc_free_progress (struct qc_image *img)
 int
 qc_free_all (struct qc_image *img)
 {
-  struct qc_free_list *lists[3] = {
+  struct qc_offset_list *lists[3] = {
     &img->pending, &img->waiting[0], &img->waiting[1]
   };
   size_t i, j;

@@ -7,8 +7,10 @@
 #include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "blkdev.h"
+#include "qc-error.h"
 #include "byteorder.h"
 #include "dcache.h"
 #include "l2cache.h"
@@ -23,11 +25,35 @@
 
 struct qc_image;
 
-/* Host clusters whose references were dropped, waiting to be freed. */
-struct qc_free_list {
-  uint64_t *offsets;            /* host offset of each cluster */
+/* A growing list of host offsets: clusters whose references were
+ * dropped, waiting to be freed (qcow2-alloc.c); the L2 tables of every
+ * L1 table, while references are counted (qcow2-refs.c).
+ */
+struct qc_offset_list {
+  uint64_t *offsets;
   size_t len, cap;
 };
+
+/* Append offset (-1 after qc_error on allocation failure; name names
+ * the image in the message).
+ */
+static inline int
+qc_offset_list_add (const char *name, struct qc_offset_list *l,
+                    uint64_t offset)
+{
+  if (l->len == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    uint64_t *p = realloc (l->offsets, cap * sizeof *p);
+    if (!p) {
+      qc_error ("%s: %m", name);
+      return -1;
+    }
+    l->offsets = p;
+    l->cap = cap;
+  }
+  l->offsets[l->len++] = offset;
+  return 0;
+}
 
 /* A guest range whose clusters are being allocated or copied: others
  * touching it wait, so that two writers never allocate the same guest
@@ -128,8 +154,8 @@ struct qc_image {
   uint64_t alloc_end;                   /* atomic: end of allocated host
                                          * clusters, may pass the file end */
   uint64_t dirty_limit;                 /* tables before an early writeback */
-  struct qc_free_list pending;          /* unreferenced, not yet durable */
-  struct qc_free_list waiting[2];       /* durable, waiting for old I/O */
+  struct qc_offset_list pending;          /* unreferenced, not yet durable */
+  struct qc_offset_list waiting[2];       /* durable, waiting for old I/O */
   unsigned l2_seq;                      /* atomic: odd while extended L2
                                          * entries change (a seqlock) */
   unsigned epoch;                       /* atomic */

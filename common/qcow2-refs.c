@@ -53,14 +53,9 @@ ref_range (const struct qc_image *img, struct qc_refs *r, uint64_t offset,
  * at it: a table shared by the active image and 20 snapshots is read
  * once, its entries counted 21 times.
  */
-struct l2_list {
-  uint64_t *off;
-  size_t len, cap;
-};
-
 static int
-l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
-             uint32_t l1_size, bool active)
+l2_list_add (struct qc_image *img, struct qc_offset_list *l,
+             const uint64_t *l1, uint32_t l1_size, bool active)
 {
   uint32_t i;
 
@@ -68,19 +63,8 @@ l2_list_add (struct qc_image *img, struct l2_list *l, const uint64_t *l1,
     uint64_t off = __atomic_load_n (&l1[i], __ATOMIC_RELAXED) &
       QCOW2_OFFSET_MASK;
 
-    if (off == 0)
-      continue;
-    if (l->len == l->cap) {
-      size_t cap = l->cap ? l->cap * 2 : 256;
-      uint64_t *p = realloc (l->off, cap * sizeof *p);
-      if (!p) {
-        qc_error ("%s: %m", img->name);
-        return -1;
-      }
-      l->off = p;
-      l->cap = cap;
-    }
-    l->off[l->len++] = off | active;
+    if (off && qc_offset_list_add (img->name, l, off | active) == -1)
+      return -1;
   }
   return 0;
 }
@@ -97,7 +81,8 @@ cmp_u64 (const void *a, const void *b)
  * sector-aligned, so the bit is free).
  */
 static int
-ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
+ref_l2_tables (struct qc_image *img, struct qc_refs *r,
+               struct qc_offset_list *l)
 {
   const struct qcow2_header *h = &img->h;
   const uint64_t cs = h->cluster_size;
@@ -113,14 +98,14 @@ ref_l2_tables (struct qc_image *img, struct qc_refs *r, struct l2_list *l)
     return -1;
   }
   if (l->len > 1)
-    qsort (l->off, l->len, sizeof *l->off, cmp_u64);
+    qsort (l->offsets, l->len, sizeof *l->offsets, cmp_u64);
   for (i = 0; i < l->len; i = k) {
-    uint64_t l2off = l->off[i] & ~1ULL;
+    uint64_t l2off = l->offsets[i] & ~1ULL;
     bool active = false;
     uint32_t n;
 
-    for (k = i; k < l->len && (l->off[k] & ~1ULL) == l2off; k++)
-      active |= l->off[k] & 1;
+    for (k = i; k < l->len && (l->offsets[k] & ~1ULL) == l2off; k++)
+      active |= l->offsets[k] & 1;
     n = k - i > UINT32_MAX ? UINT32_MAX : k - i;
     ref_range_n (img, r, l2off, cs, n);
     if ((l2off & (cs - 1)) || l2off / cs >= r->nr_clusters)
@@ -180,7 +165,7 @@ count_refs (struct qc_image *img, bool refcount_structures, bool copied,
   const uint64_t cs = h->cluster_size;
   uint64_t end = blkdev_size (img->file) > img->alloc_end ?
     blkdev_size (img->file) : img->alloc_end;
-  struct l2_list l2s = { 0 };
+  struct qc_offset_list l2s = { 0 };
   uint32_t i;
 
   memset (r, 0, sizeof *r);
@@ -225,10 +210,10 @@ count_refs (struct qc_image *img, bool refcount_structures, bool copied,
       if (img->reftable[k])
         ref_range (img, r, img->reftable[k], cs);
   }
-  free (l2s.off);
+  free (l2s.offsets);
   return 0;
  err:
-  free (l2s.off);
+  free (l2s.offsets);
   qc_refs_free (r);
   return -1;
 }
