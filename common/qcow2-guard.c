@@ -121,32 +121,39 @@ find_undercounted (struct qc_image *img, const struct qc_refs *r,
   const uint32_t order = img->h.refcount_order;
   const uint64_t per_block = (cs * 8) >> order;
   uint64_t c = 0, k;
+  uint8_t *block;
+  int ret = -1;
 
+  /* Read past the cache, as the reference count reads L2 tables: a walk
+   * over every block would evict the allocator's working set.
+   */
+  block = malloc (cs);
+  if (!block) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
   *nr_sticky = 0;
   for (k = 0; c < r->nr_clusters; k++) {
-    struct l2cache_entry *pin = NULL;
-    const uint8_t *block = NULL;
+    bool have = k < img->reftable_entries && img->reftable[k];
     uint64_t i;
 
-    if (k < img->reftable_entries && img->reftable[k]) {
-      block = l2cache_get (img->rcache, img->file, img->reftable[k], &pin);
-      if (!block)
-        return -1;
-    }
+    if (have &&
+        l2cache_read (img->rcache, img->file, img->reftable[k], block) == -1)
+      goto out;
     for (i = 0; i < per_block && c < r->nr_clusters; i++, c++) {
-      uint64_t v = block ? qc_refcount_entry_get (block, i, order) : 0;
+      uint64_t v = have ? qc_refcount_entry_get (block, i, order) : 0;
       if (v >= r->count[c])
         continue;
-      if (!*sticky && !(*sticky = bitmap_new (img, r->nr_clusters))) {
-        l2cache_put (img->rcache, pin);
-        return -1;
-      }
+      if (!*sticky && !(*sticky = bitmap_new (img, r->nr_clusters)))
+        goto out;
       bit_set (*sticky, c);
       (*nr_sticky)++;
     }
-    l2cache_put (img->rcache, pin);
   }
-  return 0;
+  ret = 0;
+ out:
+  free (block);
+  return ret;
 }
 
 /* Mark cluster range [offset, offset + bytes) as written in place if

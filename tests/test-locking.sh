@@ -256,19 +256,7 @@ echo "ok: locking=off: served an image qemu has open for writing"
 kill $qpid; wait $qpid 2>/dev/null || :
 
 echo "== 5. qemu holds the image open read-only"
-rm -f "$qsock"
-qemu-nbd -r -t -k "$qsock" -f qcow2 "$img" 2>"$tmpdir/qemu-nbd.err" &
-qpid=$!
-on_exit "kill $qpid 2>/dev/null; wait $qpid 2>/dev/null"
-for i in $(seq 1 100); do
-  [ -S "$qsock" ] && break
-  kill -0 $qpid 2>/dev/null || break
-  sleep 0.1
-done
-[ -S "$qsock" ] || {
-  cat "$tmpdir/qemu-nbd.err" >&2
-  fail "qemu-nbd -r did not start"
-}
+qemu_hold -r -f qcow2 "$img"
 nbdkit_try qcow2 "$img"
 if [ $status -ne 0 ]; then
   cat "$tmpdir/try.err" >&2
