@@ -481,6 +481,59 @@ create_data_file (const struct qc_options *o, char **path, char **tmp)
   return r;
 }
 
+/* Allocate every cluster of the disk (preallocation=metadata), table by
+ * table, and make the file cover them, as qemu leaves it.
+ */
+static int
+allocate_all (struct qc_image *img)
+{
+  const struct qcow2_header *h = &img->h;
+  const uint64_t cs = h->cluster_size;
+  const uint64_t per_table = 1ULL << h->l2_bits;
+  uint64_t nclusters = (h->size + cs - 1) / cs, c = 0;
+  int r = 0;
+
+  pthread_mutex_lock (&img->meta_lock);
+  while (c < nclusters && r == 0) {
+    uint64_t n = per_table - c % per_table, host, i;
+    struct l2cache_entry *pin;
+    uint8_t *table;
+
+    if (n > nclusters - c)
+      n = nclusters - c;
+    if (qc_l2_for_write (img, c / per_table, true, &table, &pin) == -1) {
+      r = -1;
+      break;
+    }
+    if (qc_external_data (img))
+      host = c * cs;
+    else if (qc_alloc_clusters (img, n, &host) == -1) {
+      l2cache_put (img->cache, pin);
+      r = -1;
+      break;
+    }
+    /* With extended L2 entries the subclusters stay unallocated, so a
+     * backing file still shows through; otherwise they read as the
+     * (sparse, zero) host clusters.
+     */
+    for (i = 0; i < n; i++)
+      qc_store_entry (img, table, pin, c % per_table + i,
+                      (host + i * cs) | QCOW2_OFLAG_COPIED, 0);
+    l2cache_put (img->cache, pin);
+    c += n;
+    r = qc_maybe_writeback (img);
+  }
+  /* The file covers everything allocated, as qemu leaves it. */
+  if (r == 0 && !img->file->fixed_size &&
+      img->alloc_end > blkdev_size (img->file))
+    r = blkdev_zero (img->file, img->alloc_end - blkdev_size (img->file),
+                     blkdev_size (img->file), BLKDEV_MAY_TRIM);
+  if (r == 0)
+    r = qc_flush_locked (img);
+  pthread_mutex_unlock (&img->meta_lock);
+  return r;
+}
+
 /* Allocate everything in the new image in dev (NULL: the file path). */
 static int
 preallocate (const struct qc_options *o, const char *path,
@@ -503,7 +556,7 @@ preallocate (const struct qc_options *o, const char *path,
   if (r == 0)
     r = qc_image_make_writable (img);
   if (r == 0)
-    r = qc_preallocate (img);
+    r = allocate_all (img);
   qc_image_close (img);
   return r;
 }

@@ -349,7 +349,7 @@ qc_load_entry (struct qc_image *img, const uint8_t *p, uint64_t *e,
   } while (s1 != s2);
 }
 
-/* Writing a view (qcow2-write.c). */
+/* Writing a view: the entry points (qcow2-write.c, qcow2-zero.c). */
 extern int qc_view_write (struct qc_view *v, const void *buf, size_t count,
                           uint64_t offset, unsigned flags);
 extern int qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
@@ -357,9 +357,62 @@ extern int qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
 extern int qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
                          unsigned flags);
 extern int qc_view_flush (struct qc_view *v);
+/* qc_view_write without qc_before_first_write (zeroing writes zeros). */
+extern int qc_view_write_data (struct qc_view *v, const void *buf,
+                               size_t count, uint64_t offset, unsigned flags);
 
-/* Allocate every cluster of the disk (preallocation=metadata). */
-extern int qc_preallocate (struct qc_image *img);
+/* Uncompressed writes, in place or allocating (qcow2-write-alloc.c):
+ * bytes done (at least one), -1 on error.
+ */
+extern int64_t qc_write_plain (struct qc_view *v, const uint8_t *p,
+                               uint64_t offset, uint64_t count);
+
+/* Compressed writes with compress= (qcow2-write-compressed.c): bytes
+ * done, 0 if the request does not start with what it writes
+ * compressed, -1 on error.
+ */
+extern int64_t qc_write_compressed (struct qc_view *v, const uint8_t *p,
+                                    uint64_t offset, uint64_t count);
+
+/* Changing L2 entries (qcow2-l2-update.c); meta_lock held. */
+static inline uint64_t
+qc_l2_span (const struct qc_image *img)
+{
+  return img->h.cluster_size << img->h.l2_bits;
+}
+
+static inline bool
+qc_external_data (const struct qc_image *img)
+{
+  return img->external_data;
+}
+
+/* Guest ranges in flight: wait until nothing overlaps [start, end)
+ * (dropping the lock while waiting), claim one, release it.
+ */
+extern void qc_inflight_wait (struct qc_image *img, uint64_t start,
+                              uint64_t end);
+extern void qc_inflight_claim (struct qc_image *img, struct qc_inflight *f,
+                               uint64_t start, uint64_t end);
+extern void qc_inflight_release (struct qc_image *img,
+                                 struct qc_inflight *f);
+/* The L2 table for l1_index, ready to be changed: allocated (if create)
+ * or copied away from a snapshot.  *table is NULL when there is none
+ * and !create.
+ */
+extern int qc_l2_for_write (struct qc_image *img, uint64_t l1_index,
+                            bool create, uint8_t **table,
+                            struct l2cache_entry **pin);
+/* The host clusters an old entry referenced, freed once durable. */
+extern int qc_drop_host (struct qc_image *img, uint64_t e);
+/* Write back early when too many tables are dirty. */
+extern int qc_maybe_writeback (struct qc_image *img);
+/* Does entry e keep its host cluster for a write (allocated, not
+ * compressed, not shared)?  Does (e, bm) read as zeros as a whole?
+ */
+extern bool qc_has_own_host (const struct qc_image *img, uint64_t e);
+extern bool qc_entry_reads_zero (const struct qc_image *img, uint64_t e,
+                                 uint64_t bm);
 
 /* Active L1 entry i changed: widen the range that the next writeback
  * writes (meta_lock held).
