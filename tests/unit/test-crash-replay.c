@@ -3,13 +3,18 @@
  *
  * An image made by qemu-img is opened on a recording device: a memory
  * device below that logs every write (pwrite, zero, trim) and every
- * flush the core issues, in order.  A workload runs through the default
- * view (allocating writes, partial-cluster copy-on-write, zeroing,
- * trimming, guest flushes, a clean close).  Then every flush boundary k
- * is replayed: the disk after a power cut there holds the initial bytes,
- * every write before flush k, and any subset of the writes issued
- * between flush k and flush k+1 (unflushed writes may be reordered,
- * dropped or, sector by sector, torn).  For each such state:
+ * flush the core issues, in order.  The files the image names (backing
+ * files, an external data file) are opened through the core's open
+ * hook on recording devices too, logging into the same log, so a
+ * backing chain and a data file are covered like the image itself.  A
+ * workload runs through the default view (allocating writes,
+ * partial-cluster copy-on-write, zeroing, trimming, guest flushes, a
+ * clean close).  Then a power cut is replayed before each flush record
+ * and after the last record: each file holds its initial bytes, every
+ * write that a flush of that same file made durable, and any subset of
+ * its writes since (unflushed writes may be reordered, dropped or,
+ * sector by sector, torn; a flush of one file makes nothing of another
+ * durable).  For each such state:
  *
  *   - qemu-img check --output=json finds no corruption (leaks are
  *     allowed; after the clean close: nothing at all);
@@ -51,6 +56,7 @@ enum rec_kind { REC_WRITE, REC_FLUSH };
 
 struct rec {
   enum rec_kind kind;
+  unsigned dev;                 /* which device (struct run's devs[]) */
   const char *what;             /* "pwrite", "zero", "trim", "flush" */
   uint64_t off;
   size_t len;
@@ -60,6 +66,11 @@ struct rec {
 
 struct recdev {
   struct blkdev dev;            /* first: a recdev is a device */
+  struct recdev *log;           /* the device whose recs[] log this one's
+                                 * requests (itself, or the image's: one
+                                 * order for all the files of an image) */
+  unsigned id;                  /* rec.dev of its records */
+  char *fname;                  /* its file name, without directory */
   struct blkdev *mem;           /* the bytes (replaced when it grows) */
   uint64_t cap;                 /* mem->size */
   bool trim_noop;               /* trims do nothing (and are not logged) */
@@ -69,9 +80,10 @@ struct recdev {
 };
 
 static void
-rec_add (struct recdev *r, enum rec_kind kind, const char *what,
+rec_add (struct recdev *d, enum rec_kind kind, const char *what,
          uint64_t off, size_t len, const void *data)
 {
+  struct recdev *r = d->log;
   struct rec *x;
 
   if (r->n == r->nalloc) {
@@ -81,6 +93,7 @@ rec_add (struct recdev *r, enum rec_kind kind, const char *what,
   }
   x = &r->recs[r->n++];
   x->kind = kind;
+  x->dev = d->id;
   x->what = what;
   x->off = off;
   x->len = len;
@@ -219,8 +232,10 @@ recdev_new (const uint8_t *data, size_t len, const char *name,
   struct recdev *r = calloc (1, sizeof *r);
 
   ck_assert (r != NULL);
+  r->log = r;
   r->dev.ops = &rec_ops;
   r->dev.name = strdup (name);
+  r->fname = strdup (strrchr (name, '/') ? strrchr (name, '/') + 1 : name);
   r->dev.readonly = false;
   r->dev.fixed_size = false;
   r->trim_noop = trim_noop;
@@ -242,6 +257,7 @@ recdev_free (struct recdev *r)
     free (r->recs[i].data);
   free (r->recs);
   free (r->dev.name);
+  free (r->fname);
   free (r);
 }
 
@@ -290,6 +306,8 @@ struct config {
    * with k/M.
    */
   const char *script;
+  unsigned files;               /* files the image opens: itself, its
+                                 * backing chain, its data file */
 };
 
 static const struct config configs[] = {
@@ -297,44 +315,44 @@ static const struct config configs[] = {
     "qemu-img create -q -f qcow2 -o cluster_size=65536 img.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x11 0 1M' -c 'write -P 0x12 2M 512k' "
     "img.qcow2",
-    4 * MiB, 65536, 0, false, 36, 0, NULL },
+    4 * MiB, 65536, 0, false, 36, 0, NULL, 1 },
   { "512-refcount64-growth",
     "qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "
     "img.qcow2 4M",
-    4 * MiB, 512, 0, false, 24, 7, NULL },
+    4 * MiB, 512, 0, false, 24, 7, NULL, 1 },
   { "extended-l2",
     "qemu-img create -q -f qcow2 -o cluster_size=65536,extended_l2=on "
     "img.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x21 0 300k' -c 'write -P 0x22 1M 64k' "
     "img.qcow2",
-    4 * MiB, 65536, 0, false, 36, 0, NULL },
+    4 * MiB, 65536, 0, false, 36, 0, NULL, 1 },
   { "snapshot",
     "qemu-img create -q -f qcow2 -o cluster_size=4096 img.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x31 0 2M' -c 'write -P 0x32 3M 256k' "
     "img.qcow2 && qemu-img snapshot -c s1 img.qcow2",
-    4 * MiB, 4096, 0, false, 36, 0, NULL },
+    4 * MiB, 4096, 0, false, 36, 0, NULL, 1 },
   { "snapshot-no-discard",
     "qemu-img create -q -f qcow2 -o cluster_size=4096 img.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x41 0 2M' -c 'write -P 0x42 3M 256k' "
     "img.qcow2 && qemu-img snapshot -c s1 img.qcow2",
-    4 * MiB, 4096, 8192, true, 36, 0, NULL },
+    4 * MiB, 4096, 8192, true, 36, 0, NULL, 1 },
   { "backing",
     "qemu-img create -q -f qcow2 -o cluster_size=65536 base.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x51 0 3M' base.qcow2 && "
     "qemu-img create -q -f qcow2 -o cluster_size=65536 -b base.qcow2 "
     "-F qcow2 img.qcow2 4M",
-    4 * MiB, 65536, 0, false, 30, 0, NULL },
+    4 * MiB, 65536, 0, false, 30, 0, NULL, 2 },
   { "compressed-no-discard",
     "qemu-img create -q -f raw src.raw 4M && "
     "qemu-io -f raw -c 'write -P 0x61 0 3M' src.raw && "
     "qemu-img convert -c -O qcow2 -o cluster_size=65536 src.raw img.qcow2",
-    4 * MiB, 65536, 0, true, 30, 0, NULL },
+    4 * MiB, 65536, 0, true, 30, 0, NULL, 1 },
   { "512-refcount64-snapshot-small-cache",
     "qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "
     "img.qcow2 4M && "
     "qemu-io -f qcow2 -c 'write -P 0x71 0 1M' img.qcow2 && "
     "qemu-img snapshot -c s1 img.qcow2",
-    4 * MiB, 512, 4096, false, 24, 5, NULL },
+    4 * MiB, 512, 4096, false, 24, 5, NULL, 1 },
   /* Freed data clusters keep their bytes (no discard) and are reused
    * for new L2 tables.
    */
@@ -342,8 +360,38 @@ static const struct config configs[] = {
     "qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "
     "img.qcow2 4M",
     4 * MiB, 512, 0, true, 16, 0,
-    "w 0 64k; f; zt 0 64k; f; f; w 2M 8k; f; w 3M 20k; f" },
+    "w 0 64k; f; zt 0 64k; f; f; w 2M 8k; f; w 3M 20k; f", 1 },
+  /* A two-level backing chain (base <- mid <- img), every file on a
+   * recording device: copy-on-write reads come from both levels, and a
+   * write to either backing file fails the workload.
+   */
+  { "backing-chain",
+    "qemu-img create -q -f qcow2 -o cluster_size=65536 base.qcow2 4M && "
+    "qemu-io -f qcow2 -c 'write -P 0x81 0 3M' base.qcow2 && "
+    "qemu-img create -q -f qcow2 -o cluster_size=65536 -b base.qcow2 "
+    "-F qcow2 mid.qcow2 4M && "
+    "qemu-io -f qcow2 -c 'write -P 0x82 1M 1M' mid.qcow2 && "
+    "qemu-img create -q -f qcow2 -o cluster_size=65536 -b mid.qcow2 "
+    "-F qcow2 img.qcow2 4M",
+    4 * MiB, 65536, 0, false, 30, 0, NULL, 3 },
+  /* An external data file: guest data goes to img.data, metadata to
+   * img.qcow2, and a cut leaves each file with its own subset of
+   * unflushed writes.  With data_file_raw the data file alone must read
+   * as the guest disk too.
+   */
+  { "data-file",
+    "qemu-img create -q -f qcow2 -o cluster_size=65536,data_file=img.data "
+    "img.qcow2 4M && "
+    "qemu-io -f qcow2 -c 'write -P 0x91 0 1M' -c 'write -P 0x92 2M 512k' "
+    "img.qcow2",
+    4 * MiB, 65536, 0, false, 30, 0, NULL, 2 },
+  { "data-file-raw",
+    "qemu-img create -q -f qcow2 -o cluster_size=65536,data_file=img.data,"
+    "data_file_raw=on img.qcow2 4M && "
+    "qemu-io -f qcow2 -c 'write -P 0xa1 0 1M' img.qcow2",
+    4 * MiB, 65536, 0, false, 30, 0, NULL, 2 },
 };
+
 #define NR_CONFIGS (sizeof configs / sizeof configs[0])
 
 static char *dir;
@@ -493,12 +541,21 @@ apply_model (uint8_t *model, const struct gop *g, const uint8_t *readback)
 
 /* ------------------------------------------------------- the checks */
 
+#define MAX_DEVS 4
+
 struct run {
   const struct config *c;
   uint8_t *init_img;            /* the image file before the workload */
   size_t init_len;
   uint8_t *init_guest;          /* what the guest saw before */
-  struct recdev *rd;
+  struct recdev *rd;            /* the image's device, and the log */
+  struct recdev *devs[MAX_DEVS];        /* devs[0] is rd; then the files
+                                         * the image opened (backing
+                                         * files, its data file) */
+  size_t ndev;
+  uint8_t *base[MAX_DEVS];      /* per device: every write made durable
+                                 * by a flush of that device so far */
+  size_t base_len[MAX_DEVS];
   struct gop *g;
   uint8_t **trim_back;          /* per gop: what a trim read back */
   size_t ng;
@@ -624,9 +681,12 @@ static const char *const gkind_name[] = {
   "write", "zero", "zero (may trim)", "trim", "flush", "close"
 };
 
-/* Describe the writes of a window and which of them a state has. */
+/* Describe the writes a state may hold (opt[], m of them; log indices
+ * ws to we) and which of them it has.
+ */
 static void
-report_window (struct run *R, size_t ws, size_t we, const uint8_t *incl)
+report_window (struct run *R, size_t ws, size_t we, const size_t *opt,
+               size_t m, const uint8_t *incl)
 {
   size_t i, j;
 
@@ -644,34 +704,77 @@ report_window (struct run *R, size_t ws, size_t we, const uint8_t *incl)
                 g->off, g->len, g->rec_start, g->rec_end - 1);
     }
 
-  for (i = ws; i < we; i++) {
-    const struct rec *x = &R->rd->recs[i];
-    if (i - ws == 40) {
-      report (R, "    ... %zu more\n", we - i);
+  for (i = 0; i < m; i++) {
+    const struct rec *x = &R->rd->recs[opt[i]];
+    if (i == 40) {
+      report (R, "    ... %zu more\n", m - i);
       break;
     }
-    report (R, "    rec %zu: %-6s 0x%08" PRIx64 " +%-6zu %s\n", i, x->what,
-            x->off, x->len,
-            incl[i - ws] == 0 ? "dropped" :
-            incl[i - ws] == 1 ? "written" : "torn (some sectors)");
+    report (R, "    rec %zu: %-6s %s 0x%08" PRIx64 " +%-6zu %s\n", opt[i],
+            x->what, R->devs[x->dev]->fname, x->off, x->len,
+            incl[i] == 0 ? "dropped" :
+            incl[i] == 1 ? "written" : "torn (some sectors)");
   }
 }
 
-/* Check one state: base (all writes before the window) plus, for each
- * write of the window [ws, we), incl[]: 0 not written, 1 written, 2
- * some of its sectors written (chosen with *seed).
+/* Write the state of device d to st/NAME: its base plus, for each
+ * write of that device among opt[] (m of them), incl[]: 0 not written, 1
+ * written, 2 some of its sectors written (chosen with *seed).
  */
 static void
-check_state (struct run *R, const uint8_t *base, size_t base_len,
-             size_t ws, size_t we, const uint8_t *incl, uint64_t *seed,
+write_device_state (struct run *R, unsigned d, const size_t *opt, size_t m,
+                    const uint8_t *incl, uint64_t *seed)
+{
+  size_t len = R->base_len[d], i;
+  uint8_t *buf;
+  char name[256];
+
+  for (i = 0; i < m; i++) {
+    const struct rec *x = &R->rd->recs[opt[i]];
+    if (x->dev == d && incl[i] && x->off + x->len > len)
+      len = x->off + x->len;
+  }
+  buf = calloc (1, len ? len : 1);
+  ck_assert (buf != NULL);
+  memcpy (buf, R->base[d], R->base_len[d]);
+  for (i = 0; i < m; i++) {
+    const struct rec *x = &R->rd->recs[opt[i]];
+    uint64_t o;
+    if (x->dev != d)
+      continue;
+    if (incl[i] == 1)
+      memcpy (buf + x->off, x->data, x->len);
+    else if (incl[i] == 2)
+      for (o = 0; o < x->len; o += 512 - (x->off + o) % 512) {
+        uint64_t n = 512 - (x->off + o) % 512;
+        if (n > x->len - o)
+          n = x->len - o;
+        if (rnd (seed) & 1)
+          memcpy (buf + x->off + o, x->data + o, n);
+      }
+  }
+  snprintf (name, sizeof name, "st/%s", R->devs[d]->fname);
+  unit_write_file (P (name), buf, len);
+  free (buf);
+}
+
+/* Check one state: the files after a power cut when the writes opt[]
+ * (m of them, log indices ws to we) were not yet made durable by a flush
+ * of their device.  The files go to st/ under the names the image
+ * gives them, so that qemu finds the backing files and data file.
+ */
+static void
+check_state (struct run *R, size_t ws, size_t we, const size_t *opt,
+             size_t m, const uint8_t *incl, uint64_t *seed,
              const char *desc, const uint8_t *sure, size_t first,
              size_t last, bool final, bool use_qemu)
 {
   const uint64_t size = R->c->size;
-  const char *state = P ("state.qcow2");
+  const char *state = P ("st/img.qcow2");
   const char *json = P ("state.json");
-  size_t len = base_len, i, jl;
-  uint8_t *buf, *guest;
+  size_t jl;
+  unsigned d;
+  uint8_t *guest;
   char *out, err[512];
   int status;
   uint64_t corrupt, leaks, errors;
@@ -681,35 +784,17 @@ check_state (struct run *R, const uint8_t *base, size_t base_len,
 
   if (final)
     R->final_checked = true;
-
-  for (i = ws; i < we; i++)
-    if (incl[i - ws] && R->rd->recs[i].off + R->rd->recs[i].len > len)
-      len = R->rd->recs[i].off + R->rd->recs[i].len;
-  buf = calloc (1, len ? len : 1);
-  ck_assert (buf != NULL);
-  memcpy (buf, base, base_len);
-  for (i = ws; i < we; i++) {
-    const struct rec *x = &R->rd->recs[i];
-    uint64_t o;
-    if (incl[i - ws] == 1)
-      memcpy (buf + x->off, x->data, x->len);
-    else if (incl[i - ws] == 2)
-      for (o = 0; o < x->len; o += 512 - (x->off + o) % 512) {
-        uint64_t n = 512 - (x->off + o) % 512;
-        if (n > x->len - o)
-          n = x->len - o;
-        if (rnd (seed) & 1)
-          memcpy (buf + x->off + o, x->data + o, n);
-      }
-  }
-  unit_write_file (state, buf, len);
-  free (buf);
+  for (d = 0; d < R->ndev; d++)
+    write_device_state (R, d, opt, m, incl, seed);
   R->states++;
   t1 = now ();
 
   /* 1. qemu-img check. */
-  status = unit_sh_status ("cd '%s' && qemu-img check --output=json "
-                           "state.qcow2 >state.json 2>state.err", dir);
+  /* (From st/: qemu 7.2 takes a relative data file name from its
+   * working directory, not the image's.)
+   */
+  status = unit_sh_status ("cd '%s/st' && qemu-img check --output=json "
+                           "img.qcow2 >../state.json 2>../state.err", dir);
   out = (char *) unit_read_file (json, &jl);
   out = realloc (out, jl + 1);
   out[jl] = '\0';
@@ -749,8 +834,8 @@ check_state (struct run *R, const uint8_t *base, size_t base_len,
   R->t_ours += t3 - t2;
   if (use_qemu || failed) {
     R->qemu_reads++;
-    if (unit_sh_status ("cd '%s' && qemu-img convert -O raw state.qcow2 "
-                        "state.raw 2>state.err", dir) != 0) {
+    if (unit_sh_status ("cd '%s/st' && qemu-img convert -O raw img.qcow2 "
+                        "../state.raw 2>../state.err", dir) != 0) {
       report (R, "  %s: qemu-img convert failed\n", desc);
       failed = true;
     }
@@ -776,21 +861,202 @@ check_state (struct run *R, const uint8_t *base, size_t base_len,
   if (failed) {
     char name[64];
     R->failures++;
-    report_window (R, ws, we, incl);
+    report_window (R, ws, we, opt, m, incl);
     if (R->failures <= 3) {
       /* Keep the state and qemu's words about it. */
-      snprintf (name, sizeof name, "fail-%u.qcow2", R->failures);
-      unit_sh ("cd '%s' && cp state.qcow2 %s && "
-               "(qemu-img check %s 2>&1 | head -12 | sed 's/^/    | /' "
-               ">%s.txt || :)", dir, name, name, name);
+      snprintf (name, sizeof name, "fail-%u", R->failures);
+      unit_sh ("cd '%s' && rm -rf %s && cp -r st %s && "
+               "(cd %s && qemu-img check img.qcow2 2>&1 | head -12 | "
+               "sed 's/^/    | /' >../%s.txt || :)", dir, name, name, name,
+               name);
       out = (char *) unit_read_file (P (strcat (name, ".txt")), &jl);
       out = realloc (out, jl + 1);
       out[jl] = '\0';
-      report (R, "%s    (this state is kept as %s/fail-%u.qcow2 if "
+      report (R, "%s    (this state is kept in %s/fail-%u/ if "
               "UNIT_KEEP_TMP=1)\n", out, dir, R->failures);
       free (out);
     }
   }
+}
+
+/* The files the image names (its backing files, its data file) are
+ * opened through qc_image_open_with on recording devices of their own,
+ * which log into the image's log (one order for every write and flush
+ * the core issues): a backing file read-only, so that a write to it
+ * fails the workload; a data file writable.
+ */
+static struct blkdev *
+rec_open_file (void *opaque, const char *path, enum qc_open_mode mode,
+               const char *role)
+{
+  struct run *R = opaque;
+  struct recdev *r;
+
+  if (R->ndev == MAX_DEVS) {
+    qc_error ("%s (%s): more files than the test has devices for", path,
+              role);
+    errno = EMFILE;
+    return NULL;
+  }
+  R->base[R->ndev] = unit_read_file (path, &R->base_len[R->ndev]);
+  r = recdev_new (R->base[R->ndev], R->base_len[R->ndev], path,
+                  R->c->trim_noop);
+  r->log = R->rd;
+  r->id = R->ndev;
+  r->dev.readonly = mode == QC_OPEN_READONLY;
+  R->devs[R->ndev++] = r;
+  return &r->dev;
+}
+
+/* Walk the power cuts of a run.  A cut is taken before each flush
+ * record completes, and after the last record: each device then holds
+ * its base (every write a flush of that device made durable) and any
+ * subset of its writes since (pending[], in log order).  The callback
+ * gets the pending writes at each cut b; afterwards a flush of device d
+ * folds d's pending writes into its base.  Returns the number of cuts.
+ */
+typedef bool (*cut_fn) (struct run *R, size_t b, const size_t *pending,
+                        size_t np, void *opaque);
+
+static size_t
+walk_cuts (struct run *R, bool fold, cut_fn fn, void *opaque)
+{
+  size_t *pending = malloc ((R->rd->n + 1) * sizeof *pending);
+  size_t np = 0, b, cuts = 0;
+
+  ck_assert (pending != NULL);
+  for (b = 0; b <= R->rd->n; b++) {
+    const struct rec *f = &R->rd->recs[b];
+    size_t q, keep = 0;
+
+    if (b < R->rd->n && f->kind == REC_WRITE) {
+      pending[np++] = b;
+      continue;
+    }
+    cuts++;
+    if (!fn (R, b, pending, np, opaque))
+      break;
+    if (b == R->rd->n)
+      break;
+    for (q = 0; q < np; q++) {
+      const struct rec *x = &R->rd->recs[pending[q]];
+      if (x->dev != f->dev)
+        pending[keep++] = pending[q];
+      else if (fold) {
+        uint8_t **base = &R->base[x->dev];
+        size_t *len = &R->base_len[x->dev];
+        if (x->off + x->len > *len) {
+          *base = realloc (*base, x->off + x->len);
+          ck_assert (*base != NULL);
+          memset (*base + *len, 0, x->off + x->len - *len);
+          *len = x->off + x->len;
+        }
+        memcpy (*base + x->off, x->data, x->len);
+      }
+    }
+    np = keep;
+  }
+  free (pending);
+  return cuts;
+}
+
+/* How many cuts have two pending writes or more. */
+static bool
+count_multi (struct run *R, size_t b, const size_t *pending, size_t np,
+             void *opaque)
+{
+  if (np >= 2)
+    (*(size_t *) opaque)++;
+  return true;
+}
+
+struct replay {
+  size_t extra;                 /* subsets per cut */
+  uint64_t *seed;
+  uint8_t *sure;                /* guest bytes as of the last flush */
+  size_t gdone;                 /* guest requests folded into sure[] */
+  uint8_t *incl;
+};
+
+/* Check the states of one cut: all pending writes, then subsets. */
+static bool
+replay_cut (struct run *R, size_t b, const size_t *pending, size_t m,
+            void *opaque)
+{
+  struct replay *P = opaque;
+  const struct config *c = R->c;
+  const size_t k = R->windows, ws = m ? pending[0] : b, we = b;
+  size_t j, first, last, p;
+  char desc[160];
+  bool final = b == R->rd->n && R->g[R->ng - 1].kind == G_CLOSE &&
+    R->g[R->ng - 1].rec_end == R->rd->n;
+
+  /* The guest's guarantee: every request up to the last guest flush
+   * (or the close) that completed before the cut: all its records
+   * precede b.  (Not "precede the first pending write": a device the
+   * core never flushes would then guarantee nothing, and its lost
+   * writes would pass unseen.)
+   */
+  for (j = P->gdone; j < R->ng; j++)
+    if ((R->g[j].kind == G_FLUSH || R->g[j].kind == G_CLOSE) &&
+        R->g[j].rec_end <= b) {
+      for (; P->gdone <= j; P->gdone++)
+        apply_model (P->sure, &R->g[P->gdone], R->trim_back[P->gdone]);
+    }
+  first = P->gdone;
+  /* Requests that may have left something: begun before the cut. */
+  for (last = first; last < R->ng && R->g[last].rec_start <= we; last++)
+    ;
+  R->windows++;
+
+  if (m > 0 || b == R->rd->n) {
+    /* All of it: the state at the next flush boundary. */
+    memset (P->incl, 1, m);
+    snprintf (desc, sizeof desc, "%s, cut %zu (recs %zu-%zu), all %zu "
+              "writes", c->name, k, ws, we, m);
+    check_state (R, ws, we, pending, m, P->incl, P->seed, desc, P->sure,
+                 first, last, final, final || k % 3 == 0);
+  }
+  /* Then subsets, most telling first: the first write dropped (often
+   * what the rest points to), half of them in issue order, a random
+   * subset, torn writes (some sectors of each), the last write
+   * dropped, then more prefixes, single drops and random subsets.
+   */
+  for (p = 0; m >= 2 && p < P->extra; p++) {
+    size_t q, pick = p < 6 ? p : 6 + (p - 6) % 3, nth = (p - 6) / 3 + 1;
+    char what[64];
+
+    switch (pick) {
+    case 0: case 4: case 7: {
+      size_t drop = pick == 0 ? 0 : pick == 4 ? m - 1 : (nth * 7919) % m;
+      memset (P->incl, 1, m);
+      P->incl[drop] = 0;
+      snprintf (what, sizeof what, "all but write %zu", drop);
+      break;
+    }
+    case 1: case 6: {
+      size_t n = pick == 1 ? m / 2 : 1 + (nth * 104729) % (m - 1);
+      memset (P->incl, 0, m);
+      memset (P->incl, 1, n);
+      snprintf (what, sizeof what, "the first %zu", n);
+      break;
+    }
+    case 2: case 5: case 8:
+      for (q = 0; q < m; q++)
+        P->incl[q] = rnd (P->seed) & 1;
+      snprintf (what, sizeof what, "a random subset");
+      break;
+    default:                    /* 3 */
+      memset (P->incl, 2, m);
+      snprintf (what, sizeof what, "torn writes");
+      break;
+    }
+    snprintf (desc, sizeof desc, "%s, cut %zu (recs %zu-%zu), %s of "
+              "%zu writes", c->name, k, ws, we, what, m);
+    check_state (R, ws, we, pending, m, P->incl, P->seed, desc, P->sure,
+                 first, last, false, pick == 2 && k % 2 == 0);
+  }
+  return R->failures < 6;
 }
 
 /* Run one configuration: make the image, run the workload on the
@@ -803,15 +1069,16 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
   struct qc_options o;
   struct qc_image *img;
   struct blkdev *v;
-  uint8_t *model, *sure, *base, *incl;
-  size_t i, j, k, *flushes, nflushes, base_len, gdone, first;
-  size_t nwin;
+  uint8_t *model;
+  size_t i, nflushes, nwin, multi = 0;
   uint64_t s = seed ^ 0x5eed;
-  size_t multi, extra;
+  struct replay P;
+  unsigned d;
 
   memset (&R, 0, sizeof R);
   R.c = c;
-  unit_sh ("cd '%s' && rm -f *.qcow2 *.raw && %s >/dev/null", dir, c->make);
+  unit_sh ("cd '%s' && rm -rf st fail-* *.qcow2 *.raw *.data && "
+           "mkdir st && %s >/dev/null", dir, c->make);
   unit_sh ("cd '%s' && qemu-img convert -O raw img.qcow2 init.raw", dir);
   R.init_img = unit_read_file (P ("img.qcow2"), &R.init_len);
   {
@@ -824,11 +1091,18 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
   R.g = make_workload (c, seed, &R.ng);
   R.trim_back = calloc (R.ng, sizeof *R.trim_back);
   R.rd = recdev_new (R.init_img, R.init_len, P ("img.qcow2"), c->trim_noop);
+  R.devs[0] = R.rd;
+  R.ndev = 1;
+  R.base[0] = malloc (R.init_len);
+  ck_assert (R.base[0] != NULL);
+  memcpy (R.base[0], R.init_img, R.init_len);
+  R.base_len[0] = R.init_len;
   qc_options_init (&o);
   o.locking = false;
   o.readonly = false;
   o.cache_size = c->cache_size;
-  img = qc_image_open (&o, &R.rd->dev);
+  img = qc_image_open_with (&o, &R.rd->dev,
+                            &(struct qc_open_file) { rec_open_file, &R });
   ck_assert_msg (img != NULL, "%s: open: %s", c->name, qc_last_error ());
   ck_assert_msg (qc_image_make_writable (img) == 0, "%s: make_writable: %s",
                  c->name, qc_last_error ());
@@ -884,132 +1158,37 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
     }
   }
   qc_options_free (&o);
+  ck_assert_msg (R.ndev == c->files, "%s: the image opened %zu files, not "
+                 "%u", c->name, R.ndev, c->files);
 
-  /* Flush boundaries: window k holds the writes after flush k-1 (or
-   * from the start) up to flush k.
+  /* Every cut is checked; the rest of the budget goes to subsets of the
+   * cuts with two pending writes or more (at least two each).
    */
-  flushes = malloc ((R.rd->n + 1) * sizeof *flushes);
-  nflushes = 0;
-  for (i = 0; i < R.rd->n; i++)
-    if (R.rd->recs[i].kind == REC_FLUSH)
-      flushes[nflushes++] = i;
-  flushes[nflushes] = R.rd->n;         /* the tail: written, not flushed */
-  nwin = nflushes + 1;
-  /* Every boundary is checked; the rest of the budget goes to subsets
-   * of the windows with two writes or more (at least two each).
-   */
-  for (k = 0, multi = 0; k < nwin; k++)
-    if (flushes[k] - (k == 0 ? 0 : flushes[k - 1] + 1) >= 2)
-      multi++;
-  extra = budget > nwin && multi ? (budget - nwin) / multi : 0;
-  if (extra < 2)
-    extra = 2;
-
-  /* Walk the windows; base holds every write before the window. */
-  base_len = R.init_len;
-  base = malloc (base_len);
-  memcpy (base, R.init_img, base_len);
-  sure = malloc (c->size);
-  memcpy (sure, R.init_guest, c->size);
-  gdone = 0;                    /* guest requests folded into sure[] */
-  first = 0;
-  incl = malloc (R.rd->n + 1);
-  for (k = 0; k < nwin; k++) {
-    size_t ws = k == 0 ? 0 : flushes[k - 1] + 1, we = flushes[k];
-    size_t m = we - ws, last, p;
-    char desc[160];
-    bool final = k == nwin - 1 && R.g[R.ng - 1].kind == G_CLOSE &&
-      we == R.rd->n && R.g[R.ng - 1].rec_end == R.rd->n;
-
-    /* The guest's guarantee: every request up to the last guest flush
-     * (or the close) whose records all precede the window.
-     */
-    for (j = gdone; j < R.ng; j++)
-      if ((R.g[j].kind == G_FLUSH || R.g[j].kind == G_CLOSE) &&
-          R.g[j].rec_end <= ws) {
-        for (; gdone <= j; gdone++)
-          apply_model (sure, &R.g[gdone], R.trim_back[gdone]);
-      }
-    first = gdone;
-    /* Requests that may have left something: begun before the window's
-     * flush.
-     */
-    for (last = first; last < R.ng && R.g[last].rec_start <= we; last++)
-      ;
-    R.windows++;
-
-    if (m > 0 || k == nwin - 1) {
-      /* All of it: the state at the next flush boundary. */
-      memset (incl, 1, m);
-      snprintf (desc, sizeof desc, "%s, window %zu (recs %zu-%zu), all %zu "
-                "writes", c->name, k, ws, we, m);
-      check_state (&R, base, base_len, ws, we, incl, &s, desc, sure, first,
-                   last, final, final || k % 3 == 0);
-    }
-    /* Then subsets, most telling first: the first write dropped (often
-     * what the rest points to), half of them in issue order, a random
-     * subset, torn writes (some sectors of each), the last write
-     * dropped, then more prefixes, single drops and random subsets.
-     */
-    for (p = 0; m >= 2 && p < extra; p++) {
-      size_t q, pick = p < 6 ? p : 6 + (p - 6) % 3, nth = (p - 6) / 3 + 1;
-      char what[64];
-
-      switch (pick) {
-      case 0: case 4: case 7: {
-        size_t drop = pick == 0 ? 0 : pick == 4 ? m - 1 : (nth * 7919) % m;
-        memset (incl, 1, m);
-        incl[drop] = 0;
-        snprintf (what, sizeof what, "all but write %zu", drop);
-        break;
-      }
-      case 1: case 6: {
-        size_t n = pick == 1 ? m / 2 : 1 + (nth * 104729) % (m - 1);
-        memset (incl, 0, m);
-        memset (incl, 1, n);
-        snprintf (what, sizeof what, "the first %zu", n);
-        break;
-      }
-      case 2: case 5: case 8:
-        for (q = 0; q < m; q++)
-          incl[q] = rnd (&s) & 1;
-        snprintf (what, sizeof what, "a random subset");
-        break;
-      default:                  /* 3 */
-        memset (incl, 2, m);
-        snprintf (what, sizeof what, "torn writes");
-        break;
-      }
-      snprintf (desc, sizeof desc, "%s, window %zu (recs %zu-%zu), %s of "
-                "%zu writes", c->name, k, ws, we, what, m);
-      check_state (&R, base, base_len, ws, we, incl, &s, desc, sure, first,
-                   last, false, pick == 2 && k % 2 == 0);
-    }
-
-    /* Advance the base past the window. */
-    for (i = ws; i < we; i++) {
-      const struct rec *x = &R.rd->recs[i];
-      if (x->off + x->len > base_len) {
-        base = realloc (base, x->off + x->len);
-        memset (base + base_len, 0, x->off + x->len - base_len);
-        base_len = x->off + x->len;
-      }
-      memcpy (base + x->off, x->data, x->len);
-    }
-    if (R.failures >= 6)
-      break;
-  }
+  nwin = walk_cuts (&R, false, count_multi, &multi);
+  for (i = 0, nflushes = 0; i < R.rd->n; i++)
+    nflushes += R.rd->recs[i].kind == REC_FLUSH;
+  P.extra = budget > nwin && multi ? (budget - nwin) / multi : 0;
+  if (P.extra < 2)
+    P.extra = 2;
+  P.seed = &s;
+  P.sure = malloc (c->size);
+  ck_assert (P.sure != NULL);
+  memcpy (P.sure, R.init_guest, c->size);
+  P.gdone = 0;
+  P.incl = malloc (R.rd->n + 1);
+  ck_assert (P.incl != NULL);
+  walk_cuts (&R, true, replay_cut, &P);
 
   /* The large writes are there to make the refcount table grow. */
   if (c->big_writes && R.failures < 6) {
     uint32_t before = unit_get_be32 (R.init_img + 56);
-    uint32_t after = unit_get_be32 (base + 56);
+    uint32_t after = unit_get_be32 (R.base[0] + 56);
     ck_assert_msg (after > before, "%s: the refcount table did not grow "
                    "(%" PRIu32 " clusters)", c->name, after);
   }
 
   fprintf (stderr, "crash-replay %-36s %4zu records, %3zu flushes, "
-           "%3u windows, %4u states (%u read by qemu, %u with leaks)%s: "
+           "%3u cuts, %4u states (%u read by qemu, %u with leaks)%s: "
            "%s\n", c->name, R.rd->n, nflushes, R.windows, R.states,
            R.qemu_reads, R.leaky,
            R.final_checked ? "" : " (final state not reached)",
@@ -1025,10 +1204,8 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
                  "%u bad states of %u:\n%s", c->name, seed, R.failures,
                  R.states, R.report);
 
-  free (incl);
-  free (sure);
-  free (base);
-  free (flushes);
+  free (P.incl);
+  free (P.sure);
   free (model);
   for (i = 0; i < R.ng; i++) {
     free (R.g[i].data);
@@ -1036,7 +1213,10 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
   }
   free (R.trim_back);
   free (R.g);
-  recdev_free (R.rd);
+  for (d = R.ndev; d-- > 0;) {
+    free (R.base[d]);
+    recdev_free (R.devs[d]);
+  }
   free (R.init_img);
   free (R.init_guest);
 }
