@@ -1361,13 +1361,16 @@ faults_suite (void)
 
   tcase_add_checked_fixture (tc, setup, teardown);
   /* "everything": ~2000 runs, about a minute. */
-  tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
+  /* Each workload runs qemu-img check after every injected fault: a
+   * few minutes when the machine is busy with other jobs.
+   */
+  tcase_set_timeout (tc, 8 * UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_faults, 0, N (workloads));
   suite_add_tcase (s, tc);
 
   tc = tcase_create ("files");
   tcase_add_checked_fixture (tc, setup, teardown);
-  tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
+  tcase_set_timeout (tc, 8 * UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_faults_files, 0, N (files_workloads));
   suite_add_tcase (s, tc);
   return s;
