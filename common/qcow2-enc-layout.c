@@ -135,7 +135,7 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   e->nclusters = (vsize + e->cs - 1) / e->cs;
   e->l1_size = (e->nclusters + e->l2_entries - 1) / e->l2_entries;
   if (e->l1_size > max_l1)
-    REFUSE ("%s: the source (%" PRIu64 " bytes) is too large for "
+    REFUSE ("%s (%" PRIu64 " bytes) is too large for "
             "%scluster-size=%" PRIu64 "%s: a qcow2 image holds at most %"
             PRIu64 " bytes with it; use a larger %scluster-size=",
             src->name, ho.size, p, e->cs,
@@ -160,7 +160,7 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
 
   size_refcounts (e, 1 + e->l1_clusters + e->nr_l2 + e->nr_data);
   if (e->reftable_clusters * e->cs > QCOW2_MAX_REFTABLE_BYTES)
-    REFUSE ("%s: the source (%" PRIu64 " bytes) needs a refcount table "
+    REFUSE ("%s (%" PRIu64 " bytes) needs a refcount table "
             "larger than qemu reads (%llu bytes) with %scluster-size=%"
             PRIu64 "; use a larger %scluster-size= or smaller "
             "%srefcount-bits=", src->name, ho.size,

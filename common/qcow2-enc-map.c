@@ -149,5 +149,7 @@ qc_enc_map_next (const struct qc_enc_map *m, uint64_t i)
 bool
 qc_enc_map_any (const struct qc_enc_map *m, uint64_t from, uint64_t to)
 {
-  return qc_enc_map_next (m, from) < to;
+  uint64_t i = m->words ? qc_enc_map_next (m, from) : m->nbits;
+
+  return i < to && i < m->nbits;
 }
