@@ -5,7 +5,10 @@
  * as a created image's), the refcount table, the refcount blocks, the
  * L1 table, the L2 tables that map something (in L1 order), then the
  * stored guest clusters (in guest order).  Every cluster of the file is
- * in use once, so every refcount is 1 and every entry COPIED.  The host
+ * in use once, so every refcount is 1 and every entry COPIED.  With
+ * compression, the clusters that compress follow as byte-packed streams
+ * (qcow2-enc-compress.c) whose host clusters count every stream
+ * touching them.  The host
  * offset of a stored guest cluster is its rank among the stored ones,
  * and that of an L2 table its rank among the needed ones: nothing else
  * is kept.
@@ -40,7 +43,11 @@ struct qc_enc {
   uint64_t refblock_c, l1_c, l2_c, data_c;
   uint32_t *l2_rank;            /* needed L2 tables before L1 entry j;
                                  * l1_size + 1 entries */
-  struct qc_enc_scan scan;
+  struct qc_enc_scan scan;       /* stored: the uncompressed ones */
+  bool compressed;
+  struct qc_enc_streams streams;
+  uint64_t comp_c;              /* first cluster of the streams (total
+                                 * without compression) */
   uint8_t *header;              /* cluster 0 */
 };
 
@@ -53,7 +60,7 @@ qc_enc_size (const struct qc_enc *e)
 uint64_t
 qc_enc_data_clusters (const struct qc_enc *e)
 {
-  return e->scan.stored.count;
+  return e->scan.stored.count + (e->compressed ? e->streams.count : 0);
 }
 
 void
@@ -63,6 +70,8 @@ qc_enc_free (struct qc_enc *e)
     return;
   qc_enc_map_free (&e->scan.stored);
   qc_enc_map_free (&e->scan.zero);
+  if (e->compressed)
+    qc_enc_streams_free (&e->streams);
   free (e->l2_rank);
   free (e->header);
   free (e);
@@ -78,7 +87,8 @@ l2_needed (const struct qc_enc *e, uint64_t j)
   uint64_t from = j * e->l2_entries, to = from + e->l2_entries;
 
   return e->all_zero || qc_enc_map_any (&e->scan.stored, from, to) ||
-    qc_enc_map_any (&e->scan.zero, from, to);
+    qc_enc_map_any (&e->scan.zero, from, to) ||
+    (e->compressed && qc_enc_map_any (&e->streams.comp, from, to));
 }
 
 /* Refcount table and blocks for everything else: blocks cover the whole
@@ -124,8 +134,6 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   e->refcount_order = __builtin_ctz (o->refcount_bits ? o->refcount_bits
                                                       : 16);
   e->per_block = (e->cs * 8) >> e->refcount_order;
-  if (o->compress >= 0)
-    REFUSE ("%scompress= is not implemented yet", p);
   if (o->encrypt)
     REFUSE ("%sencrypt= is not implemented yet", p);
 
@@ -145,6 +153,12 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
 
   if (qc_enc_scan (o, src, e->cs, e->nclusters, &e->scan) == -1)
     goto fail;
+  if (o->compress >= 0) {
+    if (qc_enc_compress_all (o, src, &e->scan.stored, e->cs,
+                             e->refcount_order, &e->streams) == -1)
+      goto fail;
+    e->compressed = true;
+  }
 
   e->l2_rank = malloc ((e->l1_size + 1) * sizeof *e->l2_rank);
   if (!e->l2_rank) {
@@ -158,7 +172,11 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   e->l2_rank[e->l1_size] = e->nr_l2;
   e->nr_data = e->data_file ? 0 : e->scan.stored.count;
 
-  size_refcounts (e, 1 + e->l1_clusters + e->nr_l2 + e->nr_data);
+  {
+    uint64_t comp = e->compressed ? (e->streams.bytes + e->cs - 1) / e->cs
+                                  : 0;
+    size_refcounts (e, 1 + e->l1_clusters + e->nr_l2 + e->nr_data + comp);
+  }
   if (e->reftable_clusters * e->cs > QCOW2_MAX_REFTABLE_BYTES)
     REFUSE ("%s (%" PRIu64 " bytes) needs a refcount table "
             "larger than qemu reads (%llu bytes) with %scluster-size=%"
@@ -169,6 +187,7 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   e->l1_c = e->refblock_c + e->refblocks;
   e->l2_c = e->l1_c + e->l1_clusters;
   e->data_c = e->l2_c + e->nr_l2;
+  e->comp_c = e->data_c + e->nr_data;
 
   e->header = malloc (e->cs);
   if (!e->header) {
@@ -211,8 +230,16 @@ fill_l2 (const struct qc_enc *e, uint64_t r, uint8_t *buf)
 {
   const struct qc_enc_map *stored = &e->scan.stored;
   const unsigned esize = e->extended_l2 ? 16 : 8;
+  const struct qc_enc_streams *s = &e->streams;
+  const unsigned x = 62 - (__builtin_ctzll (e->cs) - 8);
   uint64_t g = l2_owner (e, r) * e->l2_entries, k;
   uint64_t rank = qc_enc_map_rank (stored, g);
+  uint64_t sk = 0, spos = 0;    /* the next stream, where its slot is */
+
+  if (e->compressed) {
+    sk = qc_enc_map_rank (&s->comp, g);
+    spos = sk < s->count ? qc_enc_stream_start (s, sk) : 0;
+  }
 
   for (k = 0; k < e->l2_entries && g < e->nclusters; k++, g++) {
     uint64_t entry = 0, bitmap = 0;
@@ -222,6 +249,14 @@ fill_l2 (const struct qc_enc *e, uint64_t r, uint8_t *buf)
       rank++;
       entry = host * e->cs | QCOW2_OFLAG_COPIED;
       bitmap = 0xffffffffULL;           /* every subcluster allocated */
+    }
+    else if (e->compressed && qc_enc_map_get (&s->comp, g)) {
+      /* Byte offset, and the 512-byte sectors after the first. */
+      uint64_t off = e->comp_c * e->cs + spos;
+      uint64_t more = ((off + s->len[sk] - 1) >> 9) - (off >> 9);
+      entry = QCOW2_OFLAG_COMPRESSED | more << x | off;
+      spos += qc_enc_stream_slot (s, sk);
+      sk++;
     }
     else if (e->all_zero || qc_enc_map_get (&e->scan.zero, g)) {
       entry = e->extended_l2 ? 0 : QCOW2_OFLAG_ZERO;
@@ -252,8 +287,15 @@ fill_meta (const struct qc_enc *e, uint64_t c, uint8_t *buf)
   }
   else if (c < e->l1_c) {                       /* refcount block */
     uint64_t first = (c - e->refblock_c) * e->per_block;
-    for (k = 0; k < e->per_block && first + k < e->total; k++)
+    uint64_t end = first + e->per_block < e->total ? first + e->per_block
+                                                   : e->total;
+    for (k = 0; k < e->per_block && first + k < e->comp_c; k++)
       qc_refcount_entry_set (buf, k, e->refcount_order, 1);
+    if (e->compressed && end > e->comp_c) {
+      uint64_t from = first > e->comp_c ? first - e->comp_c : 0;
+      qc_enc_streams_refcounts (&e->streams, buf, e->refcount_order, from,
+                                end - e->comp_c, from + e->comp_c - first);
+    }
   }
   else if (c < e->l2_c) {                       /* L1 table */
     uint64_t first = (c - e->l1_c) * per_cluster, j;
@@ -281,14 +323,23 @@ qc_enc_pread (struct qc_enc *e, void *buf, size_t count, uint64_t offset)
       memset (p, 0, count);
       break;
     }
-    if (c >= e->data_c) {
+    if (c >= e->comp_c) {
+      /* The streams, to the end of the request. */
+      n = count;
+      if (n > e->total * cs - offset)
+        n = e->total * cs - offset;
+      if (qc_enc_streams_read (&e->streams, e->src, p, n,
+                               offset - e->comp_c * cs) == -1)
+        goto out;
+    }
+    else if (c >= e->data_c) {
       /* Stored clusters: one read for a run of guest clusters that
        * follow each other in the source too.
        */
       uint64_t g = qc_enc_map_select (&e->scan.stored, c - e->data_c);
       uint64_t last = g;
 
-      while (n < count && c + 1 < e->total &&
+      while (n < count && c + 1 < e->comp_c &&
              qc_enc_map_next (&e->scan.stored, last + 1) == last + 1) {
         size_t more = count - n < cs ? count - n : cs;
         n += more;

@@ -14,6 +14,7 @@
 #ifndef QC_QCOW2_ENC_H
 #define QC_QCOW2_ENC_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,6 +70,60 @@ struct qc_enc_scan {
 extern int qc_enc_scan (const struct qc_options *o, struct blkdev *src,
                         uint64_t cluster_size, uint64_t nclusters,
                         struct qc_enc_scan *scan);
+
+/* Compressed clusters (qcow2-enc-compress.c): the streams' lengths,
+ * packed after the uncompressed clusters, and a cache of streams.
+ */
+struct cache_slot;
+struct qc_enc_streams {
+  int type, level;              /* codec_compress's */
+  uint64_t cs;
+  struct qc_enc_map comp;       /* guest clusters stored compressed */
+  uint64_t count;               /* streams (= comp.count) */
+  uint32_t *len;                /* stream lengths, in guest order */
+  uint64_t *sample;             /* slot start of every 64th stream */
+  uint64_t min_slot;            /* see qcow2-enc-compress.c */
+  uint64_t bytes;               /* all slots */
+  pthread_mutex_t lock;         /* the cache */
+  struct cache_slot *cache;
+  size_t nr_cache;
+};
+
+/* Compress every stored cluster once; keep the lengths.  Clusters that
+ * do not compress stay in stored, the others move to s->comp.  -1 after
+ * qc_error.
+ */
+extern int qc_enc_compress_all (const struct qc_options *o,
+                                struct blkdev *src,
+                                struct qc_enc_map *stored,
+                                uint64_t cluster_size,
+                                unsigned refcount_order,
+                                struct qc_enc_streams *s);
+extern void qc_enc_streams_free (struct qc_enc_streams *s);
+
+/* Stream k's slot: where it starts in the region, how long it is. */
+extern uint64_t qc_enc_stream_start (const struct qc_enc_streams *s,
+                                     uint64_t k);
+static inline uint64_t
+qc_enc_stream_slot (const struct qc_enc_streams *s, uint64_t k)
+{
+  return s->len[k] > s->min_slot ? s->len[k] : s->min_slot;
+}
+
+/* Bytes [pos, pos+count) of the region of streams (compressing the
+ * clusters again, from src).  -1 after qc_error.
+ */
+extern int qc_enc_streams_read (struct qc_enc_streams *s,
+                                struct blkdev *src, uint8_t *buf,
+                                size_t count, uint64_t pos);
+
+/* Add, to the refcount entries of a block, the streams touching region
+ * clusters [from, to); region cluster from is entry 'entry'.
+ */
+extern void qc_enc_streams_refcounts (const struct qc_enc_streams *s,
+                                      uint8_t *block, unsigned order,
+                                      uint64_t from, uint64_t to,
+                                      uint64_t entry);
 
 /* The encoder (qcow2-enc-layout.c).  src stays the caller's, and must
  * outlive the encoder.  NULL after qc_error.

@@ -16,7 +16,8 @@
 # a multiple of the cluster (nor of 512 bytes); empty memory; sparse-random;
 # our qcow2 plugin over a qemu-made image (compressed and zero clusters).
 # Options: cluster sizes, compat=0.10, refcount widths, extended L2, lazy
-# refcounts, compression type, zero-detect=off, backing file (holes
+# refcounts, compression type, compression (zlib, zstd, fast, with narrow
+# refcounts), zero-detect=off, backing file (holes
 # reading as zeros, or through to the base: a delta), external data file.
 # Odd sources: 0 bytes; too large for the cluster size (the error names
 # the option).  Bad option combinations are refused at startup.
@@ -132,6 +133,24 @@ encode zstd src.raw "-o compression_type=zstd" \
   file src.raw qcow2enc-compression-type=zstd
 info_has zstd '"compression-type":"zstd"'
 
+# Compressed: sizes against qemu-img convert -c.  Narrow refcounts
+# bound how many streams share a host cluster.
+encode zlib src.raw "-c" file src.raw qcow2enc-compress=zlib
+encode zstdc src.raw "-c -o compression_type=zstd" \
+  file src.raw qcow2enc-compress=zstd
+info_has zstdc '"compression-type":"zstd"'
+encode zfast src.raw - file src.raw qcow2enc-compress=zlib \
+  qcow2enc-compress-level=fast
+encode zrc2 src.raw - file src.raw qcow2enc-compress=zstd \
+  qcow2enc-refcount-bits=2 qcow2enc-cluster-size=4k
+encode zrc1 src.raw - file src.raw qcow2enc-compress=zlib \
+  qcow2enc-refcount-bits=1 qcow2enc-zero-detect=off
+encode zext src.raw "-c -o extended_l2=on,cluster_size=128k" \
+  file src.raw qcow2enc-compress=zlib qcow2enc-extended-l2=on \
+  qcow2enc-cluster-size=128k
+encode z512 src.raw "-c -o cluster_size=512" \
+  file src.raw qcow2enc-compress=zstd qcow2enc-cluster-size=512
+
 # zero-detect=off: the allocated zeros are stored, the holes are not.
 encode nodetect src.raw - file src.raw qcow2enc-zero-detect=off
 [ "$(filesize nodetect.qcow2)" -gt "$(filesize plain.qcow2)" ] ||
@@ -209,7 +228,11 @@ refused "qcow2enc-cluster-size" memory 1M qcow2enc-cluster-size=3000
 refused "compat=1.1" memory 1M qcow2enc-compat=0.10 qcow2enc-extended-l2=on
 refused "qcow2enc-backing-file" memory 1M qcow2enc-holes=backing
 refused "qcow2enc-backing-file" memory 1M qcow2enc-backing-format=raw
-refused "not implemented" memory 1M qcow2enc-compress=zlib
+refused "qcow2enc-compression-type=zlib" memory 1M qcow2enc-compress=zlib \
+  qcow2enc-compression-type=zstd
+refused "needs qcow2enc-compress" memory 1M qcow2enc-compress-level=3
+refused "external data file" memory 1M qcow2enc-compress=zlib \
+  qcow2enc-data-file=/x
 refused "not implemented" memory 1M qcow2enc-encrypt=luks
 refused "unknown parameter" memory 1M qcow2enc-snapshot=x
 # Too large for 512-byte clusters: refused when the source is opened.

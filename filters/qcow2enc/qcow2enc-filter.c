@@ -45,13 +45,12 @@ static struct qc_enc *enc;
 static const char *const accepted[] = {
   "cluster-size", "compat", "refcount-bits", "lazy-refcounts",
   "extended-l2", "compression-type", "backing-file", "backing-format",
-  "data-file", "zero-detect", "holes",
+  "data-file", "zero-detect", "holes", "compress", "compress-level",
 };
 
 /* Keys of the encoder not done yet: refused with this reason. */
 static const char *const not_yet[] = {
-  "compress", "compress-level", "encrypt", "passphrase",
-  "encrypt-iter-time",
+  "encrypt", "passphrase", "encrypt-iter-time",
 };
 
 static bool
@@ -128,8 +127,8 @@ qcow2enc_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return next (nxdata, key, value);
   key += PREFIX_LEN;
   if (IN (not_yet, key)) {
-    nbdkit_error (PREFIX "%s= is not implemented yet (compression and "
-                  "encryption of the encoded image are planned)", key);
+    nbdkit_error (PREFIX "%s= is not implemented yet (encryption of the "
+                  "encoded image is planned)", key);
     return -1;
   }
   if (!IN (accepted, key)) {
@@ -151,6 +150,16 @@ qcow2enc_config_complete (nbdkit_next_config_complete *next,
   /* qemu-img create's rules between the options. */
   if (qc_create_check (&opts) == -1)
     return -1;
+  if (opts.compress_level != 0 && opts.compress < 0) {
+    nbdkit_error (PREFIX "compress-level= needs " PREFIX "compress=zlib "
+                  "or " PREFIX "compress=zstd");
+    return -1;
+  }
+  if (opts.compress == 0 && opts.compress_level > 9) {
+    nbdkit_error (PREFIX "compress-level=%d: zlib levels are 1 to 9",
+                  opts.compress_level);
+    return -1;
+  }
   if (opts.backing_format && !opts.backing_file) {
     nbdkit_error (PREFIX "backing-format= needs " PREFIX "backing-file=");
     return -1;

@@ -93,6 +93,9 @@ make_source (void)
   unit_fill_random (p, 400000, 5);
   unit_fill_random (p + 1000000, 70000, 6);
   p[2000000] = 1;
+  /* Compressible: text-like bytes, for the compressed cases. */
+  for (size_t i = 1500000; i < 1900000; i++)
+    p[i] = "qcow2enc"[i % 8] + (i / 4096) % 7;
   unit_fill_random (p + SRC_SIZE - 100, 100, 7);
   return p;
 }
@@ -107,6 +110,13 @@ static const struct {
   { { { "refcount-bits", "64" }, { "compat", "0.10" } } },
   { { { "extended-l2", "on" }, { "cluster-size", "16k" } } },
   { { { "zero-detect", "off" } } },
+  { { { "compress", "zlib" } } },
+  { { { "compress", "zstd" }, { "refcount-bits", "2" },
+      { "cluster-size", "4k" } } },
+  { { { "compress", "zlib" }, { "refcount-bits", "1" },
+      { "zero-detect", "off" } } },
+  { { { "compress", "zstd" }, { "extended-l2", "on" },
+      { "cluster-size", "32k" }, { "compress-level", "1" } } },
 };
 
 START_TEST (test_encode)
