@@ -228,6 +228,9 @@ qc_enc_streams_free (struct qc_enc_streams *s)
   size_t i;
 
   if (s->cache)
+    qc_debug ("qcow2enc: %" PRIu64 " streams, compressed again %" PRIu64
+              " times to serve them", s->count, s->recompressed);
+  if (s->cache)
     for (i = 0; i < s->nr_cache; i++)
       free (s->cache[i].data);
   free (s->cache);
@@ -261,6 +264,7 @@ get_stream (struct qc_enc_streams *s, struct blkdev *src, uint64_t k,
     qc_error ("%m");
     return -1;
   }
+  __atomic_add_fetch (&s->recompressed, 1, __ATOMIC_RELAXED);
   n = compress_one (s, src, qc_enc_map_select (&s->comp, k), in, out);
   free (in);
   if (n == -1)

@@ -87,6 +87,7 @@ struct qc_enc_streams {
   pthread_mutex_t lock;         /* the cache */
   struct cache_slot *cache;
   size_t nr_cache;
+  uint64_t recompressed;        /* clusters compressed again to serve */
 };
 
 /* Compress every stored cluster once; keep the lengths.  Clusters that

@@ -91,6 +91,8 @@ build_help (void)
       continue;
     if (strcmp (o->key, "backing-format") == 0)
       text = "Format of the " PREFIX "backing-file= (recorded in the image).";
+    else if (strcmp (o->key, "compress") == 0)
+      text = "Store the clusters compressed (those that get smaller).";
     n = snprintf (help + len, sizeof help - len, "%s" PREFIX "%s=%s\n    %s",
                   len ? "\n" : "", o->key, o->syntax, text);
     if (n < 0 || (size_t) n >= sizeof help - len) {
