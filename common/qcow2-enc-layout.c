@@ -8,7 +8,10 @@
  * in use once, so every refcount is 1 and every entry COPIED.  With
  * compression, the clusters that compress follow as byte-packed streams
  * (qcow2-enc-compress.c) whose host clusters count every stream
- * touching them.  The host
+ * touching them.  With LUKS encryption, the LUKS header area follows
+ * the L1 table (a new master key per encoder: the bytes are the same
+ * only within one run), and data clusters are encrypted when read, with
+ * their host offset as IV.  The host
  * offset of a stored guest cluster is its rank among the stored ones,
  * and that of an L2 table its rank among the needed ones: nothing else
  * is kept.
@@ -23,6 +26,7 @@
 #include "byteorder.h"
 #include "qc-error.h"
 #include "qc-options.h"
+#include "qcow2-crypto.h"
 #include "qcow2-enc.h"
 #include "qcow2-int.h"
 
@@ -40,7 +44,10 @@ struct qc_enc {
   uint64_t l1_size, l1_clusters, reftable_clusters, refblocks;
   uint64_t nr_l2, nr_data, total;
   /* First cluster of each region. */
-  uint64_t refblock_c, l1_c, l2_c, data_c;
+  uint64_t refblock_c, l1_c, luks_c, l2_c, data_c;
+  struct qc_crypto *crypto;     /* LUKS, or NULL */
+  uint8_t *luks;                /* the LUKS header area */
+  size_t luks_len;
   uint32_t *l2_rank;            /* needed L2 tables before L1 entry j;
                                  * l1_size + 1 entries */
   struct qc_enc_scan scan;       /* stored: the uncompressed ones */
@@ -74,6 +81,11 @@ qc_enc_free (struct qc_enc *e)
     qc_enc_streams_free (&e->streams);
   free (e->l2_rank);
   free (e->header);
+  qc_crypto_close (e->crypto);
+  if (e->luks) {
+    explicit_bzero (e->luks, e->luks_len);
+    free (e->luks);
+  }
   free (e);
 }
 
@@ -134,8 +146,27 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   e->refcount_order = __builtin_ctz (o->refcount_bits ? o->refcount_bits
                                                       : 16);
   e->per_block = (e->cs * 8) >> e->refcount_order;
-  if (o->encrypt)
-    REFUSE ("%sencrypt= is not implemented yet", p);
+  if (o->encrypt) {
+    struct blkdev *hdr;
+    if (!o->passphrase)
+      REFUSE ("%sencrypt=luks needs %spassphrase=", p, p);
+    if (qc_crypto_luks_format (o->passphrase, strlen (o->passphrase),
+                               o->encrypt_iter_time ? o->encrypt_iter_time
+                                                    : 2000,
+                               NULL, NULL, NULL, &e->luks,
+                               &e->luks_len) == -1)
+      goto fail;
+    /* The master key, as any reader gets it. */
+    hdr = blkdev_memory_new (e->luks, e->luks_len, true);
+    if (!hdr)
+      goto fail;
+    e->crypto = qc_crypto_open (QC_CRYPT_LUKS, hdr, 0, e->luks_len,
+                                o->passphrase, strlen (o->passphrase),
+                                "the new LUKS header");
+    blkdev_close (hdr);
+    if (!e->crypto)
+      goto fail;
+  }
 
   /* The virtual size: the source's, in whole sectors as qemu-img. */
   ho.size = blkdev_size (src);
@@ -175,7 +206,9 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   {
     uint64_t comp = e->compressed ? (e->streams.bytes + e->cs - 1) / e->cs
                                   : 0;
-    size_refcounts (e, 1 + e->l1_clusters + e->nr_l2 + e->nr_data + comp);
+    uint64_t luks = (e->luks_len + e->cs - 1) / e->cs;
+    size_refcounts (e, 1 + e->l1_clusters + luks + e->nr_l2 + e->nr_data +
+                    comp);
   }
   if (e->reftable_clusters * e->cs > QCOW2_MAX_REFTABLE_BYTES)
     REFUSE ("%s (%" PRIu64 " bytes) needs a refcount table "
@@ -185,7 +218,8 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
             QCOW2_MAX_REFTABLE_BYTES, p, e->cs, p, p);
   e->refblock_c = 1 + e->reftable_clusters;
   e->l1_c = e->refblock_c + e->refblocks;
-  e->l2_c = e->l1_c + e->l1_clusters;
+  e->luks_c = e->l1_c + e->l1_clusters;
+  e->l2_c = e->luks_c + (e->luks_len + e->cs - 1) / e->cs;
   e->data_c = e->l2_c + e->nr_l2;
   e->comp_c = e->data_c + e->nr_data;
 
@@ -196,7 +230,7 @@ qc_enc_new (const struct qc_options *o, struct blkdev *src)
   }
   if (qc_create_header (&ho, e->header, e->cs, e->cs, e->reftable_clusters,
                         e->l1_size ? e->l1_c * e->cs : 0, e->l1_size,
-                        0, 0) == -1)
+                        e->luks_c * e->cs, e->luks_len) == -1)
     goto fail;
   qc_debug ("qcow2enc: %" PRIu64 " guest clusters, %" PRIu64 " stored, %"
             PRIu64 " L2 tables, file of %" PRIu64 " bytes", e->nclusters,
@@ -297,15 +331,52 @@ fill_meta (const struct qc_enc *e, uint64_t c, uint8_t *buf)
                                 end - e->comp_c, from + e->comp_c - first);
     }
   }
-  else if (c < e->l2_c) {                       /* L1 table */
+  else if (c < e->luks_c) {                     /* L1 table */
     uint64_t first = (c - e->l1_c) * per_cluster, j;
     for (k = 0; k < per_cluster && (j = first + k) < e->l1_size; k++)
       if (e->l2_rank[j + 1] > e->l2_rank[j])
         put_be64 (buf + k * 8, (e->l2_c + e->l2_rank[j]) * e->cs |
                   QCOW2_OFLAG_COPIED);
   }
+  else if (c < e->l2_c) {                       /* LUKS header area */
+    uint64_t from = (c - e->luks_c) * e->cs;
+    memcpy (buf, e->luks + from,
+            e->luks_len - from < e->cs ? e->luks_len - from : e->cs);
+  }
   else                                          /* L2 table */
     fill_l2 (e, c - e->l2_c, buf);
+}
+
+/* n bytes of data clusters at host offset host, guest bytes from
+ * guest: encrypted (whole sectors) with LUKS, else read as they are.
+ */
+static int
+read_data (struct qc_enc *e, uint8_t *buf, size_t n, uint64_t host,
+           uint64_t guest)
+{
+  uint64_t lo = host & ~511ULL, hi = (host + n + 511) & ~511ULL;
+  uint8_t *tmp = buf;
+  int r = -1;
+
+  if (!e->crypto)
+    return blkdev_pread (e->src, buf, n, guest);
+  /* Sectors never cross clusters: the rounded range is the same run. */
+  if (lo != host || hi != host + n) {
+    tmp = malloc (hi - lo);
+    if (!tmp) {
+      qc_error ("%m");
+      return -1;
+    }
+  }
+  if (blkdev_pread (e->src, tmp, hi - lo, guest - (host - lo)) == 0 &&
+      qc_crypto_encrypt (e->crypto, lo, 0, tmp, hi - lo) == 0)
+    r = 0;
+  if (tmp != buf) {
+    if (r == 0)
+      memcpy (buf, tmp + (host - lo), n);
+    free (tmp);
+  }
+  return r;
 }
 
 int
@@ -346,7 +417,7 @@ qc_enc_pread (struct qc_enc *e, void *buf, size_t count, uint64_t offset)
         last++;
         c++;
       }
-      if (blkdev_pread (e->src, p, n, g * cs + within) == -1)
+      if (read_data (e, p, n, offset, g * cs + within) == -1)
         goto out;
     }
     else if (within == 0 && n == cs)

@@ -17,7 +17,7 @@
 # our qcow2 plugin over a qemu-made image (compressed and zero clusters).
 # Options: cluster sizes, compat=0.10, refcount widths, extended L2, lazy
 # refcounts, compression type, compression (zlib, zstd, fast, with narrow
-# refcounts), zero-detect=off, backing file (holes
+# refcounts), LUKS encryption, zero-detect=off, backing file (holes
 # reading as zeros, or through to the base: a delta), external data file.
 # Odd sources: 0 bytes; too large for the cluster size (the error names
 # the option).  Bad option combinations are refused at startup.
@@ -212,7 +212,47 @@ info_has datafile '"data-file":"'"$tmpdir/src.raw"'"'
 [ "$(filesize datafile.qcow2)" -le $((8 * 64 * K)) ] ||
   fail "the data-file image stored data"
 
-# (6) Refused: the error names what to change.
+# (6) LUKS, the passphrase from a file: qemu reads the export over NBD
+# and the copies with it (not without); the two copies of one run are
+# identical.
+printf 'le secret' > pass
+luks_opts ()    # FILE-OPTIONS: qemu's image options with the secret
+{
+  echo "driver=qcow2,encrypt.key-secret=sec0,$1"
+}
+for cs in 64k 4k; do
+  start_nbdkit ls -r --filter=qcow2enc file src.raw qcow2enc-encrypt=luks \
+    qcow2enc-passphrase=+pass qcow2enc-encrypt-iter-time=10 \
+    qcow2enc-cluster-size=$cs
+  qemu-img compare --object secret,id=sec0,file=pass --image-opts \
+    driver=raw,file.filename=src.raw \
+    "$(luks_opts "file.driver=nbd,file.server.type=unix,file.server.path=$ls")" \
+    >/dev/null || fail "luks $cs: qemu reading the export differs"
+  nbdcopy "$(nbd_uri "$ls")" luks.qcow2
+  nbdcopy "$(nbd_uri "$ls")" - | cat > luks2.qcow2
+  stop "$(pidfile)"
+  cmp luks.qcow2 luks2.qcow2 || fail "luks $cs: file and pipe copies differ"
+  qemu-img check --object secret,id=sec0,file=pass --image-opts \
+    "$(luks_opts file.filename=luks.qcow2)" >/dev/null ||
+    fail "luks $cs: qemu-img check"
+  qemu-img compare --object secret,id=sec0,file=pass --image-opts \
+    driver=raw,file.filename=src.raw "$(luks_opts file.filename=luks.qcow2)" \
+    >/dev/null || fail "luks $cs: the copy differs from the source"
+  qemu-img info luks.qcow2 | grep -q "encrypted: yes" ||
+    fail "luks $cs: not encrypted"
+  # The data is not there in clear.
+  ! grep -q -F "$(head -c 32 src.raw | od -An -tx1 | tr -d ' \n')" \
+    <(od -An -tx1 luks.qcow2 | tr -d ' \n') ||
+    fail "luks $cs: clear data in the image"
+  printf 'wrong' > wrong
+  if qemu-img compare --object secret,id=sec0,file=wrong --image-opts \
+       driver=raw,file.filename=src.raw \
+       "$(luks_opts file.filename=luks.qcow2)" >/dev/null 2>&1; then
+    fail "luks $cs: opened with a wrong passphrase"
+  fi
+done
+
+# (7) Refused: the error names what to change.
 refused ()
 {
   local want="$1"; shift
@@ -233,8 +273,11 @@ refused "qcow2enc-compression-type=zlib" memory 1M qcow2enc-compress=zlib \
 refused "needs qcow2enc-compress" memory 1M qcow2enc-compress-level=3
 refused "external data file" memory 1M qcow2enc-compress=zlib \
   qcow2enc-data-file=/x
-refused "not implemented" memory 1M qcow2enc-encrypt=luks
 refused "unknown parameter" memory 1M qcow2enc-snapshot=x
+refused "needs qcow2enc-passphrase" memory 1M qcow2enc-encrypt=luks
+refused "not encrypted" memory 1M qcow2enc-passphrase=x
+refused "cannot be used with encryption" memory 1M qcow2enc-encrypt=luks \
+  qcow2enc-passphrase=x qcow2enc-compress=zlib
 # Too large for 512-byte clusters: refused when the source is opened.
 start_nbdkit big -r -f --filter=qcow2enc memory 1P \
   qcow2enc-cluster-size=512

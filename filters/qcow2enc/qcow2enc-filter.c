@@ -46,10 +46,6 @@ static const char *const accepted[] = {
   "cluster-size", "compat", "refcount-bits", "lazy-refcounts",
   "extended-l2", "compression-type", "backing-file", "backing-format",
   "data-file", "zero-detect", "holes", "compress", "compress-level",
-};
-
-/* Keys of the encoder not done yet: refused with this reason. */
-static const char *const not_yet[] = {
   "encrypt", "passphrase", "encrypt-iter-time",
 };
 
@@ -128,18 +124,15 @@ qcow2enc_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strncmp (key, PREFIX, PREFIX_LEN) != 0)
     return next (nxdata, key, value);
   key += PREFIX_LEN;
-  if (IN (not_yet, key)) {
-    nbdkit_error (PREFIX "%s= is not implemented yet (encryption of the "
-                  "encoded image is planned)", key);
-    return -1;
-  }
   if (!IN (accepted, key)) {
     nbdkit_error ("unknown parameter '" PREFIX "%s' (see nbdkit "
                   "--filter=qcow2enc --help)", key);
     return -1;
   }
-  if (qc_options_set (&opts, key, value) == -1) {
-    nbdkit_error ("the option was " PREFIX "%s=%s", key, value);
+  /* glue_set_option: the passphrase forms of nbdkit (-, +FILE, -FD). */
+  if (glue_set_option (&opts, key, value) == -1) {
+    nbdkit_error ("the option was " PREFIX "%s=%s", key,
+                  strcmp (key, "passphrase") == 0 ? "..." : value);
     return -1;
   }
   return 0;
@@ -160,6 +153,12 @@ qcow2enc_config_complete (nbdkit_next_config_complete *next,
   if (opts.compress == 0 && opts.compress_level > 9) {
     nbdkit_error (PREFIX "compress-level=%d: zlib levels are 1 to 9",
                   opts.compress_level);
+    return -1;
+  }
+  if (opts.passphrase && !opts.encrypt) {
+    nbdkit_error (PREFIX "passphrase= given, but the image is not "
+                  "encrypted: add " PREFIX "encrypt=luks, or drop "
+                  PREFIX "passphrase=");
     return -1;
   }
   if (opts.backing_format && !opts.backing_file) {

@@ -117,6 +117,8 @@ static const struct {
       { "zero-detect", "off" } } },
   { { { "compress", "zstd" }, { "extended-l2", "on" },
       { "cluster-size", "32k" }, { "compress-level", "1" } } },
+  { { { "encrypt", "luks" }, { "passphrase", "pw" },
+      { "encrypt-iter-time", "10" }, { "cluster-size", "4k" } } },
 };
 
 START_TEST (test_encode)
@@ -128,6 +130,7 @@ START_TEST (test_encode)
   struct qc_image *img;
   struct qc_enc *e;
   uint64_t size, seed = 99, k;
+  bool encrypted;
   size_t i;
 
   qc_options_init (&o);
@@ -170,8 +173,11 @@ START_TEST (test_encode)
 
   /* The core reads it back. */
   fdev = blkdev_memory_new (file, size, true);
+  encrypted = o.encrypt;
   qc_options_free (&o);
   qc_options_init (&o);
+  if (encrypted)
+    ck_assert_int_eq (qc_options_set (&o, "passphrase", "pw"), 0);
   o.readonly = true;
   o.locking = false;
   img = qc_image_open (&o, fdev);
