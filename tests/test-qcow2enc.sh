@@ -187,6 +187,8 @@ encode withbase src.raw - file src.raw \
   qcow2enc-backing-file="$tmpdir/base.raw" qcow2enc-backing-format=raw
 info_has withbase '"backing-filename":"'"$tmpdir/base.raw"'"'
 info_has withbase '"backing-filename-format":"raw"'
+encode withbasex src.raw - file src.raw qcow2enc-extended-l2=on \
+  qcow2enc-backing-file="$tmpdir/base.raw" qcow2enc-backing-format=raw
 encode withbase2 src.raw - file src.raw qcow2enc-compat=0.10 \
   qcow2enc-backing-file="$tmpdir/base.raw" qcow2enc-backing-format=raw
 # holes=backing: a delta.  delta.qcow2 over base.raw, served by our
@@ -204,6 +206,9 @@ encode deltaenc delta.raw - qcow2 delta.qcow2 backing=none \
   qcow2enc-holes=backing
 [ "$(filesize deltaenc.qcow2)" -lt $((M)) ] ||
   fail "the delta stored more than the changes"
+encode deltaencx delta.raw - qcow2 delta.qcow2 backing=none \
+  qcow2enc-backing-file="$tmpdir/base.raw" qcow2enc-backing-format=raw \
+  qcow2enc-holes=backing qcow2enc-extended-l2=on qcow2enc-compress=zlib
 
 # (5) An external data file: the header names the source itself.
 encode datafile src.raw - file src.raw \
