@@ -61,9 +61,9 @@ static const struct { uint8_t type, bit; const char *name; } features[] = {
 /* Build cluster 0 (see qcow2-int.h). */
 int
 qc_create_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
-              uint64_t reftable_off, uint32_t reftable_clusters,
-              uint64_t l1_off, uint32_t l1_size, uint64_t luks_off,
-              uint64_t luks_len)
+                  uint64_t reftable_off, uint32_t reftable_clusters,
+                  uint64_t l1_off, uint32_t l1_size, uint64_t luks_off,
+                  uint64_t luks_len)
 {
   int compat = o->compat ? o->compat : 3;
   uint32_t refcount_bits = o->refcount_bits ? o->refcount_bits : 16;

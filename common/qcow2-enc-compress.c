@@ -108,18 +108,12 @@ qc_enc_stream_start (const struct qc_enc_streams *s, uint64_t k)
 static uint64_t
 stream_at (const struct qc_enc_streams *s, uint64_t pos)
 {
-  uint64_t lo = 0, hi = (s->count + SAMPLE - 1) / SAMPLE, k, start;
+  uint64_t lo, k, start;
 
   if (s->count == 0)
     return 0;
   /* The last sample starting at or before pos. */
-  while (hi - lo > 1) {
-    uint64_t mid = lo + (hi - lo) / 2;
-    if (s->sample[mid] <= pos)
-      lo = mid;
-    else
-      hi = mid;
-  }
+  lo = qc_enc_last_le (s->sample, (s->count + SAMPLE - 1) / SAMPLE, pos);
   k = lo * SAMPLE;
   start = s->sample[lo];
   while (k < s->count && start + qc_enc_stream_slot (s, k) <= pos)

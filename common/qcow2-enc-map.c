@@ -102,17 +102,11 @@ qc_enc_map_rank (const struct qc_enc_map *m, uint64_t i)
 uint64_t
 qc_enc_map_select (const struct qc_enc_map *m, uint64_t r)
 {
-  uint64_t nwords = (m->nbits + 63) / 64;
-  uint64_t lo = 0, hi = (nwords + BLOCK_WORDS - 1) / BLOCK_WORDS, w, word;
-
+  uint64_t nwords = (m->nbits + 63) / 64, w, word;
   /* The last block whose count before it is <= r. */
-  while (hi - lo > 1) {
-    uint64_t mid = lo + (hi - lo) / 2;
-    if (m->rank[mid] <= r)
-      lo = mid;
-    else
-      hi = mid;
-  }
+  uint64_t lo = qc_enc_last_le (m->rank, (nwords + BLOCK_WORDS - 1) /
+                                BLOCK_WORDS ? : 1, r);
+
   r -= m->rank[lo];
   for (w = lo * BLOCK_WORDS; w < nwords; w++) {
     unsigned c = __builtin_popcountll (m->words[w]);

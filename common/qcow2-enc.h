@@ -45,6 +45,25 @@ qc_enc_map_get (const struct qc_enc_map *m, uint64_t i)
   return m->words && ((m->words[i / 64] >> (i % 64)) & 1);
 }
 
+/* In a[0..n) (n >= 1, ascending, a[0] <= v): the last index whose
+ * value is <= v.  The rank index and the stream samples are both such
+ * prefix sums.
+ */
+static inline uint64_t
+qc_enc_last_le (const uint64_t *a, uint64_t n, uint64_t v)
+{
+  uint64_t lo = 0, hi = n;
+
+  while (hi - lo > 1) {
+    uint64_t mid = lo + (hi - lo) / 2;
+    if (a[mid] <= v)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 /* Set bits in [0, i), after qc_enc_map_finish. */
 extern uint64_t qc_enc_map_rank (const struct qc_enc_map *m, uint64_t i);
 /* The index of the set bit of rank r (r < count). */
