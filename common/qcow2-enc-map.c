@@ -130,11 +130,11 @@ qc_enc_map_next (const struct qc_enc_map *m, uint64_t i)
   if (!m->words || i >= m->nbits)
     return m->nbits;
   w = i / 64;
-  word = m->words[w] & (~0ULL << (i % 64));
+  word = qc_enc_map_word (m, w) & (~0ULL << (i % 64));
   while (!word) {
     if (++w >= nwords)
       return m->nbits;
-    word = m->words[w];
+    word = qc_enc_map_word (m, w);
   }
   i = w * 64 + __builtin_ctzll (word);
   return i < m->nbits ? i : m->nbits;

@@ -39,10 +39,20 @@ extern void qc_enc_map_clear (struct qc_enc_map *m, uint64_t i);
 /* After the last change: build the rank index. */
 extern void qc_enc_map_finish (struct qc_enc_map *m);
 
+/* Loads are atomic too (relaxed: plain loads on common hardware): the
+ * scan's threads read their own bits in words whose other bits another
+ * thread may be clearing.
+ */
+static inline uint64_t
+qc_enc_map_word (const struct qc_enc_map *m, uint64_t w)
+{
+  return __atomic_load_n (&m->words[w], __ATOMIC_RELAXED);
+}
+
 static inline bool
 qc_enc_map_get (const struct qc_enc_map *m, uint64_t i)
 {
-  return m->words && ((m->words[i / 64] >> (i % 64)) & 1);
+  return m->words && ((qc_enc_map_word (m, i / 64) >> (i % 64)) & 1);
 }
 
 /* In a[0..n) (n >= 1, ascending, a[0] <= v): the last index whose
