@@ -755,7 +755,7 @@ wl_j ()
 # (k) the qcow2enc filter against qemu-img convert: making a qcow2 file
 # of a raw source.  ours: nbdkit -r --filter=qcow2enc file SRC, and
 # nbdcopy from it into a file (and into a pipe); timed from the server's
-# launch, so that the scan at the first connection (zero-detect, the
+# launch, so that the scan before serving (zero-detect, the
 # compression of every cluster) is counted.  qemu: qemu-img convert
 # -O qcow2 (-c) from the same file.  raw: nbdkit file + nbdcopy into a
 # raw file, the floor of a copy through NBD.  MB/s are source bytes per

@@ -283,7 +283,15 @@ refused "needs qcow2enc-passphrase" memory 1M qcow2enc-encrypt=luks
 refused "not encrypted" memory 1M qcow2enc-passphrase=x
 refused "cannot be used with encryption" memory 1M qcow2enc-encrypt=luks \
   qcow2enc-passphrase=x qcow2enc-compress=zlib
-# Too large for 512-byte clusters: refused when the source is opened.
+# Too large for 512-byte clusters: logged before serving, and every
+# connection fails with the reason; with --run, the captive client gets
+# the error (no hang).
+timeout 120 "$NBDKIT" -r -U - --filter=qcow2enc memory 1P \
+  qcow2enc-cluster-size=512 --run 'nbdinfo --size "$uri"' \
+  >refused.log 2>&1 && fail "--run: a 1 PiB source was encoded"
+[ $? -ne 124 ] || fail "--run: hung on a source that cannot be encoded"
+grep -q "use a larger qcow2enc-cluster-size" refused.log ||
+  fail "--run: the error does not name the option"
 start_nbdkit big -r -f --filter=qcow2enc memory 1P \
   qcow2enc-cluster-size=512
 if qemu-img info "$(nbd_uri "$big")" >/dev/null 2>&1; then

@@ -5,9 +5,9 @@
  * read callback.  The format lives in common/ (qcow2-enc.h).
  *
  * The plugin below is opened once, in a context shared by all
- * connections (nbdkit_next_context_open), on the first connection; the
- * encoder scans it then, so the export's size is known before the first
- * client sees it.  The filter is read-only: nothing is ever written,
+ * connections (nbdkit_next_context_open), when nbdkit is ready to serve
+ * (.after_fork): the encoder scans it then, so the export's size is
+ * known before the first client connects.  The filter is read-only: nothing is ever written,
  * neither to the plugin below nor anywhere else.
  */
 #include <config.h>
@@ -216,6 +216,19 @@ get_enc (nbdkit_backend *backend)
   return ret;
 }
 
+/* Before serving: connections made meanwhile wait in the socket's
+ * backlog.  A failure is logged and does not stop nbdkit: with --run,
+ * nbdkit 1.32 would leave the captive command waiting on a socket that
+ * nobody serves.  Every connection then tries again, and fails with the
+ * reason.
+ */
+static int
+qcow2enc_after_fork (nbdkit_backend *backend)
+{
+  get_enc (backend);
+  return 0;
+}
+
 static void
 qcow2enc_cleanup (nbdkit_backend *backend)
 {
@@ -349,6 +362,7 @@ static struct nbdkit_filter filter = {
   .config_complete = qcow2enc_config_complete,
   .config_help = help,
   .get_ready = qcow2enc_get_ready,
+  .after_fork = qcow2enc_after_fork,
   .cleanup = qcow2enc_cleanup,
   .open = qcow2enc_open,
   .close = qcow2enc_close,
