@@ -27,7 +27,7 @@ usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean
   --quick        small images, 1 repetition, 3 s fio runs (smoke test)
   --reps N       repetitions per case (default 3; --quick: 1)
   --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
-  --only LIST    run only these workloads, e.g. --only a,b,h (a..j)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..k)
   --clean        remove \$BENCH_DIR's images first (they are rebuilt)
 
 Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
@@ -37,7 +37,7 @@ default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M).
 EOF
 }
 
-quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j clean=0
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j,k clean=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -95,11 +95,11 @@ COW_IO=$((RND / 64))
 QD=${QD:-32}
 SMALL_CACHE=${SMALL_CACHE:-128k}
 want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-case ",$only," in *[!a-j,]*|,,) usage >&2; exit 2 ;; esac
-# The shared images (setup_images) serve workloads a to h; (i) makes
-# its own.
+case ",$only," in *[!a-k,]*|,,) usage >&2; exit 2 ;; esac
+# The shared images (setup_images) serve workloads a to h and k; (i)
+# and (j) make their own.
 common=0
-for w in a b c d e f g h; do if want $w; then common=1; fi; done
+for w in a b c d e f g h k; do if want $w; then common=1; fi; done
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/qc-bench}
 mkdir -p "$BENCH_DIR"
@@ -140,6 +140,8 @@ if want i; then need_img=$(( need_img + 2 * LUKS )); fi
 # (j): the data, its L2 tables (1/8192 of the disk) and some slack
 J_BYTES=$(( (J_VS / J_STRIDE) * 65536 + J_REGION + J_VS / 8192 + 64 * MiB ))
 if want j; then need_img=$(( need_img + J_BYTES )); fi
+# (k): its source, SEQ bytes of which 5/8 data
+if want k; then need_img=$(( need_img + SEQ )); fi
 # (one at a time: the largest is (c)'s qcow2, up to a 64 KiB cluster per
 # 4 KiB write, or (e)'s new image)
 need_work=$(( (ALLOC_IO * 16 > SEQ ? ALLOC_IO * 16 : SEQ) + 256 * MiB ))
@@ -224,6 +226,9 @@ launch ()
                -k "$sock" >"$srv_log" 2>&1 & ;;
     raw)
       nbdkit -f -U "$sock" file "$@" >"$srv_log" 2>&1 & ;;
+    enc)                        # FILE [filter options]: qcow2enc over it
+      "$top/nbdkit" -f -r -U "$sock" --filter=qcow2enc file "$@" \
+        >"$srv_log" 2>&1 & ;;
     *) die "unknown server $srv_name" ;;
   esac
   srv_pid=$!
@@ -747,6 +752,108 @@ wl_j ()
   done
 }
 
+# (k) the qcow2enc filter against qemu-img convert: making a qcow2 file
+# of a raw source.  ours: nbdkit -r --filter=qcow2enc file SRC, and
+# nbdcopy from it into a file (and into a pipe); timed from the server's
+# launch, so that the scan before serving (zero-detect, the
+# compression of every cluster) is counted.  qemu: qemu-img convert
+# -O qcow2 (-c) from the same file.  raw: nbdkit file + nbdcopy into a
+# raw file, the floor of a copy through NBD.  MB/s are source bytes per
+# second; the sizes of the files go to the size table.
+k_src=$img/k-src.raw
+
+setup_k ()
+{
+  local stamp="k $SEQ v1" i chunk=$((64 * MiB))
+  if [ "$(cat "$img/k-stamp" 2>/dev/null)" = "$stamp" ] && [ -f "$k_src" ]; then
+    say "reusing the (k) source in $img"
+  else
+    # Per 64 MiB: 40 MiB of data, 8 MiB of written zeros, 16 MiB hole.
+    rm -f "$k_src"
+    truncate -s "$SEQ" "$k_src"
+    for i in $(seq 0 $((SEQ / chunk - 1))); do
+      dd if="$img/data-rnd.raw" of="$k_src" bs=1M count=40 \
+         skip=$((i * 64 % (RND / MiB - 40))) seek=$((i * 64)) \
+         conv=notrunc status=none
+      dd if=/dev/zero of="$k_src" bs=1M count=8 seek=$((i * 64 + 40)) \
+         conv=notrunc status=none
+    done
+    echo "$stamp" >"$img/k-stamp"
+  fi
+  cat "$k_src" >/dev/null
+}
+
+# k_ours SRC BYTES DST [filter options]: launch, copy (DST "-": into a
+# pipe to a file), stop, record; the file's size as $case_id-size.
+k_ours ()
+{
+  local src=$1 bytes=$2 dst=$3 t0 t1 v; shift 3
+  t0=$(now)
+  if start enc "$src" "$@"; then
+    if if [ "$dst" = - ]; then
+         nbdcopy "$uri" - 2>>"$res/logs/$case_id-client.log" >"$work/k.qcow2"
+       else
+         nbdcopy "$uri" "$work/k.qcow2" 2>>"$res/logs/$case_id-client.log"
+       fi; then
+      t1=$(now); v="$(mbps "$bytes" "$t0" "$t1") $bytes"
+    else v=NA; fi
+    stop
+  else v=NA cpu=NA rss=NA; fi
+  record ours "$v" "$cpu" "$rss"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" ours "$rep" "$(stat -c %s "$work/k.qcow2" 2>/dev/null || echo NA)" NA NA NA >>"$runs"
+  rm -f "$work/k.qcow2"
+}
+
+# k_qemu SRC BYTES [qemu-img convert options]
+k_qemu ()
+{
+  local src=$1 bytes=$2 t0 t1 v u s; shift 2
+  t0=$(now)
+  if /usr/bin/time -f '%M %U %S' -o "$work/time.out" \
+       qemu-img convert -f raw -O qcow2 "$@" "$src" "$work/q.qcow2" \
+       2>>"$res/logs/$case_id-client.log"; then
+    t1=$(now); v="$(mbps "$bytes" "$t0" "$t1") $bytes"
+    read -r rss u s <"$work/time.out"; cpu=$(awk "BEGIN {print $u + $s}")
+  else v=NA cpu=NA rss=NA; fi
+  record qemu-img "$v" "$cpu" "$rss"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" qemu-img "$rep" "$(stat -c %s "$work/q.qcow2" 2>/dev/null || echo NA)" NA NA NA >>"$runs"
+  rm -f "$work/q.qcow2"
+}
+
+wl_k ()
+{
+  local c
+  setup_k
+  say "(k) qcow2enc: $((SEQ / MiB)) MiB source (5/8 data, 1/8 zeros, 1/4 holes) to a qcow2 file"
+  for rep in $(seq 1 "$reps"); do
+    case_id=k-plain
+    k_ours "$k_src" "$SEQ" file
+    k_qemu "$k_src" "$SEQ"
+    truncate -s "$SEQ" "$work/k.raw"
+    serve_copy raw "$k_src" -- @ "$work/k.raw" "$SEQ"
+    rm -f "$work/k.raw"
+    case_id=k-pipe
+    k_ours "$k_src" "$SEQ" -
+    k_qemu "$k_src" "$SEQ"
+  done
+  for c in zlib zstd; do
+    [ $c = zstd ] && opt=(-o compression_type=zstd) || opt=()
+    case_id=k-$c
+    say "(k) qcow2enc-compress=$c of the $((SAMPLE / MiB)) MiB sample, against qemu-img convert -c"
+    for rep in $(seq 1 "$reps"); do
+      case_id=k-$c
+      k_ours "$img/sample.raw" "$SAMPLE" file qcow2enc-compress=$c
+      k_qemu "$img/sample.raw" "$SAMPLE" -c "${opt[@]}"
+      # zlib with ISA-L (compress-level=fast): ours only.
+      if [ $c = zlib ]; then
+        case_id=k-zlibfast
+        k_ours "$img/sample.raw" "$SAMPLE" file qcow2enc-compress=zlib \
+          qcow2enc-compress-level=fast
+      fi
+    done
+  done
+}
+
 # ---------------------------------------------------------------- main
 start_time=$(date +%s)
 {
@@ -766,7 +873,7 @@ cat "$res/info.txt" >&2
 : >"$runs"
 
 if [ $common = 1 ]; then setup_images; fi
-for w in a b c d e f g h i j; do
+for w in a b c d e f g h i j k; do
   if want $w; then "wl_$w"; fi
 done
 

@@ -74,6 +74,15 @@ ROWS = [
      "qemu-nbd"),
     ("i-luks-seqwrite", f"(i) LUKS seq write {luks} into a new image "
      "(nbdcopy)", "MB/s", "qemu-nbd"),
+    ("k-plain", f"(k) raw {seq} to qcow2: qcow2enc + nbdcopy to a file, "
+     "vs qemu-img convert", "MB/s", "qemu-img"),
+    ("k-pipe", "(k)   qcow2enc + nbdcopy to a pipe, vs qemu-img convert",
+     "MB/s", "qemu-img"),
+    ("k-zlib", f"(k) {smp} sample to compressed qcow2, zlib: qcow2enc, "
+     "vs qemu-img convert -c", "MB/s", "qemu-img"),
+    ("k-zlibfast", "(k)   zlib compress-level=fast (ISA-L), vs "
+     "qemu-img convert -c (zlib)", "MB/s", "qemu-img@k-zlib"),
+    ("k-zstd", "(k)   zstd, vs qemu-img convert -c", "MB/s", "qemu-img"),
 ]
 # runs.tsv server names for each column
 QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts", "qemu-luks"),
@@ -259,6 +268,23 @@ if sizes:
     print("|---|---|---:|---:|")
     for c, name, v in sizes:
         print("| %s | %s | %d | %.2f |" % (c, name, v, sample / v))
+
+# (k): the qcow2 files of qcow2enc and qemu-img convert.
+ksizes = []
+for c in ("plain", "pipe", "zlib", "zlibfast", "zstd"):
+    o, _ = med("k-%s-size" % c, ("ours",))
+    q, _ = med("k-%s-size" % ("zlib" if c == "zlibfast" else c),
+               ("qemu-img",))
+    if o and q:
+        ksizes.append((c, o, q))
+if ksizes:
+    print()
+    print("(k) qcow2 file sizes: qcow2enc (nbdcopy) and qemu-img convert")
+    print()
+    print("| case | qcow2enc bytes | qemu-img bytes | qcow2enc/qemu-img |")
+    print("|---|---:|---:|---:|")
+    for c, o, q in ksizes:
+        print("| %s | %d | %d | %.3f |" % (c, o, q, o / q))
 
 print()
 with open(os.path.join(resdir, "info.txt")) as f:

@@ -17,6 +17,7 @@
 #define TABLE_ROW(key, type, syntax, def, help) { key, type, syntax, def, help },
 const struct qc_option qc_option_table[] = {
   QC_OPTIONS (TABLE_ROW, plugin)
+  QC_ENC_OPTIONS (TABLE_ROW, plugin)
 };
 const size_t qc_option_table_len =
   sizeof qc_option_table / sizeof qc_option_table[0];
@@ -37,7 +38,8 @@ qc_options_prefix (void)
 
 /* qc_options.given has one bit per option. */
 #define COUNT_ROW(...) + 1
-_Static_assert (0 QC_OPTIONS (COUNT_ROW, plugin) <= 64,
+_Static_assert (0 QC_OPTIONS (COUNT_ROW, plugin)
+                QC_ENC_OPTIONS (COUNT_ROW, plugin) <= 64,
                 "too many options for given");
 
 void
@@ -49,6 +51,7 @@ qc_options_init (struct qc_options *opts)
   opts->compress = -1;
   opts->compression_type = -1;
   opts->compressed_cache = QC_COMPRESSED_CACHE_DEFAULT;
+  opts->zero_detect = true;
 }
 
 /* Secrets do not stay in freed memory. */
@@ -434,6 +437,20 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     return set_string (&opts->backing_file, value);
   if (strcmp (key, "data-file") == 0)
     return set_string (&opts->data_file, value);
+  if (strcmp (key, "zero-detect") == 0)
+    return parse_bool (key, value, &opts->zero_detect);
+  if (strcmp (key, "holes") == 0) {
+    if (strcmp (value, "zero") == 0)
+      opts->holes_backing = false;
+    else if (strcmp (value, "backing") == 0)
+      opts->holes_backing = true;
+    else {
+      qc_error ("holes=%s: expected zero or backing", value);
+      errno = EINVAL;
+      return -1;
+    }
+    return 0;
+  }
 
   qc_error ("unknown parameter '%s'", key);
   errno = EINVAL;
@@ -522,12 +539,23 @@ static const char *const creation_keys[] = {
   "data-file", "data-file-raw", "encrypt", "encrypt-iter-time",
 };
 
+#define KEY_ROW(key, ...) key,
+static const char *const enc_keys[] = { QC_ENC_OPTIONS (KEY_ROW, plugin) };
+
 int
 qc_options_check (const struct qc_options *opts)
 {
   const char *p = qc_prefix (opts);
   size_t i;
 
+  /* The encoder's options: nbdkit-qcow2enc-filter has its own checks. */
+  for (i = 0; i < sizeof enc_keys / sizeof enc_keys[0]; i++)
+    if (qc_options_given (opts, enc_keys[i])) {
+      qc_error ("%s%s= applies only to nbdkit-qcow2enc-filter "
+                "(as qcow2enc-%s=)", p, enc_keys[i], enc_keys[i]);
+      errno = EINVAL;
+      return -1;
+    }
   /* Nothing given is silently ignored. */
   if (opts->create == QC_CREATE_NO)
     for (i = 0; i < sizeof creation_keys / sizeof creation_keys[0]; i++)

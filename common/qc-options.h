@@ -23,6 +23,7 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
 #define QC_PREFIX_plugin ""
 #define QC_PREFIX_qcow2 "qcow2-"
 #define QC_PREFIX_overlay "overlay-"
+#define QC_PREFIX_qcow2enc "qcow2enc-"
 #define QC_P(M) QC_PREFIX_ ## M
 #define QC_HELP(name, M) QC_HELP_ ## name ## _ ## M
 #define QC_HELP_FOLLOW_plugin                                           \
@@ -34,6 +35,9 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
 #define QC_HELP_FOLLOW_overlay                                          \
   "Files the overlay may name (its data file): any path, only in its "  \
   "directory, or none."
+/* The encoder reads no image: these keys are not its own. */
+#define QC_HELP_FOLLOW_qcow2enc "(not used by the encoder)"
+#define QC_HELP_LOCKING_qcow2enc "(not used by the encoder)"
 #define QC_HELP_LOCKING_plugin "Take qemu-compatible image locks."
 #define QC_HELP_LOCKING_qcow2                                           \
   "Take qemu-compatible locks on the image's local backing and data "   \
@@ -108,6 +112,18 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "External data file of a created image.")                          \
   X ("data-file-raw", QC_OPT_BOOL, "on|off", "off",                     \
      "Keep the external data file a valid raw image.")
+
+/* Options of the encoder only (nbdkit-qcow2enc-filter), in the same
+ * table (so parsed and checked the same way) but refused by the other
+ * modules and left out of their help.
+ */
+#define QC_ENC_OPTIONS(X, M)                                            \
+  X ("zero-detect", QC_OPT_BOOL, "on|off", "on",                        \
+     "Leave clusters of the source that read as zeros unallocated "     \
+     "(scans its data at open).")                                       \
+  X ("holes", QC_OPT_STRING, "zero|backing", "zero",                    \
+     "With " QC_P (M) "backing-file=: the source's holes read as "      \
+     "zeros, or through to the backing file.")
 
 /* config_help text for all options of module M (plugin, qcow2). */
 #define QC_OPTIONS_HELP(M) QC_OPTIONS (QC_OPTIONS_HELP_ ## M, M)

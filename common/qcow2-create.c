@@ -58,12 +58,12 @@ static const struct { uint8_t type, bit; const char *name; } features[] = {
   { 2, 1, "raw external data" },
 };
 
-/* Build cluster 0. */
-static int
-build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
-              uint64_t reftable_off, uint32_t reftable_clusters,
-              uint64_t l1_off, uint32_t l1_size, uint64_t luks_off,
-              uint64_t luks_len)
+/* Build cluster 0 (see qcow2-int.h). */
+int
+qc_create_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
+                  uint64_t reftable_off, uint32_t reftable_clusters,
+                  uint64_t l1_off, uint32_t l1_size, uint64_t luks_off,
+                  uint64_t luks_len)
 {
   int compat = o->compat ? o->compat : 3;
   uint32_t refcount_bits = o->refcount_bits ? o->refcount_bits : 16;
@@ -207,7 +207,7 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
     qc_error ("%m");
     goto out;
   }
-  if (build_header (o, buf, cs, cs, t, l1_size ? (1 + t + b) * cs : 0,
+  if (qc_create_header (o, buf, cs, cs, t, l1_size ? (1 + t + b) * cs : 0,
                     l1_size, (1 + t + b + l1_clusters) * cs,
                     luks_len) == -1 ||
       blkdev_pwrite (dev, buf, cs, 0, 0) == -1)
@@ -380,7 +380,7 @@ qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
     return -1;
   }
   l1_size = qc_create_size (o) / (cs * l2_entries) + 1;
-  r = build_header (o, buf, cs, cs, 1, 3 * cs, l1_size, 4 * cs,
+  r = qc_create_header (o, buf, cs, cs, 1, 3 * cs, l1_size, 4 * cs,
                     o->encrypt ? 1 : 0);
   free (buf);
   if (r == -1)

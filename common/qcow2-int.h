@@ -227,6 +227,20 @@ extern void qc_view_init (struct qc_view *v, struct qc_image *img,
 extern uint64_t *qc_load_l1 (struct qc_image *img, uint64_t offset,
                              uint32_t l1_size, const char *what);
 
+/* Cluster 0 of a new image (qcow2-create.c), into buf (cs bytes): the
+ * header for the options in o (virtual size qc_create_size (o)), with
+ * its extensions and backing file name, pointing at the refcount table,
+ * L1 table and LUKS area given.  -1 after qc_error if it does not fit
+ * in one cluster.  Shared by image creation and the encoder
+ * (qcow2-enc-layout.c).
+ */
+struct qc_options;
+extern int qc_create_header (const struct qc_options *o, uint8_t *buf,
+                             uint64_t cs, uint64_t reftable_off,
+                             uint32_t reftable_clusters, uint64_t l1_off,
+                             uint32_t l1_size, uint64_t luks_off,
+                             uint64_t luks_len);
+
 /* Refcount entries of any width (1 to 64 bits) in a refcount block:
  * inline, since the allocator, the safety net and the rebuild all read
  * blocks and none of them should depend on another for this.

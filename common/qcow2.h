@@ -79,6 +79,11 @@ struct qc_options {
   char *data_file;              /* external data file of the new image */
   bool data_file_raw;
 
+  /* The encoder (nbdkit-qcow2enc-filter) only. */
+  bool zero_detect;             /* leave clusters reading as zeros out */
+  bool holes_backing;           /* the source's holes read through to
+                                 * the backing file */
+
   /* Which keys the user gave (bit i: qc_option_table[i]), so that an
    * option given is never silently ignored, and how the front-end
    * spells them ("", "qcow2-", "overlay-"; NULL = "") in messages.

@@ -73,6 +73,8 @@ static const struct {
     "nbdkit-qcow2-plugin to read its snapshots" },
   { "data-file-raw", "a raw external data file cannot have a backing, "
     "and an overlay always has one" },
+  { "zero-detect", "it applies only to nbdkit-qcow2enc-filter" },
+  { "holes", "it applies only to nbdkit-qcow2enc-filter" },
 };
 
 static const char *
@@ -106,7 +108,9 @@ static char help[8192] =
 
 /* The table's help texts as they read for the overlay. */
 #define HELP_TEXT(key, type, syntax, def, help) help,
-static const char *const overlay_help[] = { QC_OPTIONS (HELP_TEXT, overlay) };
+static const char *const overlay_help[] = {
+  QC_OPTIONS (HELP_TEXT, overlay) QC_ENC_OPTIONS (HELP_TEXT, overlay)
+};
 
 static void
 build_help (void)
