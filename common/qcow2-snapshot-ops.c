@@ -431,6 +431,14 @@ snapshot_apply (struct qc_image *img, const char *name)
     return -1;
   }
   s = &img->snapshots[i];
+  if (s->disk_size != h->size && h->nb_bitmaps &&
+      (h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+    qc_error ("%s: snapshot-apply: snapshot '%s' has another disk size and "
+              "the image has persistent bitmaps: remove them first",
+              img->name, name);
+    errno = ENOTSUP;
+    return -1;
+  }
   v = qc_snapshot_view (img, i);
   if (!v)
     return -1;
@@ -477,6 +485,8 @@ snapshot_apply (struct qc_image *img, const char *name)
   if (apply_refs (img, &down, -1, false) == -1 ||
       qc_copied_flags (img, true, &fixed) == -1 || qc_flush_locked (img) == -1)
     goto out;
+  /* The whole disk changed, as far as a backup can tell. */
+  qc_bitmaps_mark (&img->active, 0, img->h.size);
   qc_debug ("%s: applied snapshot '%s'", img->name, name);
   ret = 0;
  out:
@@ -701,6 +711,14 @@ sim_run (struct qc_image *img, const struct qc_options *opts,
       if (opts->ops[i].op == QC_SNAPSHOT_APPLY) {
         uint64_t ds = img->snapshots[idx].disk_size;
         uint64_t need = ds / span + (ds % span != 0);
+        if (ds != img->h.size && img->h.nb_bitmaps &&
+            (img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+          qc_error ("%s: %s%s=%s: the snapshot has another disk size and "
+                    "the image has persistent bitmaps: remove them first",
+                    img->name, p, key, name);
+          errno = ENOTSUP;
+          return -1;
+        }
         if (need > QCOW2_MAX_L1_BYTES / 8) {
           qc_error ("%s: snapshot '%s' is too large (%" PRIu64 " bytes "
                     "need an L1 table of %" PRIu64 " entries)", img->name,
