@@ -37,7 +37,6 @@
 
 /* The bits of all the bitmaps of one image held in memory. */
 #define MAX_TRACKED_BYTES (256ULL << 20)
-#define ENTRY_RESERVED (~(QCOW2_OFFSET_MASK | 1ULL))
 
 struct tracked {
   uint32_t idx;                 /* in the directory */
@@ -107,7 +106,6 @@ load (struct qc_image *img, const struct qc_bitmap_entry *e,
   const uint64_t cs = img->h.cluster_size;
   const char *why = NULL;
   uint64_t nbytes, k;
-  uint8_t *raw = NULL;
   int r;
 
   if (e->type != 1)
@@ -141,56 +139,28 @@ load (struct qc_image *img, const struct qc_bitmap_entry *e,
   tr->table_offset = e->table_offset;
   tr->bits = calloc (nbytes ? nbytes : 1, 1);
   tr->table = malloc ((size_t) e->table_size * 8 + 8);
-  raw = malloc (cs);
-  if (!tr->bits || !tr->table || !raw) {
+  if (!tr->bits || !tr->table) {
     qc_error ("%s: %m", img->name);
     r = -1;
     goto out;
   }
-  if (blkdev_pread (img->file, tr->table, (size_t) e->table_size * 8,
-                    e->table_offset) == -1) {
-    r = -1;
+  r = qc_bitmap_read_data (img, e, nbytes, tr->bits, tr->table);
+  if (r <= 0) {
+    why = "its table is inconsistent";
     goto out;
   }
   for (k = 0; k < e->table_size; k++) {
-    uint64_t ent = be64toh (tr->table[k]), off = ent & QCOW2_OFFSET_MASK;
-    uint64_t n = nbytes - k * cs < cs ? nbytes - k * cs : cs;
-
-    tr->table[k] = ent;
-    if ((ent & ENTRY_RESERVED) || (off && (ent & 1))) {
-      why = "its table has reserved bits set";
-      r = 0;
-      goto out;
-    }
-    if (off == 0) {
-      if (ent & 1)
-        memset (tr->bits + k * cs, 0xff, n);
-      continue;
-    }
-    r = owned (img, off, cs);
+    uint64_t off = tr->table[k] & QCOW2_OFFSET_MASK;
+    r = off ? owned (img, off, cs) : 1;
     if (r <= 0) {
       why = "a data cluster is shared";
       goto out;
     }
-    if (blkdev_pread (img->file, raw, cs, off) == -1) {
-      r = -1;
-      goto out;
-    }
-    memcpy (tr->bits + k * cs, raw, n);
-  }
-  /* Bits past the end of the disk stay 0, whatever was stored. */
-  {
-    uint64_t granules = (img->h.size >> tr->gbits) +
-      ((img->h.size & ((1ULL << tr->gbits) - 1)) != 0);
-    if (granules % 8)
-      tr->bits[nbytes - 1] &= (1U << (granules % 8)) - 1;
   }
   *budget -= nbytes;
-  free (raw);
   return 1;
 
  out:
-  free (raw);
   free (tr->bits);
   free (tr->table);
   tr->bits = NULL;

@@ -187,3 +187,52 @@ qc_bitmap_dir_read (struct qc_image *img, struct qc_bitmap_dir *d)
   qc_bitmap_dir_free (d);
   return 1;
 }
+
+/* Bitmap e's table (host byte order, e->table_size entries) and its
+ * nbytes of data into bits (zeroed by the caller), tail bits past the
+ * disk cleared: 1, or 0 when the table is inconsistent, -1 on error.
+ */
+int
+qc_bitmap_read_data (struct qc_image *img, const struct qc_bitmap_entry *e,
+                     uint64_t nbytes, uint8_t *bits, uint64_t *table)
+{
+  const uint64_t cs = img->h.cluster_size;
+  uint64_t k, granules = (img->h.size >> e->granularity_bits) +
+    ((img->h.size & ((1ULL << e->granularity_bits) - 1)) != 0);
+  uint8_t *raw;
+
+  if (e->table_size != (nbytes + cs - 1) / cs ||
+      blkdev_pread (img->file, table, (size_t) e->table_size * 8,
+                    e->table_offset) == -1)
+    return e->table_size != (nbytes + cs - 1) / cs ? 0 : -1;
+  raw = malloc (cs);
+  if (!raw) {
+    qc_error ("%s: %m", img->name);
+    return -1;
+  }
+  for (k = 0; k < e->table_size; k++) {
+    uint64_t ent = be64toh (table[k]), off = ent & TABLE_OFFSET_MASK;
+    uint64_t n = nbytes - k * cs < cs ? nbytes - k * cs : cs;
+
+    table[k] = ent;
+    if ((ent & ~(TABLE_OFFSET_MASK | 1)) || (off && (ent & 1)) ||
+        off + cs > blkdev_size (img->file)) {
+      free (raw);
+      return 0;
+    }
+    if (off == 0) {
+      if (ent & 1)
+        memset (bits + k * cs, 0xff, n);
+      continue;
+    }
+    if (blkdev_pread (img->file, raw, cs, off) == -1) {
+      free (raw);
+      return -1;
+    }
+    memcpy (bits + k * cs, raw, n);
+  }
+  free (raw);
+  if (granules % 8)
+    bits[nbytes - 1] &= (1U << (granules % 8)) - 1;
+  return 1;
+}

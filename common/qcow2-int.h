@@ -507,6 +507,10 @@ struct qc_bitmap_dir {
 extern int qc_bitmap_dir_read (struct qc_image *img,
                                struct qc_bitmap_dir *d);
 extern void qc_bitmap_dir_free (struct qc_bitmap_dir *d);
+extern int qc_bitmap_read_data (struct qc_image *img,
+                                const struct qc_bitmap_entry *e,
+                                uint64_t nbytes, uint8_t *bits,
+                                uint64_t *table);
 
 /* Bytes of bitmap data for a disk of size bytes at granularity bits
  * (one bit per granule, rounded up to whole bytes).

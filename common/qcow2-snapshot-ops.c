@@ -906,10 +906,10 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 {
   struct qc_check_result res;
   struct sim names;
-  bool writes = opts->repair || opts->nr_ops;
+  bool writes = opts->repair || opts->nr_ops || opts->nr_bitmap_ops;
   size_t i;
 
-  if (img->is_raw || (!opts->check && !opts->repair && !opts->nr_ops))
+  if (img->is_raw || (!opts->check && !opts->repair && !writes))
     return 0;
   /* All or nothing: everything that can be known is checked before
    * the first write, so that a run that fails changes nothing.  First
@@ -924,9 +924,11 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     return -1;
   }
   sim_free (&names);
+  if (qc_bitmap_ops_check (img, opts) == -1)
+    return -1;
   if (writes && img->default_view != &img->active.dev) {
     qc_error ("%s: %ssnapshot= serves a read-only snapshot: the snapshot "
-              "operations and %srepair= cannot be used with it", img->name,
+              "and bitmap operations and %srepair= cannot be used with it", img->name,
               qc_prefix (opts), qc_prefix (opts));
     errno = EINVAL;
     return -1;
@@ -956,7 +958,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       return -1;
     qc_check_report (img, &res);
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
-      if (opts->nr_ops) {
+      if (opts->nr_ops || opts->nr_bitmap_ops) {
         qc_error ("%s: check: %" PRIu64 " corruptions: snapshot operations "
                   "refused on a corrupt image (%srepair=all rebuilds its "
                   "refcounts); nothing was changed", img->name,
@@ -1004,6 +1006,9 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       }
     }
   }
+  /* The bitmaps first: before the first write keeps them up to date. */
+  if (qc_bitmap_ops_run (img, opts) == -1)
+    return -1;
   for (i = 0; i < opts->nr_ops; i++)
     if (qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
       return -1;
