@@ -74,11 +74,16 @@ ROWS = [
      "qemu-nbd"),
     ("i-luks-seqwrite", f"(i) LUKS seq write {luks} into a new image "
      "(nbdcopy)", "MB/s", "qemu-nbd"),
+    ("k-randwrite-bitmap", f"(k) 4k rand write qd{qd}, allocated {rnd}, "
+     "one enabled bitmap", "IOPS", "qemu-nbd"),
+    ("k-randwrite-bitmap", "(k)   ours with the bitmap vs ours without",
+     "IOPS", "ours-nobm"),
 ]
 # runs.tsv server names for each column
 QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts", "qemu-luks"),
                "qemu-nbd+compress": ("qemu-opts",),
-               "qemu-img": ("qemu-img",)}
+               "qemu-img": ("qemu-img",),
+               "ours-nobm": ("ours-nobm",)}
 
 vals, rss, cost = {}, {}, {}
 with open(os.path.join(resdir, "runs.tsv")) as f:
