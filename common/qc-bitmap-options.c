@@ -9,6 +9,8 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,27 +34,22 @@ qc_bitmap_option (struct qc_options *opts, const char *key,
 
   if (strcmp (key, "bitmap-granularity") == 0 ||
       strcmp (key, "bitmap-disabled") == 0) {
-    if (!last || last->op != QC_BITMAP_ADD) {
-      qc_error ("%s%s= applies to the %sbitmap-add= just before it, and "
-                "there is none", p, key, p);
-      errno = EINVAL;
-      return -1;
-    }
+    bool disabled = false;
+    uint64_t g = 0;
+
     if (key[7] == 'd') {
-      if (strcmp (value, "true") == 0 || strcmp (value, "on") == 0)
-        last->disabled = true;
-      else if (strcmp (value, "false") == 0 || strcmp (value, "off") == 0)
-        last->disabled = false;
-      else {
+      if (strcmp (value, "true") == 0 || strcmp (value, "on") == 0 ||
+          strcmp (value, "yes") == 0 || strcmp (value, "1") == 0)
+        disabled = true;
+      else if (strcmp (value, "false") != 0 && strcmp (value, "off") != 0 &&
+               strcmp (value, "no") != 0 && strcmp (value, "0") != 0) {
         qc_error ("%sbitmap-disabled=%s: expected true or false", p, value);
         errno = EINVAL;
         return -1;
       }
-      return 0;
     }
     else {
       char *end;
-      unsigned long long g;
 
       errno = 0;
       g = strtoull (value, &end, 10);
@@ -69,9 +66,20 @@ qc_bitmap_option (struct qc_options *opts, const char *key,
         errno = EINVAL;
         return -1;
       }
-      last->granularity = g;
+    }
+    /* Without an add just before, qc_options_check refuses it (here
+     * the option table's keys are tried one at a time).
+     */
+    if (!last || last->op != QC_BITMAP_ADD) {
+      opts->bitmap_orphan = key[7] == 'd' ? "bitmap-disabled" :
+        "bitmap-granularity";
       return 0;
     }
+    if (key[7] == 'd')
+      last->disabled = disabled;
+    else
+      last->granularity = g;
+    return 0;
   }
   for (i = 0; i < sizeof keys / sizeof keys[0]; i++)
     if (strcmp (key, keys[i]) == 0)
@@ -86,6 +94,14 @@ qc_bitmap_option (struct qc_options *opts, const char *key,
               QC_BITMAP_NAME_MAX);
     errno = EINVAL;
     return -1;
+  }
+  if (i == QC_BITMAP_MERGE) {
+    const char *colon = strchr (value, ':');
+    if (!colon || colon == value || colon[1] == '\0') {
+      qc_error ("%sbitmap-merge=%s: expected SOURCE:TARGET", p, value);
+      errno = EINVAL;
+      return -1;
+    }
   }
   ops = realloc (opts->bitmap_ops, (opts->nr_bitmap_ops + 1) * sizeof *ops);
   if (!ops) {
@@ -104,11 +120,6 @@ qc_bitmap_option (struct qc_options *opts, const char *key,
   opts->nr_bitmap_ops++;
   if (i == QC_BITMAP_MERGE) {
     char *colon = strchr (ops->name, ':');
-    if (!colon || colon == ops->name || colon[1] == '\0') {
-      qc_error ("%sbitmap-merge=%s: expected SOURCE:TARGET", p, value);
-      errno = EINVAL;
-      return -1;
-    }
     *colon = '\0';
     ops->target = colon + 1;
   }

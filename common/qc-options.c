@@ -533,6 +533,12 @@ qc_options_check (const struct qc_options *opts)
   const char *p = qc_prefix (opts);
   size_t i;
 
+  if (opts->bitmap_orphan) {
+    qc_error ("%s%s= applies to the %sbitmap-add= just before it, and "
+              "there is none", p, opts->bitmap_orphan, p);
+    errno = EINVAL;
+    return -1;
+  }
   /* Nothing given is silently ignored. */
   if (opts->create == QC_CREATE_NO)
     for (i = 0; i < sizeof creation_keys / sizeof creation_keys[0]; i++)

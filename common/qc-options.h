@@ -72,7 +72,7 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "order with the other bitmap options).")                           \
   X ("bitmap-granularity", QC_OPT_SIZE, "SIZE", "cluster size, 4k-64k", \
      "Granularity of the bitmap-add= just before (512 to 2G).")         \
-  X ("bitmap-disabled", QC_OPT_BOOL, "true|false", "false",             \
+  X ("bitmap-disabled", QC_OPT_BOOL, "on|off", "off",                   \
      "The bitmap-add= just before is added disabled.")                  \
   X ("bitmap-remove", QC_OPT_STRING, "NAME", NULL,                      \
      "Remove a persistent bitmap before serving.")                      \

@@ -78,6 +78,10 @@ struct qc_options {
    */
   struct qc_bitmap_op *bitmap_ops;
   size_t nr_bitmap_ops;
+  const char *bitmap_orphan;     /* a bitmap-granularity= or
+                                 * bitmap-disabled= with no bitmap-add=
+                                 * just before (refused by
+                                 * qc_options_check) */
 
   /* Creation: create=true makes the image if it does not exist,
    * create=force replaces it.
