@@ -27,7 +27,6 @@
 #include "qcow2-int.h"
 
 #define MAX_BITMAPS 65535
-#define MAX_MERGE_BYTES (256ULL << 20)
 
 /* One bitmap of the model. */
 struct mbm {
@@ -127,6 +126,10 @@ merge_bits (uint64_t size, const uint8_t *src, unsigned sg, uint8_t *dst,
 
   for (i = 0; i < n; i++) {
     uint64_t a, b, j;
+    if (src[i / 8] == 0) {
+      i |= 7;
+      continue;
+    }
     if (!(src[i / 8] & (1U << (i % 8))))
       continue;
     a = (i << sg) >> dg;
@@ -189,7 +192,7 @@ model_run (struct qc_image *img, const struct qc_options *opts,
   int r;
 
   memset (m, 0, sizeof *m);
-  m->budget = MAX_MERGE_BYTES;
+  m->budget = QC_BITMAP_MEM_MAX;
   if (img->h.version < 3) {
     qc_error ("%s: %s%s=: persistent bitmaps need a version 3 image "
               "(compat=1.1; qemu-img amend -o compat=1.1 converts it)",
@@ -247,6 +250,15 @@ model_run (struct qc_image *img, const struct qc_options *opts,
       if (g == 0) {             /* qemu's default */
         g = img->h.cluster_size;
         g = g < 4096 ? 4096 : g > 65536 ? 65536 : g;
+      }
+      if (qc_bitmap_bytes (img->h.size, __builtin_ctzll (g)) >
+          QC_BITMAP_MEM_MAX) {
+        qc_error ("%s: %s%s=%s: at a granularity of %" PRIu64 " bytes the "
+                  "bitmap would take more than %llu MiB of memory to keep "
+                  "up to date: use a larger %sbitmap-granularity=",
+                  img->name, p, key, o->name, g, QC_BITMAP_MEM_MAX >> 20, p);
+        errno = EFBIG;
+        return -1;
       }
       b = &m->b[m->n++];
       b->name = o->name;
@@ -402,10 +414,19 @@ switch_header (struct qc_image *img, uint32_t nb, uint64_t dir_offset,
     goto out;
   memcpy (buf, old, h->header_length);
   for (;;) {
-    uint32_t type = get_be32 (old + pos), len = get_be32 (old + pos + 4);
-    uint64_t all = 8 + (((uint64_t) len + 7) & ~7ULL);
+    uint32_t type, len;
+    uint64_t all;
+
+    /* Validated at open: this only guards against our own bugs. */
+    if (pos + 8 > cs)
+      goto bad;
+    type = get_be32 (old + pos);
+    len = get_be32 (old + pos + 4);
+    all = 8 + (((uint64_t) len + 7) & ~7ULL);
     if (type == QCOW2_EXT_END)
       break;
+    if (pos + all > cs)
+      goto bad;
     if (type != QCOW2_EXT_BITMAPS) {
       memcpy (buf + out, old + pos, all);
       out += all;
@@ -462,6 +483,10 @@ switch_header (struct qc_image *img, uint32_t nb, uint64_t dir_offset,
   free (old);
   free (buf);
   return r;
+ bad:
+  qc_error ("%s: the header extensions run past cluster 0", img->name);
+  errno = EINVAL;
+  goto out;
 }
 
 /* Give back range [offset, offset + len) of clusters once durable. */
@@ -579,7 +604,12 @@ qc_bitmap_ops_run (struct qc_image *img, const struct qc_options *opts)
   if (!opts->nr_bitmap_ops)
     return 0;
   pthread_mutex_lock (&img->meta_lock);
-  if (model_run (img, opts, &m) == -1 || model_commit (img, &m) == -1)
+  /* The safety net over damaged refcounts, as for any write (the first
+   * write builds it again, counting the new directory).
+   */
+  if (model_run (img, opts, &m) == -1 ||
+      (!img->guard && qc_guard_build (img) == -1) ||
+      model_commit (img, &m) == -1)
     goto out;
   /* The header points to the new directory: the old one, and what
    * only it pointed to, go back.

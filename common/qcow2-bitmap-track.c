@@ -35,8 +35,6 @@
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-/* The bits of all the bitmaps of one image held in memory. */
-#define MAX_TRACKED_BYTES (256ULL << 20)
 
 struct tracked {
   uint32_t idx;                 /* in the directory */
@@ -177,7 +175,7 @@ int
 qc_bitmaps_track_start (struct qc_image *img)
 {
   const struct qcow2_header *h = &img->h;
-  uint64_t budget = MAX_TRACKED_BYTES;
+  uint64_t budget = QC_BITMAP_MEM_MAX;
   struct qc_bitmap_track *t;
   bool rewrite = false;
   uint32_t i;

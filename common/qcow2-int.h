@@ -487,6 +487,8 @@ extern void qc_check_report_repaired (struct qc_image *img,
 #define QC_BITMAP_EXTRA_COMPAT 4U
 #define QC_BITMAP_NAME_MAX     1023
 #define QC_BITMAP_DIR_FIXED    24
+/* The bits of all of an image's bitmaps held in memory at most. */
+#define QC_BITMAP_MEM_MAX      (256ULL << 20)
 struct qc_bitmap_entry {
   uint64_t table_offset;
   uint32_t table_size;          /* entries */
