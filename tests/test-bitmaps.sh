@@ -217,8 +217,14 @@ done
 grep -q ' 1 ' m-n2.map || fail "the merged bitmap is empty"
 # A new bitmap on an image without any, then removing the last one.
 qemu-img create -q -f qcow2 -b base.raw -F raw n.qcow2
-"$NBDKIT" -U - qcow2 n.qcow2 bitmap-add=x --run true
+# A bitmap added at startup records the writes of the same run.
+"$NBDKIT" -U - qcow2 n.qcow2 bitmap-add=x \
+  --run 'nbdsh -u "$uri" -c "h.pwrite(b\"1\" * 512, 3 << 20)"'
 [ "$(flags n.qcow2)" = "x:auto:65536" ] || fail "add to a fresh image"
+echo "$((3 << 20)) 512" > ranges
+bmap n.qcow2 x n-x.map || fail "the added bitmap cannot be exported"
+$PYTHON granules.py n-x.map $((64 << 20)) 65536 ranges ||
+  fail "the added bitmap missed the write"
 qemu-img info n.qcow2 | grep -q 'backing file: base.raw' ||
   fail "the backing file name was lost"
 "$NBDKIT" -U - qcow2 n.qcow2 bitmap-remove=x --run true
