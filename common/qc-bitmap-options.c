@@ -53,6 +53,8 @@ qc_bitmap_option (struct qc_options *opts, const char *key,
 
       errno = 0;
       g = strtoull (value, &end, 10);
+      if (g > (1ULL << 31))     /* no wrap-around in the shifts below */
+        g = 0;
       if (end != value && (*end == 'k' || *end == 'K'))
         g <<= 10, end++;
       else if (end != value && (*end == 'M' || *end == 'm'))

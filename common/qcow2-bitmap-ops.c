@@ -603,6 +603,13 @@ qc_bitmap_ops_run (struct qc_image *img, const struct qc_options *opts)
 
   if (!opts->nr_bitmap_ops)
     return 0;
+  /* Once written, the tracker holds the directory as it was. */
+  if (__atomic_load_n (&img->written, __ATOMIC_ACQUIRE)) {
+    qc_error ("%s: the bitmap operations must run before the first write",
+              img->name);
+    errno = EINVAL;
+    return -1;
+  }
   pthread_mutex_lock (&img->meta_lock);
   /* The safety net over damaged refcounts, as for any write (the first
    * write builds it again, counting the new directory).

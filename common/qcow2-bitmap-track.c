@@ -354,6 +354,14 @@ qc_bitmaps_store (struct qc_image *img)
 
   if (!t)
     return 0;
+  /* After a failure the image's state is unknown: the bitmaps stay in
+   * use (inconsistent), which is true.
+   */
+  if (img->failed ||
+      __atomic_load_n (&img->marked_corrupt, __ATOMIC_ACQUIRE)) {
+    qc_debug ("%s: the persistent bitmaps stay marked in use", img->name);
+    return 0;
+  }
   tables = calloc (t->nt, sizeof *tables);
   buf = malloc (cs);
   if (!tables || !buf) {

@@ -928,8 +928,8 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     return -1;
   if (writes && img->default_view != &img->active.dev) {
     qc_error ("%s: %ssnapshot= serves a read-only snapshot: the snapshot "
-              "and bitmap operations and %srepair= cannot be used with it", img->name,
-              qc_prefix (opts), qc_prefix (opts));
+              "and bitmap operations and %srepair= cannot be used with it",
+              img->name, qc_prefix (opts), qc_prefix (opts));
     errno = EINVAL;
     return -1;
   }

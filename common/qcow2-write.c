@@ -22,8 +22,8 @@
 #include "qcow2-int.h"
 
 /* Giving back the clusters of bitmaps nobody trusts any more, when
- * they cannot be kept up to date (see qcow2-bitmap-track.c).  Drop one reference to each cluster of a range, if
- * it has one.
+ * they cannot be kept up to date (see qcow2-bitmap-track.c).  Drop one
+ * reference to each cluster of a range, if it has one.
  */
 static int
 release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,

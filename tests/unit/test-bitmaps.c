@@ -58,6 +58,9 @@ START_TEST (test_bitmap_options)
   ck_assert_int_eq (qc_options_set (&o, "bitmap-granularity", "1000"), -1);
   ck_assert_int_eq (qc_options_set (&o, "bitmap-granularity", "256"), -1);
   ck_assert_int_eq (qc_options_set (&o, "bitmap-granularity", "4G"), -1);
+  /* (2^54 + 512) KiB wraps to 512 KiB in 64 bits: refused, not taken. */
+  ck_assert_int_eq (qc_options_set (&o, "bitmap-granularity",
+                                    "18014398509482496k"), -1);
   ck_assert_int_eq (qc_options_set (&o, "bitmap-granularity", "8k"), 0);
   ck_assert_int_eq (qc_options_set (&o, "bitmap-disabled", "maybe"), -1);
   ck_assert_int_eq (qc_options_set (&o, "bitmap-disabled", "true"), 0);
