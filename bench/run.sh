@@ -27,7 +27,7 @@ usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean
   --quick        small images, 1 repetition, 3 s fio runs (smoke test)
   --reps N       repetitions per case (default 3; --quick: 1)
   --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
-  --only LIST    run only these workloads, e.g. --only a,b,h (a..k)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..l)
   --clean        remove \$BENCH_DIR's images first (they are rebuilt)
 
 Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
@@ -37,7 +37,7 @@ default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M).
 EOF
 }
 
-quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j,k clean=0
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j,k,l clean=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -95,11 +95,11 @@ COW_IO=$((RND / 64))
 QD=${QD:-32}
 SMALL_CACHE=${SMALL_CACHE:-128k}
 want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-case ",$only," in *[!a-k,]*|,,) usage >&2; exit 2 ;; esac
-# The shared images (setup_images) serve workloads a to h and k; (i)
-# and (j) make their own.
+case ",$only," in *[!a-l,]*|,,) usage >&2; exit 2 ;; esac
+# The shared images (setup_images) serve workloads a to h, k and l;
+# (i) and (j) make their own.
 common=0
-for w in a b c d e f g h k; do if want $w; then common=1; fi; done
+for w in a b c d e f g h k l; do if want $w; then common=1; fi; done
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/qc-bench}
 mkdir -p "$BENCH_DIR"
@@ -147,6 +147,10 @@ if want k; then need_img=$(( need_img + SEQ )); fi
 need_work=$(( (ALLOC_IO * 16 > SEQ ? ALLOC_IO * 16 : SEQ) + 256 * MiB ))
 if want i && [ $((LUKS + 256 * MiB)) -gt "$need_work" ]; then
   need_work=$((LUKS + 256 * MiB))
+fi
+# (l): a copy of the random-data image
+if want l && [ $((RND + 256 * MiB)) -gt "$need_work" ]; then
+  need_work=$((RND + 256 * MiB))
 fi
 # (j): a copy of its image, and the clusters the writes allocate
 if want j && [ $((J_BYTES + J_REGION)) -gt "$need_work" ]; then
@@ -211,7 +215,7 @@ launch ()
   srv_log=$res/logs/$case_id-$srv_name-$rep.log
   rm -f "$sock"
   case "$srv_name" in
-    ours|ours-off)
+    ours|ours-off|ours-nobm)
       "$top/nbdkit" -f -U "$sock" qcow2 "$@" >"$srv_log" 2>&1 & ;;
     qemu)
       qemu-nbd -f qcow2 --cache=writeback --discard=unmap --persistent \
@@ -854,6 +858,24 @@ wl_k ()
   done
 }
 
+# (l) the cost of keeping a persistent bitmap: 4 KiB random writes with
+# one enabled bitmap, against the same bitmap disabled and qemu-nbd.
+wl_l ()
+{
+  case_id=l-randwrite-bitmap
+  say "(l) 4k random write qd $QD over the allocated $((RND / MiB)) MiB image with one enabled persistent bitmap (vs disabled, vs qemu-nbd), ${runtime}s"
+  cp "$img/data-rnd.qcow2" "$work/l.qcow2"
+  qemu-img bitmap --add "$work/l.qcow2" bm
+  for rep in $(seq 1 "$reps"); do
+    # The same image: the bitmap disabled (not kept) for ours-nobm,
+    # enabled for ours and qemu-nbd (which keep it up to date).
+    serve_fio ours-nobm "$work/l.qcow2" bitmap-disable=bm -- fio_timed randwrite
+    serve_fio ours "$work/l.qcow2" bitmap-enable=bm -- fio_timed randwrite
+    serve_fio qemu "$work/l.qcow2" -- fio_timed randwrite
+  done
+  rm -f "$work/l.qcow2"
+}
+
 # ---------------------------------------------------------------- main
 start_time=$(date +%s)
 {
@@ -873,7 +895,7 @@ cat "$res/info.txt" >&2
 : >"$runs"
 
 if [ $common = 1 ]; then setup_images; fi
-for w in a b c d e f g h i j k; do
+for w in a b c d e f g h i j k l; do
   if want $w; then "wl_$w"; fi
 done
 

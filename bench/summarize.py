@@ -83,11 +83,16 @@ ROWS = [
     ("k-zlibfast", "(k)   zlib compress-level=fast (ISA-L), vs "
      "qemu-img convert -c (zlib)", "MB/s", "qemu-img@k-zlib"),
     ("k-zstd", "(k)   zstd, vs qemu-img convert -c", "MB/s", "qemu-img"),
+    ("l-randwrite-bitmap", f"(l) 4k rand write qd{qd}, allocated {rnd}, "
+     "one enabled bitmap", "IOPS", "qemu-nbd"),
+    ("l-randwrite-bitmap", "(l)   ours with the bitmap vs ours without",
+     "IOPS", "ours-nobm"),
 ]
 # runs.tsv server names for each column
 QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts", "qemu-luks"),
                "qemu-nbd+compress": ("qemu-opts",),
-               "qemu-img": ("qemu-img",)}
+               "qemu-img": ("qemu-img",),
+               "ours-nobm": ("ours-nobm",)}
 
 vals, rss, cost = {}, {}, {}
 with open(os.path.join(resdir, "runs.tsv")) as f:

@@ -81,6 +81,9 @@ qc_options_free (struct qc_options *opts)
     for (i = 0; i < opts->nr_ops; i++)
       free (opts->ops[i].name);
     free (opts->ops);
+    for (i = 0; i < opts->nr_bitmap_ops; i++)
+      free (opts->bitmap_ops[i].name);
+    free (opts->bitmap_ops);
   }
   qc_options_init (opts);
 }
@@ -371,6 +374,8 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     opts->nr_ops++;
     return 0;
   }
+  if (strncmp (key, "bitmap-", 7) == 0)
+    return qc_bitmap_option (opts, key, value, qc_prefix (opts));
   if (strcmp (key, "check") == 0)
     return parse_bool (key, value, &opts->check);
   if (strcmp (key, "referenced-files") == 0) {
@@ -556,6 +561,12 @@ qc_options_check (const struct qc_options *opts)
       errno = EINVAL;
       return -1;
     }
+  if (opts->bitmap_orphan) {
+    qc_error ("%s%s= applies to the %sbitmap-add= just before it, and "
+              "there is none", p, opts->bitmap_orphan, p);
+    errno = EINVAL;
+    return -1;
+  }
   /* Nothing given is silently ignored. */
   if (opts->create == QC_CREATE_NO)
     for (i = 0; i < sizeof creation_keys / sizeof creation_keys[0]; i++)
@@ -598,8 +609,10 @@ qc_options_check (const struct qc_options *opts)
     return -1;
   }
   if (opts->format && strcmp (opts->format, "raw") == 0 &&
-      (opts->nr_ops || opts->check || opts->repair || opts->compress >= 0)) {
-    qc_error ("snapshot, check, repair and compress options apply only to "
+      (opts->nr_ops || opts->nr_bitmap_ops || opts->check || opts->repair ||
+       opts->compress >= 0)) {
+    qc_error ("snapshot, bitmap, check, repair and compress options apply "
+              "only to "
               "%sformat=qcow2", p);
     errno = EINVAL;
     return -1;
@@ -630,6 +643,11 @@ qc_options_check_readonly (const struct qc_options *opts)
               opts->ops[0].op == QC_SNAPSHOT_CREATE ? "create" :
               opts->ops[0].op == QC_SNAPSHOT_APPLY ? "apply" : "delete");
     why = "snapshots cannot be created, applied or deleted";
+  }
+  else if (opts->nr_bitmap_ops) {
+    snprintf (what, sizeof what, "%s%s=", p,
+              qc_bitmap_op_key (opts->bitmap_ops[0].op));
+    why = "persistent bitmaps cannot be changed";
   }
   else if (opts->repair != QC_REPAIR_NONE) {
     snprintf (what, sizeof what, "%srepair=", p);

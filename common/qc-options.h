@@ -71,6 +71,23 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "Revert the image to an internal snapshot before serving.")        \
   X ("snapshot-delete", QC_OPT_STRING, "NAME", NULL,                    \
      "Delete an internal snapshot before serving.")                     \
+  X ("bitmap-add", QC_OPT_STRING, "NAME", NULL,                         \
+     "Add a persistent dirty bitmap before serving (repeatable, in "    \
+     "order with the other bitmap options).")                           \
+  X ("bitmap-granularity", QC_OPT_SIZE, "SIZE", "cluster size, 4k-64k", \
+     "Granularity of the bitmap-add= just before (512 to 2G).")         \
+  X ("bitmap-disabled", QC_OPT_BOOL, "on|off", "off",                   \
+     "The bitmap-add= just before is added disabled.")                  \
+  X ("bitmap-remove", QC_OPT_STRING, "NAME", NULL,                      \
+     "Remove a persistent bitmap before serving.")                      \
+  X ("bitmap-clear", QC_OPT_STRING, "NAME", NULL,                       \
+     "Clear every bit of a persistent bitmap before serving.")          \
+  X ("bitmap-enable", QC_OPT_STRING, "NAME", NULL,                      \
+     "Enable a bitmap: writes are recorded in it.")                     \
+  X ("bitmap-disable", QC_OPT_STRING, "NAME", NULL,                     \
+     "Disable a bitmap: it is kept as it is.")                          \
+  X ("bitmap-merge", QC_OPT_STRING, "SRC:DST", NULL,                    \
+     "Set in bitmap DST every bit set in bitmap SRC.")                  \
   X ("check", QC_OPT_BOOL, "on|off", "off",                             \
      "Check the image's refcounts at open, as qemu-img check does.")    \
   X ("repair", QC_OPT_STRING, "leaks|all", NULL,                        \

@@ -535,10 +535,14 @@ qc_image_close (struct qc_image *img)
   if (img->writable && !img->is_raw) {
     /* Clean shutdown: everything on disk, every free applied. */
     pthread_mutex_lock (&img->meta_lock);
+    if (qc_bitmaps_store (img) == -1)
+      qc_error ("%s: the persistent bitmaps could not be written back: "
+                "they stay marked in use", img->name);
     if (qc_flush_locked (img) == 0 && qc_free_all (img) == 0)
       qc_flush_locked (img);
     pthread_mutex_unlock (&img->meta_lock);
   }
+  qc_bitmaps_track_free (img);
   qc_guard_free (img);
   qc_refcount_close (img);
   qc_crypto_close (img->crypto);

@@ -162,6 +162,8 @@ struct qc_image {
   unsigned io_active[2];                /* atomic: I/O in each epoch */
   struct blkdev *default_view;
   char *description;
+  struct qc_bitmap_track *bmt;          /* bitmaps kept up to date, or
+                                         * NULL (qcow2-bitmap-track.c) */
 };
 
 /* A run of the guest disk with one kind of mapping. */
@@ -492,6 +494,74 @@ extern void qc_check_report (struct qc_image *img,
                              const struct qc_check_result *res);
 extern void qc_check_report_repaired (struct qc_image *img,
                                       const struct qc_check_result *res);
+
+/* Persistent dirty bitmaps (qcow2-bitmaps.c): the directory. */
+#define QC_BITMAP_IN_USE       1U
+#define QC_BITMAP_AUTO         2U
+#define QC_BITMAP_EXTRA_COMPAT 4U
+#define QC_BITMAP_NAME_MAX     1023
+#define QC_BITMAP_DIR_FIXED    24
+/* The bits of all of an image's bitmaps held in memory at most. */
+#define QC_BITMAP_MEM_MAX      (256ULL << 20)
+struct qc_bitmap_entry {
+  uint64_t table_offset;
+  uint32_t table_size;          /* entries */
+  uint32_t flags;
+  uint8_t type;                 /* 1: dirty tracking */
+  uint8_t granularity_bits;
+  uint16_t name_size;
+  uint32_t extra_size;
+  char *name;
+  uint64_t pos, len;            /* the entry's bytes in the directory */
+};
+struct qc_bitmap_dir {
+  uint8_t *buf;                 /* the directory as stored */
+  uint64_t size;
+  uint32_t n;
+  struct qc_bitmap_entry *e;
+};
+extern int qc_bitmap_dir_read (struct qc_image *img,
+                               struct qc_bitmap_dir *d);
+extern void qc_bitmap_dir_free (struct qc_bitmap_dir *d);
+extern int qc_bitmap_read_data (struct qc_image *img,
+                                const struct qc_bitmap_entry *e,
+                                uint64_t nbytes, uint8_t *bits,
+                                uint64_t *table);
+
+/* Bytes of bitmap data for a disk of size bytes at granularity bits
+ * (one bit per granule, rounded up to whole bytes).
+ */
+static inline uint64_t
+qc_bitmap_bytes (uint64_t size, unsigned bits)
+{
+  uint64_t granules = (size >> bits) + ((size & ((1ULL << bits) - 1)) != 0);
+  return (granules + 7) / 8;
+}
+
+/* Keeping enabled bitmaps up to date (qcow2-bitmap-track.c).  Start
+ * before the first write (meta_lock held): 0 when the bitmaps are kept
+ * (the autoclear bit stays), 1 when they cannot be (the caller clears
+ * the bit as a writer that does not maintain them), -1 on error.
+ * qc_bitmaps_mark records a change of the active disk (no lock, no
+ * I/O); qc_bitmaps_store writes the data back and clears the in-use
+ * flags (meta_lock held, at close).
+ */
+struct qc_bitmap_track;
+extern int qc_bitmaps_track_start (struct qc_image *img);
+extern void qc_bitmaps_mark_slow (struct qc_bitmap_track *t, uint64_t offset,
+                                  uint64_t count);
+extern int qc_bitmaps_store (struct qc_image *img);
+extern void qc_bitmaps_track_free (struct qc_image *img);
+
+static inline void
+qc_bitmaps_mark (struct qc_view *v, uint64_t offset, uint64_t count)
+{
+  struct qc_bitmap_track *t =
+    __atomic_load_n (&v->img->bmt, __ATOMIC_ACQUIRE);
+
+  if (t && count && v == &v->img->active)
+    qc_bitmaps_mark_slow (t, offset, count);
+}
 
 /* Every cluster range the persistent bitmaps occupy (qcow2-bitmaps.c). */
 extern int qc_bitmaps_walk (struct qc_image *img,

@@ -431,6 +431,14 @@ snapshot_apply (struct qc_image *img, const char *name)
     return -1;
   }
   s = &img->snapshots[i];
+  if (s->disk_size != h->size && h->nb_bitmaps &&
+      (h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+    qc_error ("%s: snapshot-apply: snapshot '%s' has another disk size and "
+              "the image has persistent bitmaps: remove them first",
+              img->name, name);
+    errno = ENOTSUP;
+    return -1;
+  }
   v = qc_snapshot_view (img, i);
   if (!v)
     return -1;
@@ -477,6 +485,8 @@ snapshot_apply (struct qc_image *img, const char *name)
   if (apply_refs (img, &down, -1, false) == -1 ||
       qc_copied_flags (img, true, &fixed) == -1 || qc_flush_locked (img) == -1)
     goto out;
+  /* The whole disk changed, as far as a backup can tell. */
+  qc_bitmaps_mark (&img->active, 0, img->h.size);
   qc_debug ("%s: applied snapshot '%s'", img->name, name);
   ret = 0;
  out:
@@ -701,6 +711,14 @@ sim_run (struct qc_image *img, const struct qc_options *opts,
       if (opts->ops[i].op == QC_SNAPSHOT_APPLY) {
         uint64_t ds = img->snapshots[idx].disk_size;
         uint64_t need = ds / span + (ds % span != 0);
+        if (ds != img->h.size && img->h.nb_bitmaps &&
+            (img->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+          qc_error ("%s: %s%s=%s: the snapshot has another disk size and "
+                    "the image has persistent bitmaps: remove them first",
+                    img->name, p, key, name);
+          errno = ENOTSUP;
+          return -1;
+        }
         if (need > QCOW2_MAX_L1_BYTES / 8) {
           qc_error ("%s: snapshot '%s' is too large (%" PRIu64 " bytes "
                     "need an L1 table of %" PRIu64 " entries)", img->name,
@@ -888,10 +906,10 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 {
   struct qc_check_result res;
   struct sim names;
-  bool writes = opts->repair || opts->nr_ops;
+  bool writes = opts->repair || opts->nr_ops || opts->nr_bitmap_ops;
   size_t i;
 
-  if (img->is_raw || (!opts->check && !opts->repair && !opts->nr_ops))
+  if (img->is_raw || (!opts->check && !opts->repair && !writes))
     return 0;
   /* All or nothing: everything that can be known is checked before
    * the first write, so that a run that fails changes nothing.  First
@@ -906,10 +924,12 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     return -1;
   }
   sim_free (&names);
+  if (qc_bitmap_ops_check (img, opts) == -1)
+    return -1;
   if (writes && img->default_view != &img->active.dev) {
     qc_error ("%s: %ssnapshot= serves a read-only snapshot: the snapshot "
-              "operations and %srepair= cannot be used with it", img->name,
-              qc_prefix (opts), qc_prefix (opts));
+              "and bitmap operations and %srepair= cannot be used with it",
+              img->name, qc_prefix (opts), qc_prefix (opts));
     errno = EINVAL;
     return -1;
   }
@@ -938,7 +958,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       return -1;
     qc_check_report (img, &res);
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
-      if (opts->nr_ops) {
+      if (opts->nr_ops || opts->nr_bitmap_ops) {
         qc_error ("%s: check: %" PRIu64 " corruptions: snapshot operations "
                   "refused on a corrupt image (%srepair=all rebuilds its "
                   "refcounts); nothing was changed", img->name,
@@ -986,6 +1006,9 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
       }
     }
   }
+  /* The bitmaps first: before the first write keeps them up to date. */
+  if (qc_bitmap_ops_run (img, opts) == -1)
+    return -1;
   for (i = 0; i < opts->nr_ops; i++)
     if (qc_image_snapshot_op (img, opts->ops[i].op, opts->ops[i].name) == -1)
       return -1;

@@ -21,9 +21,9 @@
 #include "qc-error.h"
 #include "qcow2-int.h"
 
-/* Giving back the clusters of bitmaps nobody trusts any more (see
- * qcow2-bitmaps.c).  Drop one reference to each cluster of a range, if
- * it has one.
+/* Giving back the clusters of bitmaps nobody trusts any more, when
+ * they cannot be kept up to date (see qcow2-bitmap-track.c).  Drop one
+ * reference to each cluster of a range, if it has one.
  */
 static int
 release_range (struct qc_image *img, uint64_t offset, uint64_t bytes,
@@ -86,12 +86,20 @@ qc_before_first_write (struct qc_image *img)
   pthread_mutex_lock (&img->meta_lock);
   if (img->written)
     goto out;
-  /* We do not maintain persistent bitmaps or unknown autoclear features:
-   * clearing their bits before the first write tells qemu they are stale.
+  /* Enabled persistent bitmaps are kept up to date (marked in use
+   * first), unless their directory is inconsistent.  Unknown autoclear
+   * features, and bitmaps we cannot keep: clearing their bits before the
+   * first write tells qemu they are stale.
    */
   keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
   if (!img->external_data)
     keep = 0;
+  r = qc_bitmaps_track_start (img);
+  if (r == -1)
+    goto out;
+  if (r == 0)
+    keep |= QCOW2_AUTOCLEAR_BITMAPS;
+  r = 0;
   if (keep != img->h.autoclear_features) {
     uint64_t be = htobe64 (keep);
     bool had_bitmaps =
@@ -166,6 +174,7 @@ qc_view_write (struct qc_view *v, const void *buf, size_t count,
 {
   if (qc_before_first_write (v->img) == -1)
     return -1;
+  qc_bitmaps_mark (v, offset, count);
   return qc_view_write_data (v, buf, count, offset, flags);
 }
 

@@ -217,6 +217,7 @@ qc_view_zero (struct qc_view *v, uint64_t count, uint64_t offset,
 
   if (qc_before_first_write (img) == -1)
     return -1;
+  qc_bitmaps_mark (v, offset, count);
 
   /* The last partial unit at the end of the disk counts as whole. */
   if (end == v->dev.size)
@@ -271,6 +272,7 @@ qc_view_trim (struct qc_view *v, uint64_t count, uint64_t offset,
 
   if (qc_before_first_write (img) == -1)
     return -1;
+  qc_bitmaps_mark (v, offset, count);
 
   /* A v2 image cannot make a cluster read as zeros without writing, and
    * deallocating would let the backing file show through: like qemu, do

@@ -21,6 +21,18 @@ struct qc_maint_op {
   char *name;
 };
 
+enum qc_bitmap_op_kind { QC_BITMAP_ADD, QC_BITMAP_REMOVE, QC_BITMAP_CLEAR,
+                         QC_BITMAP_ENABLE, QC_BITMAP_DISABLE,
+                         QC_BITMAP_MERGE };
+
+struct qc_bitmap_op {
+  enum qc_bitmap_op_kind op;
+  char *name;                   /* merge: the source */
+  const char *target;           /* merge: inside name's allocation */
+  uint64_t granularity;         /* add: 0 = qemu's default */
+  bool disabled;                /* add */
+};
+
 /* Engine options, filled from the option table (qc-options.h). */
 struct qc_options {
   char *file;                   /* image path (plugin) */
@@ -61,6 +73,15 @@ struct qc_options {
   enum qc_repair repair;
   struct qc_maint_op *ops;
   size_t nr_ops;
+  /* Persistent bitmap operations, as given (qcow2-bitmap-ops.c); they
+   * run before the snapshot operations.
+   */
+  struct qc_bitmap_op *bitmap_ops;
+  size_t nr_bitmap_ops;
+  const char *bitmap_orphan;     /* a bitmap-granularity= or
+                                 * bitmap-disabled= with no bitmap-add=
+                                 * just before (refused by
+                                 * qc_options_check) */
 
   /* Creation: create=true makes the image if it does not exist,
    * create=force replaces it.
@@ -186,6 +207,18 @@ struct qc_check_result {
 };
 extern int qc_image_check (struct qc_image *img, enum qc_repair repair,
                            struct qc_check_result *res);
+
+/* A bitmap-* option into opts->bitmap_ops (qc-bitmap-options.c; p is
+ * the module's key prefix), its key for messages; the operations
+ * validated without writing, and run (qcow2-bitmap-ops.c).
+ */
+extern int qc_bitmap_option (struct qc_options *opts, const char *key,
+                             const char *value, const char *p);
+extern const char *qc_bitmap_op_key (enum qc_bitmap_op_kind op);
+extern int qc_bitmap_ops_check (struct qc_image *img,
+                                const struct qc_options *opts);
+extern int qc_bitmap_ops_run (struct qc_image *img,
+                              const struct qc_options *opts);
 
 /* Run the maintenance opts asks for (check, repair, snapshot
  * operations), reporting what check and repair found and did through

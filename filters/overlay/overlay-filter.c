@@ -247,6 +247,11 @@ overlay_config_complete (nbdkit_next_config_complete *next,
                   "preallocated clusters would hide the plugin's data");
     return -1;
   }
+  if (opts.bitmap_orphan) {
+    nbdkit_error (PREFIX "%s= applies to the " PREFIX "bitmap-add= just "
+                  "before it, and there is none", opts.bitmap_orphan);
+    return -1;
+  }
   /* Check the creation options now, not when the overlay is created. */
   if (qc_create_check (&opts) == -1)
     return -1;
