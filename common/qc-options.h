@@ -53,7 +53,7 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
      "Serve this internal snapshot (name or ID) by default.")           \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
-     "L2 table cache size (suffixes k, M, G).")                         \
+     "L2 table cache size (suffixes s, k, M, G, T, P, E).")            \
   X ("compressed-cache", QC_OPT_SIZE, "SIZE", "8M or 16 clusters",     \
      "Cache of decompressed clusters per image, 0 = off.")              \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
@@ -181,6 +181,15 @@ extern int qc_options_check (const struct qc_options *opts);
  * create=, the snapshot operations, repair=, compress=.
  */
 extern int qc_options_check_readonly (const struct qc_options *opts);
+
+/* A size as nbdkit_parse_size and qemu-img take it: digits with an
+ * optional suffix b, s (512-byte sectors), k, M, G, T, P, E.  0, -1
+ * (not a size), or -2 (more than 64 bits).
+ */
+extern int qc_parse_size (const char *value, uint64_t *ret);
+
+/* v as the shortest exact size with a suffix ("64k", "1P"), in buf. */
+extern const char *qc_human_size (uint64_t v, char *buf, size_t len);
 
 /* Whether the user gave key (without prefix). */
 extern bool qc_options_given (const struct qc_options *opts,
