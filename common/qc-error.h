@@ -23,6 +23,12 @@ extern void qc_debug (const char *fs, ...)
 extern void qc_info (const char *fs, ...)
   __attribute__ ((format (printf, 1, 2)));
 
+/* Errors of this thread go out as debug messages while quiet is set
+ * (still kept for qc_last_error): for a failure the caller reports
+ * itself, in its own words, or only once.  Returns the previous state.
+ */
+extern int qc_errors_quiet (int quiet);
+
 /* The most recent error message of this thread, for tests. */
 extern const char *qc_last_error (void);
 

@@ -254,6 +254,64 @@ relock_readonly (struct blkdev *dev)
   __atomic_store_n (&dev->readonly, true, __ATOMIC_RELEASE);
 }
 
+/* What rules out writing whatever the files allow (-1 after qc_error),
+ * under img->lock.
+ */
+static int
+refuse_writing (struct qc_image *img)
+{
+  if (img->default_view != &img->active.dev && !img->is_raw) {
+    qc_error ("%s: a snapshot is served: it is read-only", img->name);
+    errno = EROFS;
+    return -1;
+  }
+  if (img->force_readonly) {
+    qc_error ("%s: the check found corruptions: serving read-only",
+              img->name);
+    errno = EROFS;
+    return -1;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    qc_error ("%s: the image is marked corrupt: it can only be served "
+              "read-only (nbdkit -r) until it is repaired (qemu-img check "
+              "-r all)", img->name);
+    errno = EROFS;
+    return -1;
+  }
+  return 0;
+}
+
+/* Could dev be written, and locked for writing, now? */
+static int
+probe_file (struct qc_image *img, struct blkdev *dev, const char *role)
+{
+  int fd = blkdev_file_fd (dev);
+
+  if (dev->readonly && !blkdev_can_write (dev)) {
+    qc_error ("%s%s%s: cannot be written (read-only file, filesystem or "
+              "device)", role ? role : "", role ? " " : "", dev->name);
+    errno = EROFS;
+    return -1;
+  }
+  return img->locking && fd >= 0 ? qc_lock_probe (fd, dev->name) : 0;
+}
+
+int
+qc_image_writable_probe (struct qc_image *img)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&img->lock);
+  if (!img->writable &&
+      (refuse_writing (img) == -1 ||
+       probe_file (img, img->file, NULL) == -1 ||
+       (img->external_data &&
+        probe_file (img, img->data, "external data file") == -1)))
+    r = -1;
+  pthread_mutex_unlock (&img->lock);
+  return r;
+}
+
 int
 qc_image_make_writable (struct qc_image *img)
 {
@@ -265,24 +323,8 @@ qc_image_make_writable (struct qc_image *img)
     r = 0;
     goto out;
   }
-  if (img->default_view != &img->active.dev && !img->is_raw) {
-    qc_error ("%s: a snapshot is served: it is read-only", img->name);
-    errno = EROFS;
+  if (refuse_writing (img) == -1)
     goto out;
-  }
-  if (img->force_readonly) {
-    qc_error ("%s: the check found corruptions: serving read-only",
-              img->name);
-    errno = EROFS;
-    goto out;
-  }
-  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
-    qc_error ("%s: the image is marked corrupt: it can only be served "
-              "read-only (nbdkit -r) until it is repaired (qemu-img check "
-              "-r all)", img->name);
-    errno = EROFS;
-    goto out;
-  }
   /* The same devices, opened read-write from the start where the files
    * allow it (readers in flight keep using them), and qemu's write locks
    * on the same open file description.

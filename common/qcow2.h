@@ -162,6 +162,13 @@ extern int qc_image_check_existing (struct qc_image *img,
  */
 extern int qc_image_make_writable (struct qc_image *img);
 
+/* Whether qc_image_make_writable would get past the files and their
+ * locks now, changing nothing: 0, or -1 after qc_error with the
+ * reason (for saying once, at startup, that the image will be served
+ * read-only).
+ */
+extern int qc_image_writable_probe (struct qc_image *img);
+
 /* Internal snapshot operations (the image must be writable and not yet
  * serving): -1 after qc_error, without touching the image when refused
  * (unknown name, refcount overflow).

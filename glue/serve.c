@@ -19,6 +19,7 @@
 
 static const struct serve_module *module;
 static const struct qc_options *options;  /* the module's */
+static bool readonly_said;      /* the read-only fallback was logged */
 
 void
 serve_load (const struct serve_module *m, struct qc_options *opts)
@@ -65,6 +66,48 @@ serve_image_open (const struct qc_options *opts, struct blkdev *dev,
   struct qc_image *img = qc_image_open (opts, dev);
 
   return img ? serve_image_ready (img, opts, check_existing, hint) : NULL;
+}
+
+void
+serve_options_reopen (struct qc_options *o)
+{
+  o->create = QC_CREATE_NO;
+  o->check = false;
+  o->repair = QC_REPAIR_NONE;
+  o->nr_ops = 0;
+}
+
+/* The read-only fallback, said once, as a notice (not an error: the
+ * image is served, read-only, as nbdkit-file-plugin serves a read-only
+ * file).  reason: the core's last error, or NULL.
+ */
+static void
+say_readonly (struct qc_image *img, const char *reason)
+{
+  if (readonly_said) {
+    nbdkit_debug ("serving %s read-only: %s", qc_image_description (img),
+                  reason);
+    return;
+  }
+  readonly_said = true;
+  qc_info ("serving read-only, as nbdkit -r would: %s", reason);
+}
+
+void
+serve_writable_notice (struct qc_image *img, bool writable)
+{
+  int quiet;
+
+  if (options->readonly || options->snapshot)
+    return;             /* read-only as asked: nothing to say */
+  if (!writable) {
+    say_readonly (img, "the plugin below cannot be written");
+    return;
+  }
+  quiet = qc_errors_quiet (1);
+  if (qc_image_writable_probe (img) == -1)
+    say_readonly (img, qc_last_error ());
+  qc_errors_quiet (quiet);
 }
 
 int
@@ -120,11 +163,13 @@ serve_handle_new (struct qc_image *img, int readonly, const char *name,
    */
   if (!readonly && !options->snapshot && *name == '\0') {
     if (!writable)
-      nbdkit_debug ("the image was opened read-only (the plugin below "
-                    "cannot write, or the first connection was "
-                    "read-only): serving read-only");
-    else if (qc_image_make_writable (img) == -1)
-      nbdkit_debug ("serving %s read-only", qc_image_description (img));
+      say_readonly (img, "the plugin below cannot be written");
+    else {
+      int quiet = qc_errors_quiet (1);
+      if (qc_image_make_writable (img) == -1)
+        say_readonly (img, qc_last_error ());
+      qc_errors_quiet (quiet);
+    }
   }
   view = qc_image_view (img, name);
   if (!view)

@@ -106,8 +106,10 @@ qcow2_get_ready (void)
   img = serve_image_open (&opts, NULL,
                           opts.create == QC_CREATE_IF_MISSING && !created,
                           NULL);
-  if (img)
+  if (img) {
+    serve_writable_notice (img, true);
     return 0;
+  }
   /* Maintenance is validated before it writes: what fails here is I/O.
    * An image made by this run goes with it.
    */
@@ -128,10 +130,29 @@ qcow2_default_export (int readonly, int is_tls)
   return "";
 }
 
+/* Whether this thread serves a client: nbdkit calls .preconnect in a
+ * connection's thread before .open.  A filter above (the overlay) opens
+ * a context of its own outside any connection, where
+ * nbdkit_export_name fails with "no connection in this thread": that
+ * context gets the default export.
+ */
+static __thread bool in_connection;
+
+static int
+qcow2_preconnect (int readonly)
+{
+  in_connection = true;
+  return 0;
+}
+
 static void *
 qcow2_open (int readonly)
 {
-  return serve_handle_new (img, readonly, nbdkit_export_name (), true);
+  const char *name = in_connection ? nbdkit_export_name () : "";
+
+  if (!name)
+    return NULL;
+  return serve_handle_new (img, readonly, name, true);
 }
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -147,6 +168,7 @@ static struct nbdkit_plugin plugin = {
     QC_OPTIONS_HELP (plugin),
   .magic_config_key = "file",
   .get_ready = qcow2_get_ready,
+  .preconnect = qcow2_preconnect,
   .list_exports = qcow2_list_exports,
   .default_export = qcow2_default_export,
   .open = qcow2_open,

@@ -89,6 +89,111 @@ refused '^nbdkit: error: qcow2-cluster-size=3k: must be a power of two' \
   --filter=qcow2 memory 1M qcow2-create=true qcow2-size=1M qcow2-cluster-size=3k
 [ ! -e n.qcow2 ] && [ ! -e ov.qcow2 ] || check_fail "a refused start left a file"
 
+# --- 2. Errors at startup -------------------------------------------------
+# A filter whose container or overlay cannot be opened stops nbdkit when
+# it starts: in the background (the default), in the foreground, and
+# before a --run command starts.
+qemu-img create -q -f qcow2 disk.qcow2 4M
+qemu-img create -q -f qcow2 small.qcow2 1M
+retry_pbkdf qemu-img create -q -f qcow2 --object secret,id=s0,data=right \
+  -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+  enc.qcow2 4M
+truncate -s 4M plain.raw
+startup_refused ()
+{
+  local re="$1"; shift
+  local st=0
+  rm -f ran
+  timeout 60 "$NBDKIT" -U - "$@" --run 'touch ran' </dev/null \
+    >/dev/null 2>run.err || st=$?
+  if [ $st -eq 0 ] || [ -e ran ] || ! grep -Eq -- "$re" run.err; then
+    cat run.err >&2
+    check_fail "--run: nbdkit $* did not refuse to start (status $st)"
+    return
+  fi
+  st=0
+  timeout 60 "$NBDKIT" -U "$tmpdir/bg.sock" -P bg.pid "$@" \
+    </dev/null >/dev/null 2>run.err || st=$?
+  if [ $st -eq 0 ]; then
+    kill "$(cat bg.pid)" 2>/dev/null || :
+    check_fail "background: nbdkit $* exited 0 though it cannot serve"
+    return
+  fi
+  st=0
+  timeout 60 "$NBDKIT" -f -U "$tmpdir/fg.sock" "$@" \
+    </dev/null >/dev/null 2>run.err || st=$?
+  if [ $st -eq 0 ] || [ $st -eq 124 ]; then
+    check_fail "foreground: nbdkit $* did not exit with an error ($st)"
+    return
+  fi
+  echo "ok: refused at startup (--run, background, -f): nbdkit $*"
+  sed 's/^/    /' run.err
+}
+startup_refused 'overlay=.*small.qcow2 has a virtual size of 1048576 bytes' \
+  --filter=overlay qcow2 disk.qcow2 overlay=small.qcow2
+startup_refused 'container: not a qcow2 image' --filter=qcow2 file plain.raw
+startup_refused 'container: .*(passphrase|key)' \
+  --filter=qcow2 file enc.qcow2 qcow2-passphrase=wrong
+startup_refused 'overlay=.*plain.raw|not a qcow2' \
+  --filter=overlay memory 4M overlay=plain.raw
+# and what can be opened still serves, once created.
+rm -f ov.qcow2
+run --filter=overlay qcow2 disk.qcow2 overlay=ov.qcow2
+[ $status -eq 0 ] && [ "$(cat run.out)" = 4194304 ] ||
+  { cat run.err >&2; check_fail "the overlay over the plugin did not serve"; }
+
+# --- 5. Our overlay over our plugin: no "no connection in this thread" ----
+if grep -q 'error' run.err; then
+  cat run.err >&2
+  check_fail "--filter=overlay qcow2: errors logged"
+else
+  echo "ok: --filter=overlay qcow2 disk.qcow2: no error logged"
+fi
+# Export names still reach the plugin from a client.
+qemu-img snapshot -c snap1 disk.qcow2
+status=0
+timeout 60 "$NBDKIT" -U - qcow2 disk.qcow2 \
+  --run 'nbdinfo --size "nbd+unix:///snap1?socket=$unixsocket"' \
+  >run.out 2>run.err || status=$?
+[ $status -eq 0 ] && [ "$(cat run.out)" = 4194304 ] ||
+  { cat run.err >&2; check_fail "the plugin lost the export name"; }
+
+# --- 3. The read-only fallback: said once, as a notice, naming the holder -
+qemu-io -r -c 'sleep 60000' disk.qcow2 </dev/null >/dev/null 2>&1 &
+qpid=$!
+on_exit "kill $qpid 2>/dev/null"
+for _ in $(seq 50); do grep -q "$(stat -c %i disk.qcow2) " /proc/locks && break; sleep 0.1; done
+for front in "qcow2 disk.qcow2" "--filter=overlay memory 4M overlay=disk.qcow2"; do
+  status=0
+  timeout 60 "$NBDKIT" -U - $front --run '
+    for i in 1 2 3; do nbdinfo --can write "$uri" && echo can-write; done
+    true' \
+    >run.out 2>run.err || status=$?
+  n=$(grep -c 'serving read-only' run.err || :)
+  if [ $status -ne 0 ] || [ -s run.out ] || grep -q 'error:' run.err ||
+     [ "$n" -ne 1 ] || ! grep -q 'qemu (qemu-io, pid [0-9]*)' run.err; then
+    cat run.out run.err >&2
+    check_fail "$front held by qemu: not one plain notice naming qemu"
+  else
+    echo "ok: $front held by qemu -r: $(cat run.err)"
+  fi
+done
+kill $qpid; wait $qpid 2>/dev/null || :
+# Another nbdkit serving the image writable: refused (it shares no
+# read either, as qemu), naming it.
+start_nbdkit other qcow2 disk.qcow2
+nbdinfo --can write "$(nbd_uri "$other")"
+status=0
+timeout 60 "$NBDKIT" -U - qcow2 disk.qcow2 --run 'nbdinfo --size "$uri"' \
+  >run.out 2>run.err || status=$?
+if [ $status -eq 0 ] || ! grep -q 'another nbdkit (pid [0-9]*)' run.err ||
+   [ "$(grep -c 'error:' run.err || :)" -ne 1 ]; then
+  cat run.err >&2
+  check_fail "held by another nbdkit: the message does not say so"
+else
+  echo "ok: held by another nbdkit: $(cat run.err)"
+fi
+
 #@NEXT@
 
 if [ $failures -gt 0 ]; then

@@ -12,6 +12,7 @@
 #include <nbdkit-filter.h>
 
 #include "filter-glue.h"
+#include "glue.h"
 #include "next-blkdev.h"
 #include "serve.h"
 
@@ -24,6 +25,11 @@ static nbdkit_next *below;
 static struct qc_image *img;
 static bool writable;           /* the image may be made writable */
 static uint64_t below_size;
+/* The plugin below, as .config_complete saw it: .get_ready has no
+ * backend argument in nbdkit 1.32.
+ */
+static nbdkit_backend *config_backend;
+static bool opened_once;        /* creation and maintenance have run */
 
 void
 filter_glue_init (const struct filter_module *m)
@@ -31,11 +37,10 @@ filter_glue_init (const struct filter_module *m)
   module = m;
 }
 
-int
-filter_get_ready (int model)
+void
+filter_config_backend (nbdkit_backend *backend)
 {
-  thread_model = model;
-  return 0;
+  config_backend = backend;
 }
 
 /* The plugin below as a device: a prepared context of its own. */
@@ -68,24 +73,25 @@ filter_image (nbdkit_backend *backend, int readonly)
   if (!img && (dev = open_below (backend, readonly)) != NULL) {
     writable = !(module->image_in_below && dev->readonly);
     below_size = dev->size;
-    img = module->open_image (dev, readonly);
+    img = module->open_image (dev, readonly, !opened_once);
     if (!img) {
       next_context_close (below);
       below = NULL;
     }
+    else
+      opened_once = true;
   }
   ret = img;
   pthread_mutex_unlock (&lock);
   return ret;
 }
 
-void
-filter_cleanup (nbdkit_backend *backend)
+/* The image first: closing it writes its metadata back, through the
+ * plugin below, which is still there.
+ */
+static void
+close_image (void)
 {
-  /* The image first: closing it writes its metadata back, through the
-   * plugin below, which is still there (.cleanup runs before the
-   * plugin's).
-   */
   pthread_mutex_lock (&lock);
   if (img) {
     module->close_image (img);
@@ -94,6 +100,48 @@ filter_cleanup (nbdkit_backend *backend)
     below = NULL;
   }
   pthread_mutex_unlock (&lock);
+}
+
+/* Errors at startup, as nbdkit's own modules give them: the image is
+ * opened (created, checked, repaired, its snapshot operations run)
+ * before nbdkit forks and before a --run command starts, so that a
+ * container or overlay that cannot be opened makes nbdkit exit with an
+ * error.  A failure later, in .after_fork, could not: nbdkit has told
+ * its parent it started, and a --run command would wait on the socket.
+ * Then everything is closed again: no thread, lock or plugin context
+ * of ours crosses the fork (plugins get their .after_fork first), and
+ * .after_fork opens the image again, without the creation and
+ * maintenance that ran here.
+ */
+int
+filter_get_ready (int model)
+{
+  thread_model = model;
+  if (!filter_image (config_backend, glue_nbdkit_readonly () != 0))
+    return -1;
+  serve_writable_notice (img, writable);
+  close_image ();
+  return 0;
+}
+
+int
+filter_after_fork (nbdkit_backend *backend)
+{
+  /* Not fatal: it worked a moment ago in .get_ready, so this is rare
+   * (a file removed meanwhile); each connection tries again and fails
+   * with the reason.
+   */
+  if (!filter_image (backend, glue_nbdkit_readonly () != 0))
+    nbdkit_error ("%s: could not be opened again after nbdkit forked; "
+                  "each connection will try again", module->device_name);
+  return 0;
+}
+
+void
+filter_cleanup (nbdkit_backend *backend)
+{
+  /* .cleanup runs before the plugin's: it is still there. */
+  close_image ();
 }
 
 void

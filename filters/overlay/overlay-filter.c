@@ -9,11 +9,10 @@
  *   - One shared, read-only context on the plugin's default export
  *     (nbdkit_next_context_open), wrapped as a block device, is the
  *     backing of the overlay, which is opened (created if missing) once
- *     and shared by all connections.  This is tried in .after_fork, so
- *     that a bad overlay (wrong size, locked by qemu, not qcow2) is
- *     reported at startup, and if that failed again in each .open.  A
- *     failure in .after_fork is not fatal: nbdkit has forked already,
- *     and with --run the command would wait on the socket forever.
+ *     and shared by all connections.  It is opened (created, checked)
+ *     in .get_ready, so that a bad overlay (wrong size, locked by qemu,
+ *     not qcow2, bad passphrase) stops nbdkit at startup, then closed
+ *     and opened again in .after_fork (filters/common/filter-glue.c).
  *   - Connections do not open a context of their own on the plugin
  *     (nbdkit-filter(3) allows not calling next in .open when no
  *     callback of the connection uses it): every callback is
@@ -261,6 +260,7 @@ overlay_config_complete (nbdkit_next_config_complete *next,
   /* nbdkit -r writes nothing: no maintenance, no compression, and no
    * new overlay file.
    */
+  filter_config_backend (nxdata);
   r = serve_readonly (&opts, &opts);
   if (r == -1)
     return -1;
@@ -287,16 +287,17 @@ close_image (struct qc_image *img)
 }
 
 /* The filter_module's open_image: the overlay over dev (the plugin's
- * default export, read-only), created if missing.  Called from
- * .after_fork (so that a bad overlay is reported at startup) and, if
- * that failed, again from each .open until it works.
+ * default export, read-only), created if missing (first).  Called
+ * from .get_ready (so that a bad overlay stops nbdkit at startup), then
+ * again from .after_fork and, if that failed, from each .open.
  */
 static struct qc_image *
-open_image (struct blkdev *dev, bool readonly)
+open_image (struct blkdev *dev, bool readonly, bool first)
 {
   struct qc_image *img = NULL;
   struct blkdev *view;
   bool created = false;
+  struct qc_options o;
 
   backing = opts.backing_dev = dev;
   if (access (opts.file, F_OK) != 0) {
@@ -319,7 +320,10 @@ open_image (struct blkdev *dev, bool readonly)
                   opts.backing_file ? ", backing file name " : "",
                   opts.backing_file ? opts.backing_file : "");
   }
-  img = qc_image_open (&opts, NULL);
+  o = opts;
+  if (!first)
+    serve_options_reopen (&o);
+  img = qc_image_open (&o, NULL);
   if (!img)
     goto err;
   view = qc_image_default_view (img);
@@ -340,7 +344,7 @@ open_image (struct blkdev *dev, bool readonly)
   /* An existing overlay: the creation options given must describe it.
    * overlay-check, overlay-repair and overlay-snapshot-* run once.
    */
-  img = serve_image_ready (img, &opts, !created, "remove it (or use "
+  img = serve_image_ready (img, &o, !created, "remove it (or use "
                            "another overlay= file) to create a new overlay");
   if (img)
     return img;
@@ -361,27 +365,12 @@ static const struct filter_module filter_module = {
   .open_image = open_image, .close_image = close_image,
 };
 
-static int
-overlay_after_fork (nbdkit_backend *backend)
-{
-  /* Not fatal: nbdkit has forked already, and with --run a server that
-   * exits here leaves the command waiting on the socket forever.  Each
-   * connection tries again and fails with the reason.  The overlay is
-   * created here only when nbdkit is known to run without -r.
-   */
-  if (!filter_image (backend, glue_nbdkit_readonly () != 0))
-    nbdkit_error ("overlay: the overlay could not be opened; every "
-                  "connection will try again and fail until this is fixed");
-  return 0;
-}
-
 static struct nbdkit_filter filter = {
   .name = "overlay",
   .longname = "nbdkit qcow2 overlay filter",
   .description = "A persistent qcow2 copy-on-write overlay over the plugin",
   SERVE_CONFIG_CALLBACKS (overlay),
   .config_help = help,
-  .after_fork = overlay_after_fork,
   FILTER_CALLBACKS,
 };
 

@@ -6,9 +6,11 @@
  * common/.
  *
  * The container is opened once, through a shared context of the plugin
- * below (nbdkit_next_context_open), on the first connection (or export
- * listing), and closed in .cleanup.  Per-connection opens do not open
- * the plugin at all: they only pick a view of the shared image.
+ * below (nbdkit_next_context_open): first in .get_ready, so that a
+ * container that cannot be opened stops nbdkit at startup, then again
+ * in .after_fork (filters/common/filter-glue.c); closed in .cleanup.
+ * Per-connection opens do not open the plugin at all: they only pick a
+ * view of the shared image.
  */
 #include <config.h>
 
@@ -125,6 +127,7 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
    */
   if (serve_readonly (&opts, &check) == -1)
     return -1;
+  filter_config_backend (nxdata);
   if (opts.data_file) {
     nbdkit_error ("qcow2-data-file: an external data file cannot be "
                   "created inside a container");
@@ -180,13 +183,13 @@ create_if_asked (struct blkdev *dev, const struct qc_options *o)
   uint8_t magic[4];
   bool is_qcow2;
 
-  if (opts.format && strcmp (opts.format, "raw") == 0)
+  if (o->format && strcmp (o->format, "raw") == 0)
     return 0;
   if (blkdev_pread (dev, magic, sizeof magic, 0) == -1)
     return -1;
   is_qcow2 = dev->size >= 4 && qcow2_has_magic (magic);
-  if (opts.create == QC_CREATE_FORCE ||
-      (opts.create == QC_CREATE_IF_MISSING && !is_qcow2)) {
+  if (o->create == QC_CREATE_FORCE ||
+      (o->create == QC_CREATE_IF_MISSING && !is_qcow2)) {
     if (dev->readonly) {
       nbdkit_error ("qcow2-create: cannot format the container: the plugin "
                     "below is read-only (or nbdkit -r was used)");
@@ -207,11 +210,11 @@ create_if_asked (struct blkdev *dev, const struct qc_options *o)
   return 0;
 }
 
-/* The filter_module's open_image: format the container if asked to,
- * resolve the backing file it names, open it.
+/* The filter_module's open_image: format the container if asked to
+ * (first), resolve the backing file it names, open it.
  */
 static struct qc_image *
-open_image (struct blkdev *dev, bool readonly)
+open_image (struct blkdev *dev, bool readonly, bool first)
 {
   struct qc_options o = opts;
   struct qcow2_header h;
@@ -225,6 +228,8 @@ open_image (struct blkdev *dev, bool readonly)
    * image's.
    */
   o.follow_root = startup_dir;
+  if (!first)
+    serve_options_reopen (&o);
   created = create_if_asked (dev, &o);
   if (created == -1)
     goto fail_dev;
@@ -271,7 +276,7 @@ open_image (struct blkdev *dev, bool readonly)
    * asked for.  The image owns dev, even on failure.
    */
   img = serve_image_open (&o, dev,
-                          opts.create == QC_CREATE_IF_MISSING && !created,
+                          o.create == QC_CREATE_IF_MISSING && !created,
                           NULL);
   goto out;
 
