@@ -156,11 +156,12 @@ qc_unlock_image (int fd)
  * role names the file in messages ("backing file"); NULL for the image.
  * A device that is not a local file (a filter's container) takes none.
  */
-int
-qc_lock_file (struct blkdev *dev, bool write, const char *role)
+static int
+lock_file (struct blkdev *dev, bool write, const char *role, bool probe)
 {
   int fd = blkdev_file_fd (dev);
   char *label = NULL;
+  const char *name;
   int r;
 
   if (fd < 0)
@@ -169,7 +170,20 @@ qc_lock_file (struct blkdev *dev, bool write, const char *role)
     qc_error ("%s: %m", dev->name);
     return -1;
   }
-  r = qc_lock_image (fd, write, label ? label : dev->name);
+  name = label ? label : dev->name;
+  r = probe ? qc_lock_probe (fd, name) : qc_lock_image (fd, write, name);
   free (label);
   return r;
+}
+
+int
+qc_lock_file (struct blkdev *dev, bool write, const char *role)
+{
+  return lock_file (dev, write, role, false);
+}
+
+int
+qc_lock_probe_file (struct blkdev *dev, const char *role)
+{
+  return lock_file (dev, true, role, true);
 }

@@ -37,4 +37,7 @@ extern void qc_unlock_image (int fd);
  */
 extern int qc_lock_file (struct blkdev *dev, bool write, const char *role);
 
+/* qc_lock_probe on a device, as qc_lock_file. */
+extern int qc_lock_probe_file (struct blkdev *dev, const char *role);
+
 #endif /* QC_LOCK_H */

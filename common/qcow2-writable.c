@@ -285,15 +285,13 @@ refuse_writing (struct qc_image *img)
 static int
 probe_file (struct qc_image *img, struct blkdev *dev, const char *role)
 {
-  int fd = blkdev_file_fd (dev);
-
   if (dev->readonly && !blkdev_can_write (dev)) {
     qc_error ("%s%s%s: cannot be written (read-only file, filesystem or "
               "device)", role ? role : "", role ? " " : "", dev->name);
     errno = EROFS;
     return -1;
   }
-  return img->locking && fd >= 0 ? qc_lock_probe (fd, dev->name) : 0;
+  return img->locking ? qc_lock_probe_file (dev, role) : 0;
 }
 
 int
