@@ -8,6 +8,9 @@
 
 #include "qc-error.h"
 
+int qc_debug_alloc;
+int qc_debug_flush;
+
 static qc_log_fn log_handler;
 static __thread char last_error[512];
 static __thread int quiet;

@@ -47,7 +47,8 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("backing", QC_OPT_STRING, "PATH|none", NULL,                       \
      "Use this backing file instead of the image's, or none.")          \
   X ("backing-format", QC_OPT_STRING, "qcow2|raw", NULL,                \
-     "Format of the " QC_P (M) "backing= file (probed if absent).")     \
+     "Format of the " QC_P (M) "backing= or " QC_P (M) "backing-file= " \
+     "file (probed if absent).")                                        \
   X ("referenced-files", QC_OPT_STRING, "any|same-dir|none", "any",     \
      QC_HELP (FOLLOW, M))                                               \
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
@@ -109,10 +110,11 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("data-file-raw", QC_OPT_BOOL, "on|off", "off",                     \
      "Keep the external data file a valid raw image.")
 
-/* config_help text for all options of module M (plugin, qcow2). */
+/* The plugin's config_help text for all options (the filters build
+ * theirs at load, without the keys they refuse: filter-glue.c).
+ */
 #define QC_OPTIONS_HELP(M) QC_OPTIONS (QC_OPTIONS_HELP_ ## M, M)
 #define QC_OPTIONS_HELP_plugin(...) QC_OPTION_HELP_LINE ("", __VA_ARGS__)
-#define QC_OPTIONS_HELP_qcow2(...) QC_OPTION_HELP_LINE ("qcow2-", __VA_ARGS__)
 #define QC_OPTION_HELP_LINE(prefix, key, type, syntax, def, help)       \
   "\n" prefix key "=" syntax "\n    " help
 

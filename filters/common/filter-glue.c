@@ -7,13 +7,16 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "filter-glue.h"
 #include "glue.h"
 #include "next-blkdev.h"
+#include "qc-options.h"
 #include "serve.h"
 
 static const struct filter_module *module;
@@ -61,6 +64,28 @@ open_below (nbdkit_backend *backend, int readonly)
     below = NULL;
   }
   return dev;
+}
+
+void
+filter_help_append (char *help, size_t size, const char *prefix,
+                    const char *const texts[], bool (*skip) (const char *))
+{
+  size_t i, len = strlen (help);
+  int n;
+
+  for (i = 0; i < qc_option_table_len; i++) {
+    const struct qc_option *o = &qc_option_table[i];
+
+    if (skip (o->key))
+      continue;
+    n = snprintf (help + len, size - len, "\n%s%s=%s\n    %s",
+                  prefix, o->key, o->syntax, texts[i]);
+    if (n < 0 || (size_t) n >= size - len) {
+      help[len] = '\0';
+      return;
+    }
+    len += n;
+  }
 }
 
 struct qc_image *

@@ -36,6 +36,16 @@ extern void filter_glue_init (const struct filter_module *m);
 /* From .config_complete: the plugin below, which .get_ready opens. */
 extern void filter_config_backend (nbdkit_backend *backend);
 
+/* Append to help (size bytes, NUL-terminated) the option table's
+ * entries as "\nPREFIXkey=syntax\n    text", texts[i] being row i's
+ * help text as it reads for the module, except the keys skip says the
+ * module refuses.  nbdkit keeps the config_help pointer and prints it
+ * later: .load fills it in before that.
+ */
+extern void filter_help_append (char *help, size_t size, const char *prefix,
+                                const char *const texts[],
+                                bool (*skip) (const char *key));
+
 /* The image, opened on first use (NULL after nbdkit_error). */
 extern struct qc_image *filter_image (nbdkit_backend *backend,
                                       int readonly);

@@ -72,6 +72,8 @@ static const struct {
     "nbdkit-qcow2-plugin to read its snapshots" },
   { "data-file-raw", "a raw external data file cannot have a backing, "
     "and an overlay always has one" },
+  { "backing-passphrase", "the backing of the overlay is the plugin "
+    "below, which qcow2 does not encrypt" },
 };
 
 static const char *
@@ -107,41 +109,37 @@ static char help[8192] =
 #define HELP_TEXT(key, type, syntax, def, help) help,
 static const char *const overlay_help[] = { QC_OPTIONS (HELP_TEXT, overlay) };
 
+/* Not in --help: the refused keys, and backing-format=, which reads
+ * differently here (listed with overlay-backing-name= above).
+ */
+static bool
+not_in_help (const char *key)
+{
+  return refused_reason (key) || strcmp (key, "backing-format") == 0;
+}
+
 static void
 build_help (void)
 {
-  size_t i, len = strlen (help);
-  int n;
+  size_t len = strlen (help);
 
-  n = snprintf (help + len, sizeof help - len,
-                "\n" PREFIX "backing-name=NAME\n"
-                "    Backing file name recorded in a new overlay, for qemu."
-                "\n" PREFIX "backing-format=raw|qcow2\n"
-                "    Format recorded with overlay-backing-name "
-                "(default raw).");
-  if (n < 0 || (size_t) n >= sizeof help - len)
-    return;
-  len += n;
-  for (i = 0; i < qc_option_table_len; i++) {
-    const struct qc_option *o = &qc_option_table[i];
-
-    if (refused_reason (o->key) || strcmp (o->key, "backing-format") == 0)
-      continue;
-    n = snprintf (help + len, sizeof help - len, "\n" PREFIX "%s=%s\n    %s",
-                  o->key, o->syntax, overlay_help[i]);
-    if (n < 0 || (size_t) n >= sizeof help - len) {
-      help[len] = '\0';
-      return;
-    }
-    len += n;
-  }
+  snprintf (help + len, sizeof help - len,
+            "\n" PREFIX "backing-name=NAME\n"
+            "    Backing file name recorded in a new overlay, for qemu."
+            "\n" PREFIX "backing-format=raw|qcow2\n"
+            "    Format recorded with overlay-backing-name (default raw).");
+  filter_help_append (help, sizeof help, PREFIX, overlay_help, not_in_help);
 }
 
 static const struct filter_module filter_module;
 
+/* -D overlay.alloc=1, -D overlay.flush=1 (see glue.h). */
+GLUE_DEBUG_FLAGS (overlay);
+
 static void
 overlay_load (void)
 {
+  glue_debug_flags (overlay);
   serve_load (&module, &opts);
   filter_glue_init (&filter_module);
   /* Overlay defaults: small copy-on-write writes copy a 2K subcluster,

@@ -44,13 +44,52 @@ static const struct serve_module module = {
   .snapshot_exports = true,
 };
 
+#define PREFIX "qcow2-"
+
 static const struct filter_module filter_module;
+
+/* Engine keys that make no sense in a container, and why: refused when
+ * given, and not in --help.
+ */
+static const char *
+refused_reason (const char *key)
+{
+  if (strcmp (key, "data-file") == 0 || strcmp (key, "data-file-raw") == 0)
+    return "an external data file cannot be created inside a container "
+      "(an existing image's data file, named with an absolute path, is "
+      "used)";
+  return NULL;
+}
+
+static bool
+not_in_help (const char *key)
+{
+  return refused_reason (key) != NULL;
+}
+
+/* config_help: built at .load from the core's option table (shared
+ * with the plugin), without the refused keys.
+ */
+static char help[8192] =
+  "qcow2-backing-from=file\n"
+  "    Backing files named in the image are local files (relative names\n"
+  "    from the directory nbdkit was started in).";
+#define HELP_TEXT(key, type, syntax, def, help) help,
+static const char *const qcow2_help[] = { QC_OPTIONS (HELP_TEXT, qcow2) };
+
+/* -D qcow2.alloc=1, -D qcow2.flush=1 (see glue.h): the plugin has the
+ * same names; nbdkit sets the flags of the first module named qcow2,
+ * which is the plugin when both are loaded.
+ */
+GLUE_DEBUG_FLAGS (qcow2);
 
 static void
 qcow2_load (void)
 {
+  glue_debug_flags (qcow2);
   serve_load (&module, &opts);
   filter_glue_init (&filter_module);
+  filter_help_append (help, sizeof help, PREFIX, qcow2_help, not_in_help);
 }
 
 static void
@@ -72,8 +111,6 @@ looks_like_protocol (const char *name)
   return colon && (!slash || colon < slash);
 }
 
-#define PREFIX "qcow2-"
-
 static int
 qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
               const char *key, const char *value)
@@ -81,6 +118,11 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strncmp (key, PREFIX, strlen (PREFIX)) != 0)
     return next (nxdata, key, value);
   key += strlen (PREFIX);
+  if (refused_reason (key)) {
+    nbdkit_error (PREFIX "%s=%s: not a qcow2 filter option: %s", key, value,
+                  refused_reason (key));
+    return -1;
+  }
   if (strcmp (key, "backing-from") == 0) {
     if (strcmp (value, "file") == 0)
       return 0;
@@ -128,11 +170,6 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
   if (serve_readonly (&opts, &check) == -1)
     return -1;
   filter_config_backend (nxdata);
-  if (opts.data_file) {
-    nbdkit_error ("qcow2-data-file: an external data file cannot be "
-                  "created inside a container");
-    return -1;
-  }
   /* nbdkit changes to / when it forks into the background: relative
    * local names are taken from the directory it was started in.
    */
@@ -302,12 +339,7 @@ static struct nbdkit_filter filter = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 filter",
   SERVE_CONFIG_CALLBACKS (qcow2),
-  /* From the core's option table, shared with the plugin. */
-  .config_help =
-    "qcow2-backing-from=file\n"
-    "    Backing files named in the image are local files (relative names\n"
-    "    from the directory nbdkit was started in)."
-    QC_OPTIONS_HELP (qcow2),
+  .config_help = help,
   FILTER_CALLBACKS,
 };
 
