@@ -10,6 +10,7 @@ requires qemu-img --version
 requires nbdinfo --version
 requires timeout --version
 
+top_srcdir=$(cd "${top_srcdir:-${srcdir:-.}/..}" && pwd)
 cd "$tmpdir"
 failures=0
 check_fail () { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
@@ -193,6 +194,117 @@ if [ $status -eq 0 ] || ! grep -q 'another nbdkit (pid [0-9]*)' run.err ||
 else
   echo "ok: held by another nbdkit: $(cat run.err)"
 fi
+
+# --- 4. A qcow2 image in a file (the man page's example) -----------------
+# nbdkit's file plugin cannot grow the file: the first allocating write
+# fails, saying how to give room; after truncate -s '>SIZE' it works.
+rm -f grow.qcow2
+qemu-img create -q -f qcow2 grow.qcow2 64M
+write_one ()
+{
+  status=0
+  timeout 60 "$NBDKIT" -U - --filter=qcow2 file grow.qcow2 --run '
+    nbdsh -u "$uri" -c "h.pwrite(b\"\\x5a\" * 65536, 1 << 20); h.flush()"' \
+    </dev/null >run.out 2>run.err || status=$?
+}
+write_one
+if [ $status -eq 0 ] || ! grep -q 'no space left in the image container.*truncate -s' run.err; then
+  cat run.err >&2
+  check_fail "a full container: no error saying how to give room"
+else
+  echo "ok: full container: $(grep -o 'no space left.*' run.err | head -n1)"
+fi
+truncate -s '>1G' grow.qcow2
+write_one
+if [ $status -ne 0 ] ||
+   ! qemu-io -r -f qcow2 -c 'read -q -P 0x5a 1M 64k' grow.qcow2 >/dev/null ||
+   ! qemu-img check -q grow.qcow2; then
+  cat run.err >&2
+  check_fail "truncate -s '>1G' did not give the container room"
+else
+  echo "ok: after truncate -s '>1G' the write lands, qemu-img check agrees"
+fi
+
+# --- 8. Debug flags exist --------------------------------------------------
+for flagmod in "qcow2 qcow2 n.qcow2 create=true size=4M" \
+               "overlay --filter=overlay memory 4M overlay=dbg.qcow2"; do
+  set -- $flagmod
+  name=$1; shift
+  rm -f n.qcow2 dbg.qcow2
+  status=0
+  timeout 60 "$NBDKIT" -U - -v -D $name.alloc=1 -D $name.flush=1 "$@" --run '
+    nbdsh -u "$uri" -c "h.pwrite(b\"x\" * 65536, 0); h.flush()"' \
+    </dev/null >run.out 2>run.err || status=$?
+  if [ $status -ne 0 ] || ! grep -q 'allocated 1 cluster' run.err ||
+     ! grep -q 'writeback: .*L2 table' run.err; then
+    grep -v 'debug: [a-z_]*: ' run.err | tail -n 5 >&2
+    check_fail "-D $name.alloc=1 -D $name.flush=1 did nothing"
+  else
+    echo "ok: -D $name.alloc=1 -D $name.flush=1 log allocations and writeback"
+  fi
+done
+# and are off by default.
+rm -f n.qcow2
+timeout 60 "$NBDKIT" -U - -v qcow2 n.qcow2 create=true size=4M --run '
+  nbdsh -u "$uri" -c "h.pwrite(b\"x\" * 65536, 0); h.flush()"' \
+  </dev/null >run.out 2>run.err || :
+! grep -q 'allocated 1 cluster\|writeback:' run.err ||
+  check_fail "allocation debug messages without -D"
+
+# The man pages: podchecker clean, no troff warnings.
+if command -v podchecker >/dev/null && command -v pod2man >/dev/null; then
+  for pod in "$top_srcdir"/docs/*.pod; do
+    podchecker -warnings -warnings "$pod" >pod.out 2>&1 ||
+      { cat pod.out >&2; check_fail "podchecker: $pod"; }
+    pod2man --utf8 --name=x "$pod" >x.1
+    LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l x.1 >/dev/null 2>man.err || :
+    if [ -s man.err ]; then
+      cat man.err >&2; check_fail "troff warnings in $(basename "$pod")"
+    else
+      echo "ok: $(basename "$pod"): podchecker clean, no troff warnings"
+    fi
+  done
+fi
+
+# --- 9. --dump-plugin feature keys ------------------------------------------
+"$NBDKIT" qcow2 --dump-plugin >dump.out
+for key in qcow2_core_version qcow2_zlib qcow2_zstd qcow2_isal qcow2_luks; do
+  grep -Eq "^$key=(yes|no|[0-9]+\.[0-9]+\.[0-9]+)$" dump.out ||
+    check_fail "--dump-plugin has no $key= line"
+done
+grep -q '^qcow2_zstd=yes$' dump.out && grep -q '^qcow2_luks=yes$' dump.out ||
+  check_fail "--dump-plugin: zstd and LUKS are always built in"
+echo "ok: --dump-plugin: $(grep '^qcow2_' dump.out | tr '\n' ' ')"
+
+# --- 11. The in-tree ./nbdkit: every spelling, nothing else rewritten -------
+# It is the wrapper from this tree whatever $NBDKIT is.
+top_builddir=$(cd "$top_builddir" && pwd)
+wrapper=$top_builddir/nbdkit
+for spell in "--filter=qcow2" "--filter qcow2" "--fil=qcow2" "--filt qcow2"; do
+  # shellcheck disable=SC2086
+  "$wrapper" $spell file grow.qcow2 --help >help.out 2>&1 || :
+  grep -q "^($top_builddir/filters/.libs/nbdkit-qcow2-filter.so)" help.out ||
+    { failures=$((failures + 1)); echo "FAIL: ./nbdkit $spell: not the filter of this tree" >&2; continue; }
+done
+[ $failures -eq 0 ] && echo "ok: ./nbdkit takes --filter=qcow2, --filter qcow2, --fil=qcow2, --filt qcow2"
+# Files named qcow2 and overlay are plugin arguments, an export named
+# qcow2 an option's value: none is rewritten.
+truncate -s 1M qcow2; truncate -s 2M overlay
+st=0
+"$wrapper" -U - file qcow2 --run 'nbdinfo --size "$uri"' >run.out 2>run.err || st=$?
+[ $st -eq 0 ] && [ "$(cat run.out)" = 1048576 ] ||
+  { cat run.err >&2; check_fail "./nbdkit file qcow2: the file argument was rewritten"; }
+st=0
+"$wrapper" -U - -e qcow2 file overlay \
+  --run 'echo "$uri"; nbdinfo --size "$uri"' >run.out 2>run.err || st=$?
+[ $st -eq 0 ] && grep -q '^nbd+unix:///qcow2?' run.out && grep -qx 2097152 run.out ||
+  { cat run.out run.err >&2; check_fail "./nbdkit -e qcow2 file overlay: rewritten"; }
+st=0
+"$wrapper" -U - --filter overlay file overlay overlay=w.qcow2 \
+  --run 'nbdinfo --size "$uri"' >run.out 2>run.err || st=$?
+[ $st -eq 0 ] && [ "$(cat run.out)" = 2097152 ] ||
+  { cat run.err >&2; check_fail "./nbdkit --filter overlay file overlay: rewritten"; }
+echo "ok: ./nbdkit leaves option values and plugin arguments named qcow2/overlay alone"
 
 #@NEXT@
 
