@@ -306,6 +306,15 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   }
   if (strcmp (key, "snapshot") == 0)
     return set_string (&opts->snapshot, value);
+  if (strcmp (key, "description") == 0) {
+    if (strcmp (value, "short") == 0)
+      opts->full_description = false;
+    else if (strcmp (value, "full") == 0)
+      opts->full_description = true;
+    else
+      BAD_VALUE (opts, key, value, "expected short or full");
+    return 0;
+  }
   if (strcmp (key, "cache-size") == 0)
     return parse_size (opts, key, value, &opts->cache_size);
   if (strcmp (key, "compressed-cache") == 0)

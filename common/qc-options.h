@@ -53,6 +53,9 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      QC_HELP (FOLLOW, M))                                               \
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
      "Serve this internal snapshot (name or ID) by default.")           \
+  X ("description", QC_OPT_STRING, "short|full", "short",              \
+     "Export descriptions name files without (short) or with (full) "  \
+     "their server-side directories.")                                  \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
      "L2 table cache size (suffixes s, k, M, G, T, P, E).")            \
   X ("compressed-cache", QC_OPT_SIZE, "SIZE", "8M or 16 clusters",     \

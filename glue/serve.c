@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -110,18 +111,42 @@ serve_writable_notice (struct qc_image *img, bool writable)
   qc_errors_quiet (quiet);
 }
 
+/* The description of export name ("" the default) of img: the same in
+ * export lists and in each export's own description.  A snapshot asked
+ * for by ID is described by its name.
+ */
+static const char *
+describe (struct qc_image *img, const char *name)
+{
+  const char *d = qc_image_description (img);
+  const char *snap = *name ? qc_image_snapshot_lookup (img, name) : NULL;
+
+  if (snap && strcmp (snap, name) != 0)
+    return nbdkit_printf_intern ("internal snapshot '%s' (asked for as "
+                                 "'%s'), read-only, of %s", snap, name, d);
+  if (snap)
+    return nbdkit_printf_intern ("internal snapshot '%s', read-only, of %s",
+                                 snap, d);
+  return *module->what ? nbdkit_printf_intern ("%s%s", module->what, d) : d;
+}
+
 int
 serve_list_exports (struct qc_image *img, struct nbdkit_exports *exports)
 {
-  size_t i, n = module->snapshot_exports ? qc_image_nr_snapshots (img) : 0;
+  size_t i, n;
 
-  if (nbdkit_use_default_export (exports) == -1)
+  /* Without the image (not open yet) nbdkit lists the default export
+   * alone, undescribed.  Otherwise the default export first, then the
+   * snapshots in table order, each described.
+   */
+  if (!img)
+    return nbdkit_use_default_export (exports);
+  n = module->snapshot_exports ? qc_image_nr_snapshots (img) : 0;
+  if (nbdkit_add_export (exports, "", describe (img, "")) == -1)
     return -1;
   for (i = 0; i < n; i++) {
     const char *name = qc_image_snapshot_name (img, i);
-    char desc[256];
-    snprintf (desc, sizeof desc, "internal snapshot '%s' (read-only)", name);
-    if (*name && nbdkit_add_export (exports, name, desc) == -1)
+    if (*name && nbdkit_add_export (exports, name, describe (img, name)) == -1)
       return -1;
   }
   return 0;
@@ -197,12 +222,8 @@ const char *
 serve_export_description (void *handle)
 {
   struct serve_handle *h = handle;
-  const char *d = qc_image_description (h->img);
 
-  if (h->export)
-    return nbdkit_printf_intern ("internal snapshot '%s' of %s",
-                                 h->export, d);
-  return *module->what ? nbdkit_printf_intern ("%s%s", module->what, d) : d;
+  return describe (h->img, h->export ? h->export : "");
 }
 
 int64_t

@@ -306,6 +306,42 @@ st=0
   { cat run.err >&2; check_fail "./nbdkit --filter overlay file overlay: rewritten"; }
 echo "ok: ./nbdkit leaves option values and plugin arguments named qcow2/overlay alone"
 
+# --- 7. Export descriptions and nbdinfo --list ----------------------------
+rm -f s.qcow2
+qemu-img create -q -f qcow2 base7.qcow2 4M
+qemu-img create -q -f qcow2 -b base7.qcow2 -F qcow2 s.qcow2
+qemu-img snapshot -c first s.qcow2
+qemu-img snapshot -c second s.qcow2
+status=0
+timeout 60 "$NBDKIT" -U - qcow2 s.qcow2 --run '
+  nbdinfo --list --json "$uri"
+  nbdinfo --json "nbd+unix:///1?socket=$unixsocket"' \
+  </dev/null >run.out 2>run.err || status=$?
+[ $status -eq 0 ] || { cat run.err >&2; check_fail "nbdinfo --list failed"; }
+"$PYTHON" - run.out "$tmpdir" <<'PY' || check_fail "export list or descriptions wrong"
+import json, sys
+text = open(sys.argv[1]).read()
+dec = json.JSONDecoder()
+lst, end = dec.raw_decode(text)
+one, _ = dec.raw_decode(text[end:].lstrip())
+names = [e["export-name"] for e in lst["exports"]]
+assert names == ["", "first", "second"], names
+for e in lst["exports"]:
+    d = e.get("description", "")
+    assert d, "export %r has no description" % e["export-name"]
+    assert sys.argv[2] not in d, "server path in %r" % d
+    assert "s.qcow2" in d and "base7.qcow2" in d, d
+    print("ok: %r: %s" % (e["export-name"], d))
+d = one["exports"][0]["description"]
+assert "'first'" in d, "snapshot ID 1 not described by its name: %r" % d
+print("ok: export '1': %s" % d)
+PY
+timeout 60 "$NBDKIT" -U - qcow2 s.qcow2 description=full \
+  --run 'nbdinfo --json "$uri"' </dev/null >run.out 2>run.err || :
+grep -q "$tmpdir/s.qcow2.*$tmpdir/base7.qcow2" run.out ||
+  { cat run.out run.err >&2; check_fail "description=full: no full paths"; }
+echo "ok: description=full shows the server's paths"
+
 #@NEXT@
 
 if [ $failures -gt 0 ]; then

@@ -181,11 +181,9 @@ int
 filter_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                      int readonly, int is_tls, struct nbdkit_exports *exports)
 {
-  struct qc_image *im = NULL;
+  struct qc_image *im = filter_image (nxdata, readonly);
 
-  if (serve_snapshot_exports () && !(im = filter_image (nxdata, readonly)))
-    return -1;
-  return serve_list_exports (im, exports);
+  return im ? serve_list_exports (im, exports) : -1;
 }
 
 const char *
