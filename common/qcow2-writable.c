@@ -14,6 +14,7 @@
 
 #include "byteorder.h"
 #include "qc-error.h"
+#include "qc-progress.h"
 #include "qc-lock.h"
 #include "qcow2-int.h"
 
@@ -180,8 +181,12 @@ rebuild_dirty (struct qc_image *img)
   uint64_t incompat = img->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
   uint64_t be = htobe64 (incompat);
 
-  qc_debug ("%s: image is dirty: rebuilding its refcounts", img->name);
-  if (qc_rebuild_refcounts (img) == -1 ||
+  int r;
+
+  qc_step_begin (img->name, "the image is dirty: rebuilding its refcounts");
+  r = qc_rebuild_refcounts (img);
+  qc_step_end ();
+  if (r == -1 ||
       qc_write_header_field (img, QCOW2_HDR_INCOMPAT, &be, 8) == -1 ||
       blkdev_flush (img->file) == -1)
     return -1;

@@ -32,7 +32,7 @@ static const struct serve_module module = {
   .snapshot_exports = true,
 };
 
-/* -D qcow2.alloc=1, -D qcow2.flush=1 (see glue.h). */
+/* -D qcow2.alloc=1, -D qcow2.flush=1, -D qcow2.progress=MS (glue.h). */
 GLUE_DEBUG_FLAGS (qcow2);
 
 static void
@@ -73,7 +73,7 @@ qcow2_dump_plugin (void)
 #endif
   printf ("qcow2_luks=yes\n");
   printf ("qcow2_legacy_aes=yes\n");
-  printf ("qcow2_debug_flags=alloc,flush\n");
+  printf ("qcow2_debug_flags=alloc,flush,progress\n");
 }
 
 static int

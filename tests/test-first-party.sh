@@ -342,6 +342,57 @@ grep -q "$tmpdir/s.qcow2.*$tmpdir/base7.qcow2" run.out ||
   { cat run.out run.err >&2; check_fail "description=full: no full paths"; }
 echo "ok: description=full shows the server's paths"
 
+# --- 6. Progress of long work before serving -------------------------------
+# 2048 L2 tables to walk (512-byte clusters): quick here, so the
+# interval is made 1 ms with -D qcow2.progress=1 to see the notices.
+rm -f p.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=512 p.qcow2 16M
+qemu-io -c 'write -q -P 1 0 16M' p.qcow2
+progress_run ()
+{
+  status=0
+  timeout 120 "$NBDKIT" -U - "$@" --run 'nbdinfo --size "$uri"' \
+    </dev/null >run.out 2>run.err || status=$?
+  [ $status -eq 0 ] || { cat run.err >&2; check_fail "nbdkit $* failed"; }
+}
+progress_run -v -D qcow2.progress=1 qcow2 p.qcow2 check=on snapshot-create=s1
+if [ "$(grep -c '^nbdkit: .*p.qcow2: checking the refcounts: [0-9]*% ' run.err)" -lt 2 ] ||
+   ! grep -q '^nbdkit: .*p.qcow2: checking the refcounts: done in' run.err ||
+   ! grep -q "^nbdkit: .*p.qcow2: creating snapshot 's1': done in" run.err ||
+   ! grep -q 'debug: .*checking the refcounts took [0-9.]* s' run.err ||
+   ! grep -q "debug: .*creating snapshot 's1' took [0-9.]* s" run.err; then
+  grep -v 'debug: [a-z_]*: ' run.err | tail -n 20 >&2
+  check_fail "no progress notices, or no step times with -v"
+else
+  echo "ok: progress: $(grep -c '% (' run.err) notices, step times with -v"
+fi
+# By default a notice comes at most every 5 s: none for this short check,
+# and without -v no step times.
+progress_run qcow2 p.qcow2 check=on
+if grep -q '% (\|took' run.err; then
+  cat run.err >&2
+  check_fail "progress notices for a step shorter than the interval"
+else
+  echo "ok: no progress notices for a short step"
+fi
+# A dirty image's refcount rebuild is a step too (lazy refcounts, left
+# dirty by a qemu that was killed).
+rm -f dirty.qcow2
+qemu-img create -q -f qcow2 -o cluster_size=512,lazy_refcounts=on dirty.qcow2 16M
+(qemu-io -c 'write -q -P 2 0 16M' -c 'sigraise 9' dirty.qcow2) >/dev/null 2>&1 || :
+if qemu-img info dirty.qcow2 | grep -q 'corrupt: false' &&
+   qemu-img info --output=json dirty.qcow2 | grep -q '"dirty-flag": true'; then
+  progress_run -v -D qcow2.progress=1 qcow2 dirty.qcow2 check=on
+  if grep -q 'rebuilding its refcounts: [0-9]*% ' run.err &&
+     grep -q 'rebuilding its refcounts: done in' run.err &&
+     grep -q 'rebuilding its refcounts took' run.err; then
+    echo "ok: a dirty image's refcount rebuild reports its progress"
+  else
+    grep -v 'debug: [a-z_]*: ' run.err | tail -n 20 >&2
+    check_fail "the dirty image's rebuild reports no progress"
+  fi
+fi
+
 #@NEXT@
 
 if [ $failures -gt 0 ]; then
