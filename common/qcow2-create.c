@@ -106,8 +106,8 @@ build_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   if (o->backing_file && o->backing_format &&
       !put_ext (buf, cs, &pos, QCOW2_EXT_BACKING_FMT, o->backing_format,
                 strlen (o->backing_format)))
-    REFUSE ("backing-format= does not fit in the header cluster (%" PRIu64
-            " bytes)", cs);
+    REFUSE ("%sbacking-format= does not fit in the header cluster (%" PRIu64
+            " bytes)", qc_prefix (o), cs);
   if (luks_len) {
     uint8_t ext[16];
     put_be32 (buf + QCOW2_HDR_CRYPT_METHOD, 2);           /* LUKS */
