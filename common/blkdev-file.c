@@ -296,6 +296,13 @@ blkdev_make_writable (struct blkdev *dev)
   return 0;
 }
 
+bool
+blkdev_can_write (struct blkdev *dev)
+{
+  return !__atomic_load_n (&dev->readonly, __ATOMIC_ACQUIRE) ||
+    (dev->ops == &file_ops && ((struct file_dev *) dev)->rw_fd);
+}
+
 int
 blkdev_file_fd (struct blkdev *dev)
 {

@@ -96,6 +96,8 @@ extern struct blkdev *blkdev_file_open (const char *path, bool readonly);
  */
 extern struct blkdev *blkdev_file_open_upgradable (const char *path);
 extern int blkdev_make_writable (struct blkdev *dev);
+/* Whether blkdev_make_writable would succeed (changing nothing). */
+extern bool blkdev_can_write (struct blkdev *dev);
 extern int blkdev_file_fd (struct blkdev *dev);
 /* Bytes the file occupies on its filesystem, or -1 if not a file. */
 extern int64_t blkdev_file_allocated (struct blkdev *dev);

@@ -8,8 +8,21 @@
 
 #include "qc-error.h"
 
+int qc_debug_alloc;
+int qc_debug_flush;
+
 static qc_log_fn log_handler;
 static __thread char last_error[512];
+static __thread int quiet;
+
+int
+qc_errors_quiet (int q)
+{
+  int old = quiet;
+
+  quiet = q;
+  return old;
+}
 
 void
 qc_set_log_handler (qc_log_fn fn)
@@ -24,8 +37,11 @@ qc_vlog (enum qc_log_level level, const char *fs, va_list args)
   int saved_errno = errno;  /* callers set errno after reporting */
 
   vsnprintf (msg, sizeof msg, fs, args);
-  if (level == QC_LOG_ERROR)
+  if (level == QC_LOG_ERROR) {
     snprintf (last_error, sizeof last_error, "%s", msg);
+    if (quiet)
+      level = QC_LOG_DEBUG;
+  }
   if (log_handler)
     log_handler (level, msg);
   errno = saved_errno;

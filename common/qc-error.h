@@ -23,6 +23,20 @@ extern void qc_debug (const char *fs, ...)
 extern void qc_info (const char *fs, ...)
   __attribute__ ((format (printf, 1, 2)));
 
+/* Errors of this thread go out as debug messages while quiet is set
+ * (still kept for qc_last_error): for a failure the caller reports
+ * itself, in its own words, or only once.  Returns the previous state.
+ */
+extern int qc_errors_quiet (int quiet);
+
+/* Debug flags, off by default: the front-ends set them at load from
+ * nbdkit's -D MODULE.FLAG=N (glue.h, GLUE_DEBUG_FLAGS), the tests as
+ * they like.  alloc: every cluster allocation and free; flush: every
+ * metadata writeback.  Their messages are debug messages (nbdkit -v).
+ */
+extern int qc_debug_alloc;
+extern int qc_debug_flush;
+
 /* The most recent error message of this thread, for tests. */
 extern const char *qc_last_error (void);
 

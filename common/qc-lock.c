@@ -48,34 +48,42 @@ held_by_other (int fd, off_t byte, const char *name, bool *held)
   return 0;
 }
 
-int
-qc_lock_image (int fd, bool write, const char *name)
+/* The other process, for messages. */
+static const char *
+other (int fd, char *buf, size_t len)
 {
-  /* Read-only: hold consistent read, share nothing that changes the
-   * guest's view (write, resize).  Read-write: hold read, write and
-   * resize; share neither write nor resize.
-   */
-  bool hold[NR_PERMS] = { true, write, false, write };
-  bool unshare[NR_PERMS] = { false, true, false, true };
-  struct flock fl;
-  int i;
-  bool held;
+  const char *who = qc_lock_holder (fd, buf, len);
 
-  for (i = 0; i < NR_PERMS; i++) {
-    if (hold[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 100 + i, &fl) == -1)
-      goto lock_err;
-    if (unshare[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 200 + i, &fl) == -1)
-      goto lock_err;
-  }
+  return who ? who : "another process (qemu?)";
+}
+
+/* Read-only: hold consistent read, share nothing that changes the
+ * guest's view (write, resize).  Read-write: hold read, write and
+ * resize; share neither write nor resize.
+ */
+#define HOLD(write) { true, write, false, write }
+#define UNSHARE { false, true, false, true }
+
+/* After taking our locks (or instead, for a probe): does another
+ * process hold a permission we do not share, or not share one we hold?
+ */
+static int
+check_conflicts (int fd, bool write, const char *name)
+{
+  const bool hold[NR_PERMS] = HOLD (write), unshare[NR_PERMS] = UNSHARE;
+  char buf[128];
+  bool held;
+  int i;
+
   for (i = 0; i < NR_PERMS; i++) {
     if (hold[i]) {
       if (held_by_other (fd, 200 + i, name, &held) == -1)
         return -1;
       if (held) {
-        qc_error ("%s: cannot get the \"%s\" lock: another process (qemu?) "
-                  "has the image open and does not share it; use "
-                  "%slocking=off to serve it anyway", name, perm_names[i],
-                  qc_options_prefix ());
+        qc_error ("%s: cannot get the \"%s\" lock: %s has the image "
+                  "open and does not share it; use %slocking=off to serve "
+                  "it anyway", name, perm_names[i],
+                  other (fd, buf, sizeof buf), qc_options_prefix ());
         errno = EAGAIN;
         return -1;
       }
@@ -84,20 +92,45 @@ qc_lock_image (int fd, bool write, const char *name)
       if (held_by_other (fd, 100 + i, name, &held) == -1)
         return -1;
       if (held) {
-        qc_error ("%s: another process (qemu?) has the image open with "
-                  "\"%s\" permission; use %slocking=off to serve it anyway",
-                  name, perm_names[i], qc_options_prefix ());
+        qc_error ("%s: %s has the image open with \"%s\" permission; "
+                  "use %slocking=off to serve it anyway", name,
+                  other (fd, buf, sizeof buf), perm_names[i],
+                  qc_options_prefix ());
         errno = EAGAIN;
         return -1;
       }
     }
   }
   return 0;
+}
+
+int
+qc_lock_probe (int fd, const char *name)
+{
+  return check_conflicts (fd, true, name);
+}
+
+int
+qc_lock_image (int fd, bool write, const char *name)
+{
+  const bool hold[NR_PERMS] = HOLD (write), unshare[NR_PERMS] = UNSHARE;
+  struct flock fl;
+  char buf[128];
+  int i;
+
+  for (i = 0; i < NR_PERMS; i++) {
+    if (hold[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 100 + i, &fl) == -1)
+      goto lock_err;
+    if (unshare[i] && ofd_lock (fd, F_OFD_SETLK, F_RDLCK, 200 + i, &fl) == -1)
+      goto lock_err;
+  }
+  return check_conflicts (fd, write, name);
 
  lock_err:
   if (errno == EAGAIN || errno == EACCES) {
-    qc_error ("%s: image is locked by another process (qemu?); use "
-              "%slocking=off to serve it anyway", name, qc_options_prefix ());
+    qc_error ("%s: the image is locked by %s; use %slocking=off to serve "
+              "it anyway", name, other (fd, buf, sizeof buf),
+              qc_options_prefix ());
     errno = EAGAIN;
   }
   else
@@ -123,11 +156,12 @@ qc_unlock_image (int fd)
  * role names the file in messages ("backing file"); NULL for the image.
  * A device that is not a local file (a filter's container) takes none.
  */
-int
-qc_lock_file (struct blkdev *dev, bool write, const char *role)
+static int
+lock_file (struct blkdev *dev, bool write, const char *role, bool probe)
 {
   int fd = blkdev_file_fd (dev);
   char *label = NULL;
+  const char *name;
   int r;
 
   if (fd < 0)
@@ -136,7 +170,20 @@ qc_lock_file (struct blkdev *dev, bool write, const char *role)
     qc_error ("%s: %m", dev->name);
     return -1;
   }
-  r = qc_lock_image (fd, write, label ? label : dev->name);
+  name = label ? label : dev->name;
+  r = probe ? qc_lock_probe (fd, name) : qc_lock_image (fd, write, name);
   free (label);
   return r;
+}
+
+int
+qc_lock_file (struct blkdev *dev, bool write, const char *role)
+{
+  return lock_file (dev, write, role, false);
+}
+
+int
+qc_lock_probe_file (struct blkdev *dev, const char *role)
+{
+  return lock_file (dev, true, role, true);
 }

@@ -9,6 +9,7 @@
 #define QC_LOCK_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct blkdev;
 
@@ -16,6 +17,16 @@ struct blkdev;
  * qc_error naming the conflicting permission (errno EAGAIN).
  */
 extern int qc_lock_image (int fd, bool write, const char *name);
+
+/* Whether fd could be locked for writing now, without taking a lock:
+ * 0, or -1 after qc_error saying who holds what (errno EAGAIN).
+ */
+extern int qc_lock_probe (int fd, const char *name);
+
+/* Who else holds locks on the file of fd ("qemu (qemu-io, pid 12)",
+ * "another nbdkit (pid 34)"), in buf; NULL if that cannot be told.
+ */
+extern const char *qc_lock_holder (int fd, char *buf, size_t len);
 
 /* Release the locks qc_lock_image took on fd. */
 extern void qc_unlock_image (int fd);
@@ -25,5 +36,8 @@ extern void qc_unlock_image (int fd);
  * device that is not a local file takes none and succeeds.
  */
 extern int qc_lock_file (struct blkdev *dev, bool write, const char *role);
+
+/* qc_lock_probe on a device, as qc_lock_file. */
+extern int qc_lock_probe_file (struct blkdev *dev, const char *role);
 
 #endif /* QC_LOCK_H */

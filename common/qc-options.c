@@ -88,54 +88,138 @@ qc_options_free (struct qc_options *opts)
   qc_options_init (opts);
 }
 
+/* Messages about a value name the option as the user typed it: with
+ * the module's prefix, and the value as given.
+ */
+#define BAD_VALUE(opts, key, value, fmt, ...)                           \
+  do {                                                                  \
+    qc_error ("%s%s=%s: " fmt, qc_prefix (opts), key, value,            \
+              ##__VA_ARGS__);                                           \
+    errno = EINVAL;                                                     \
+    return -1;                                                          \
+  } while (0)
+
+/* on/off and the other spellings nbdkit_parse_bool takes: 1, 0, -1
+ * (not a boolean).
+ */
 static int
-parse_bool (const char *key, const char *value, bool *ret)
+bool_value (const char *value)
 {
   static const char *const yes[] = { "on", "true", "yes", "1" };
   static const char *const no[] = { "off", "false", "no", "0" };
   size_t i;
 
   for (i = 0; i < 4; i++) {
-    if (strcasecmp (value, yes[i]) == 0) { *ret = true; return 0; }
-    if (strcasecmp (value, no[i]) == 0) { *ret = false; return 0; }
+    if (strcasecmp (value, yes[i]) == 0) return 1;
+    if (strcasecmp (value, no[i]) == 0) return 0;
   }
-  qc_error ("%s=%s: expected on or off", key, value);
-  errno = EINVAL;
   return -1;
 }
 
 static int
-parse_size (const char *key, const char *value, uint64_t *ret)
+parse_bool (const struct qc_options *opts, const char *key,
+            const char *value, bool *ret)
+{
+  int b = bool_value (value);
+
+  if (b == -1)
+    BAD_VALUE (opts, key, value, "expected on or off");
+  *ret = b;
+  return 0;
+}
+
+int
+qc_parse_size (const char *value, uint64_t *ret)
 {
   char *end;
   unsigned long long v;
   unsigned shift = 0;
 
+  /* The suffixes nbdkit_parse_size and qemu-img take: b (bytes), s
+   * (512-byte sectors), k, M, G, T, P, E (powers of 1024), either
+   * case, and a B after a power ("64kB") as qemu-img allows.
+   */
   errno = 0;
   if (!isdigit ((unsigned char) *value))
-    goto bad;
+    return -1;
   v = strtoull (value, &end, 10);
+  if (errno == ERANGE)
+    return -2;
   if (errno)
-    goto bad;
+    return -1;
   switch (*end) {
   case '\0': break;
+  case 'b': case 'B': end++; break;
+  case 's': case 'S': shift = 9; end++; break;
   case 'k': case 'K': shift = 10; end++; break;
   case 'm': case 'M': shift = 20; end++; break;
   case 'g': case 'G': shift = 30; end++; break;
   case 't': case 'T': shift = 40; end++; break;
-  default: goto bad;
+  case 'p': case 'P': shift = 50; end++; break;
+  case 'e': case 'E': shift = 60; end++; break;
+  default: return -1;
   }
-  if (*end == 'b' || *end == 'B')
+  if (shift >= 10 && (*end == 'b' || *end == 'B'))
     end++;
-  if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
-    goto bad;
+  if (*end != '\0')
+    return -1;
+  if (shift && v > (UINT64_MAX >> shift))
+    return -2;
   *ret = (uint64_t) v << shift;
   return 0;
- bad:
-  qc_error ("%s=%s: expected a size in bytes, optionally with a suffix "
-            "k, M, G or T", key, value);
-  errno = EINVAL;
-  return -1;
+}
+
+static int
+parse_size (const struct qc_options *opts, const char *key,
+            const char *value, uint64_t *ret)
+{
+  switch (qc_parse_size (value, ret)) {
+  case 0:
+    return 0;
+  case -2:
+    BAD_VALUE (opts, key, value, "too large (at most 16E - 1 bytes)");
+  default:
+    BAD_VALUE (opts, key, value, "expected a size: a number of bytes, "
+               "optionally with a suffix s (512-byte sectors), k, M, G, "
+               "T, P or E");
+  }
+}
+
+/* A whole number in [min, max] (no size suffixes: a level or a count
+ * is not a size).
+ */
+static int
+parse_number (const char *value, uint64_t min, uint64_t max,
+              uint64_t *ret)
+{
+  char *end;
+  unsigned long long v;
+
+  errno = 0;
+  if (!isdigit ((unsigned char) *value))
+    return -1;
+  v = strtoull (value, &end, 10);
+  if (errno || *end != '\0' || v < min || v > max)
+    return -1;
+  *ret = v;
+  return 0;
+}
+
+const char *
+qc_human_size (uint64_t v, char *buf, size_t len)
+{
+  static const char units[] = "kMGTPE";
+  int i;
+
+  for (i = 5; i >= 0; i--) {
+    unsigned shift = 10 * (i + 1);
+    if (v && v % (1ULL << shift) == 0) {
+      snprintf (buf, len, "%" PRIu64 "%c", v >> shift, units[i]);
+      return buf;
+    }
+  }
+  snprintf (buf, len, "%" PRIu64, v);
+  return buf;
 }
 
 static int
@@ -212,9 +296,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     return set_string (&opts->file, value);
   if (strcmp (key, "format") == 0 || strcmp (key, "backing-format") == 0) {
     if (!is_format (value)) {
-      qc_error ("%s=%s: unsupported format (use qcow2 or raw)", key, value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "unsupported format (use qcow2 or raw)");
     }
     return set_string (strcmp (key, "format") == 0 ?
                        &opts->format : &opts->backing_format, value);
@@ -230,41 +312,43 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   }
   if (strcmp (key, "snapshot") == 0)
     return set_string (&opts->snapshot, value);
+  if (strcmp (key, "description") == 0) {
+    if (strcmp (value, "short") == 0)
+      opts->full_description = false;
+    else if (strcmp (value, "full") == 0)
+      opts->full_description = true;
+    else
+      BAD_VALUE (opts, key, value, "expected short or full");
+    return 0;
+  }
   if (strcmp (key, "cache-size") == 0)
-    return parse_size (key, value, &opts->cache_size);
+    return parse_size (opts, key, value, &opts->cache_size);
   if (strcmp (key, "compressed-cache") == 0)
-    return parse_size (key, value, &opts->compressed_cache);
+    return parse_size (opts, key, value, &opts->compressed_cache);
   if (strcmp (key, "locking") == 0)
-    return parse_bool (key, value, &opts->locking);
+    return parse_bool (opts, key, value, &opts->locking);
   if (strcmp (key, "overlap-check") == 0)
-    return parse_bool (key, value, &opts->overlap_check);
+    return parse_bool (opts, key, value, &opts->overlap_check);
 
   if (strcmp (key, "create") == 0) {
-    bool b;
+    int b = bool_value (value);
     if (strcmp (value, "force") == 0) {
       opts->create = QC_CREATE_FORCE;
       return 0;
     }
-    if (parse_bool (key, value, &b) == -1) {
-      qc_error ("create=%s: expected true, false or force", value);
-      return -1;
-    }
+    if (b == -1)
+      BAD_VALUE (opts, key, value, "expected true, false or force");
     opts->create = b ? QC_CREATE_IF_MISSING : QC_CREATE_NO;
     return 0;
   }
   if (strcmp (key, "size") == 0)
-    return parse_size (key, value, &opts->size);
+    return parse_size (opts, key, value, &opts->size);
   if (strcmp (key, "cluster-size") == 0)
-    return parse_size (key, value, &opts->cluster_size);
+    return parse_size (opts, key, value, &opts->cluster_size);
   if (strcmp (key, "refcount-bits") == 0) {
     uint64_t v;
-    if (parse_size (key, value, &v) == -1)
-      return -1;
-    if (v == 0 || v > 64 || (v & (v - 1))) {
-      qc_error ("refcount-bits=%s: must be a power of two up to 64", value);
-      errno = EINVAL;
-      return -1;
-    }
+    if (parse_number (value, 1, 64, &v) == -1 || (v & (v - 1)))
+      BAD_VALUE (opts, key, value, "expected 1, 2, 4, 8, 16, 32 or 64");
     opts->refcount_bits = v;
     return 0;
   }
@@ -274,27 +358,23 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "1.1") == 0 || strcmp (value, "v3") == 0)
       opts->compat = 3;
     else {
-      qc_error ("compat=%s: expected 0.10 or 1.1", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected 0.10 or 1.1");
     }
     return 0;
   }
   if (strcmp (key, "lazy-refcounts") == 0)
-    return parse_bool (key, value, &opts->lazy_refcounts);
+    return parse_bool (opts, key, value, &opts->lazy_refcounts);
   if (strcmp (key, "extended-l2") == 0)
-    return parse_bool (key, value, &opts->extended_l2);
+    return parse_bool (opts, key, value, &opts->extended_l2);
   if (strcmp (key, "data-file-raw") == 0)
-    return parse_bool (key, value, &opts->data_file_raw);
+    return parse_bool (opts, key, value, &opts->data_file_raw);
   if (strcmp (key, "compression-type") == 0) {
     if (strcmp (value, "zlib") == 0)
       opts->compression_type = 0;
     else if (strcmp (value, "zstd") == 0)
       opts->compression_type = 1;
     else {
-      qc_error ("compression-type=%s: expected zlib or zstd", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected zlib or zstd");
     }
     return 0;
   }
@@ -304,10 +384,8 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "metadata") == 0)
       opts->preallocate_metadata = true;
     else {
-      qc_error ("preallocation=%s: expected off or metadata (falloc and "
-                "full are not supported)", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected off or metadata (falloc and "
+                 "full are not supported)");
     }
     return 0;
   }
@@ -330,22 +408,15 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
       opts->encrypt = false;
     else {
-      qc_error ("encrypt=%s: expected luks or off (legacy AES images can "
-                "be read and written, not created)", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected luks or off (legacy AES "
+                 "images can be read and written, not created)");
     }
     return 0;
   }
   if (strcmp (key, "encrypt-iter-time") == 0) {
     uint64_t v;
-    if (parse_size (key, value, &v) == -1)
-      return -1;
-    if (v == 0 || v > 600000) {
-      qc_error ("encrypt-iter-time=%s: expected 1 to 600000 ms", value);
-      errno = EINVAL;
-      return -1;
-    }
+    if (parse_number (value, 1, 600000, &v) == -1)
+      BAD_VALUE (opts, key, value, "expected 1 to 600000 (milliseconds)");
     opts->encrypt_iter_time = v;
     return 0;
   }
@@ -354,9 +425,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
       strcmp (key, "snapshot-delete") == 0) {
     struct qc_maint_op *ops;
     if (*value == '\0') {
-      qc_error ("%s=: empty snapshot name", key);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "empty snapshot name");
     }
     ops = realloc (opts->ops, (opts->nr_ops + 1) * sizeof *ops);
     if (!ops) {
@@ -377,7 +446,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   if (strncmp (key, "bitmap-", 7) == 0)
     return qc_bitmap_option (opts, key, value, qc_prefix (opts));
   if (strcmp (key, "check") == 0)
-    return parse_bool (key, value, &opts->check);
+    return parse_bool (opts, key, value, &opts->check);
   if (strcmp (key, "referenced-files") == 0) {
     if (strcmp (value, "any") == 0)
       opts->follow = QC_FOLLOW_ANY;
@@ -386,10 +455,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "none") == 0)
       opts->follow = QC_FOLLOW_NONE;
     else {
-      qc_error ("referenced-files=%s: expected any, same-dir or none",
-                value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected any, same-dir or none");
     }
     return 0;
   }
@@ -401,9 +467,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
       opts->repair = QC_REPAIR_NONE;
     else {
-      qc_error ("repair=%s: expected leaks or all", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected leaks or all");
     }
     return 0;
   }
@@ -415,9 +479,7 @@ set_option (struct qc_options *opts, const char *key, const char *value)
     else if (strcmp (value, "off") == 0 || strcmp (value, "none") == 0)
       opts->compress = -1;
     else {
-      qc_error ("compress=%s: expected zlib, zstd or off", value);
-      errno = EINVAL;
-      return -1;
+      BAD_VALUE (opts, key, value, "expected zlib, zstd or off");
     }
     return 0;
   }
@@ -427,14 +489,9 @@ set_option (struct qc_options *opts, const char *key, const char *value)
       opts->compress_level = -1;
       return 0;
     }
-    if (parse_size (key, value, &v) == -1)
-      return -1;
-    if (v < 1 || v > 22) {
-      qc_error ("compress-level=%s: expected 1 to 9 for zlib, 1 to 22 "
-                "for zstd", value);
-      errno = EINVAL;
-      return -1;
-    }
+    if (parse_number (value, 1, 22, &v) == -1)
+      BAD_VALUE (opts, key, value, "expected a level (1 to 9 for zlib, 1 "
+                 "to 22 for zstd) or fast");
     opts->compress_level = v;
     return 0;
   }
@@ -443,21 +500,18 @@ set_option (struct qc_options *opts, const char *key, const char *value)
   if (strcmp (key, "data-file") == 0)
     return set_string (&opts->data_file, value);
   if (strcmp (key, "zero-detect") == 0)
-    return parse_bool (key, value, &opts->zero_detect);
+    return parse_bool (opts, key, value, &opts->zero_detect);
   if (strcmp (key, "holes") == 0) {
     if (strcmp (value, "zero") == 0)
       opts->holes_backing = false;
     else if (strcmp (value, "backing") == 0)
       opts->holes_backing = true;
-    else {
-      qc_error ("holes=%s: expected zero or backing", value);
-      errno = EINVAL;
-      return -1;
-    }
+    else
+      BAD_VALUE (opts, key, value, "expected zero or backing");
     return 0;
   }
 
-  qc_error ("unknown parameter '%s'", key);
+  qc_error ("unknown parameter '%s%s'", qc_prefix (opts), key);
   errno = EINVAL;
   return -1;
 }
@@ -480,6 +534,7 @@ qc_create_check (const struct qc_options *o)
   uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
   int compat = o->compat ? o->compat : 3;
   const char *p = qc_prefix (o);
+  char buf[32];
 
   if (o->encrypt_iter_time && !o->encrypt)
     REFUSE ("%sencrypt-iter-time= does nothing without %sencrypt=luks",
@@ -505,8 +560,8 @@ qc_create_check (const struct qc_options *o)
   if (!qc_create_size_known (o) && o->create == QC_CREATE_FORCE)
     REFUSE ("%screate=force needs %ssize=", p, p);
   if (cs < 512 || cs > (2 << 20) || (cs & (cs - 1)))
-    REFUSE ("%scluster-size=%" PRIu64 ": must be a power of two between "
-            "512 and 2M", p, cs);
+    REFUSE ("%scluster-size=%s: must be a power of two between 512 and 2M",
+            p, qc_human_size (cs, buf, sizeof buf));
   if (compat == 2) {
     if (o->lazy_refcounts)
       REFUSE ("%slazy-refcounts needs %scompat=1.1", p, p);

@@ -51,13 +51,17 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
   X ("backing", QC_OPT_STRING, "PATH|none", NULL,                       \
      "Use this backing file instead of the image's, or none.")          \
   X ("backing-format", QC_OPT_STRING, "qcow2|raw", NULL,                \
-     "Format of the " QC_P (M) "backing= file (probed if absent).")     \
+     "Format of the " QC_P (M) "backing= or " QC_P (M) "backing-file= " \
+     "file (probed if absent).")                                        \
   X ("referenced-files", QC_OPT_STRING, "any|same-dir|none", "any",     \
      QC_HELP (FOLLOW, M))                                               \
   X ("snapshot", QC_OPT_STRING, "NAME", NULL,                           \
      "Serve this internal snapshot (name or ID) by default.")           \
+  X ("description", QC_OPT_STRING, "short|full", "short",              \
+     "Export descriptions name files without (short) or with (full) "  \
+     "their server-side directories.")                                  \
   X ("cache-size", QC_OPT_SIZE, "SIZE", "the whole disk, at most 32M",  \
-     "L2 table cache size (suffixes k, M, G).")                         \
+     "L2 table cache size (suffixes s, k, M, G, T, P, E).")            \
   X ("compressed-cache", QC_OPT_SIZE, "SIZE", "8M or 16 clusters",     \
      "Cache of decompressed clusters per image, 0 = off.")              \
   X ("locking", QC_OPT_BOOL, "on|off", "on",                            \
@@ -142,10 +146,11 @@ enum qc_option_type { QC_OPT_STRING, QC_OPT_BOOL, QC_OPT_SIZE };
      "With " QC_P (M) "backing-file=: the source's holes read as "      \
      "zeros, or through to the backing file.")
 
-/* config_help text for all options of module M (plugin, qcow2). */
+/* The plugin's config_help text for all options (the filters build
+ * theirs at load, without the keys they refuse: filter-glue.c).
+ */
 #define QC_OPTIONS_HELP(M) QC_OPTIONS (QC_OPTIONS_HELP_ ## M, M)
 #define QC_OPTIONS_HELP_plugin(...) QC_OPTION_HELP_LINE ("", __VA_ARGS__)
-#define QC_OPTIONS_HELP_qcow2(...) QC_OPTION_HELP_LINE ("qcow2-", __VA_ARGS__)
 #define QC_OPTION_HELP_LINE(prefix, key, type, syntax, def, help)       \
   "\n" prefix key "=" syntax "\n    " help
 
@@ -214,6 +219,15 @@ extern int qc_options_check (const struct qc_options *opts);
  * create=, the snapshot operations, repair=, compress=.
  */
 extern int qc_options_check_readonly (const struct qc_options *opts);
+
+/* A size as nbdkit_parse_size and qemu-img take it: digits with an
+ * optional suffix b, s (512-byte sectors), k, M, G, T, P, E.  0, -1
+ * (not a size), or -2 (more than 64 bits).
+ */
+extern int qc_parse_size (const char *value, uint64_t *ret);
+
+/* v as the shortest exact size with a suffix ("64k", "1P"), in buf. */
+extern const char *qc_human_size (uint64_t v, char *buf, size_t len);
 
 /* Whether the user gave key (without prefix). */
 extern bool qc_options_given (const struct qc_options *opts,

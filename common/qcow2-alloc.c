@@ -86,8 +86,21 @@ have_space (struct qc_image *img, uint64_t end_cluster)
 static int
 check_space (struct qc_image *img, uint64_t end_cluster)
 {
+  if (end_cluster > MAX_HOST_OFFSET / img->h.cluster_size) {
+    qc_error ("%s: no space left: qcow2 host offsets end at %" PRIu64
+              " bytes", img->name, (uint64_t) MAX_HOST_OFFSET);
+    errno = ENOSPC;
+    return -1;
+  }
   if (!have_space (img, end_cluster)) {
-    qc_error ("%s: no space left in the image container", img->name);
+    /* A container cannot grow (nbdkit's file plugin does not extend
+     * a file): say how to give it room.
+     */
+    qc_error ("%s: no space left in the image container (%" PRIu64
+              " bytes, all in use): the plugin below cannot grow it; give "
+              "it room first (for a file: truncate -s +SIZE FILE), or "
+              "serve a qcow2 file with nbdkit-qcow2-plugin, which grows it",
+              img->name, blkdev_size (img->file));
     errno = ENOSPC;
     return -1;
   }
@@ -322,6 +335,10 @@ qc_alloc_clusters (struct qc_image *img, uint64_t n, uint64_t *offset)
   if (img->free_cursor == start)
     img->free_cursor = start + n + k;
   *offset = (start + k) * cs;
+  if (qc_debug_alloc)
+    qc_debug ("%s: allocated %" PRIu64 " cluster(s) at 0x%" PRIx64
+              " (%" PRIu64 " refcount block(s) placed first)",
+              img->name, n, *offset, next - start);
   return 0;
 }
 
@@ -372,6 +389,9 @@ qc_free_progress (struct qc_image *img)
       if (qc_refcount_add (img, old->offsets[i] / img->h.cluster_size,
                            -1) == -1)
         return -1;
+    if (qc_debug_alloc)
+      qc_debug ("%s: freed %zu cluster(s) (their I/O has drained)",
+                img->name, old->len);
     old->len = 0;
   }
   /* Pending frees are durable now (callers wrote the metadata). */

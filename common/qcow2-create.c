@@ -106,8 +106,8 @@ qc_create_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   if (o->backing_file && o->backing_format &&
       !put_ext (buf, cs, &pos, QCOW2_EXT_BACKING_FMT, o->backing_format,
                 strlen (o->backing_format)))
-    REFUSE ("backing-format= does not fit in the header cluster (%" PRIu64
-            " bytes)", cs);
+    REFUSE ("%sbacking-format= does not fit in the header cluster (%" PRIu64
+            " bytes)", qc_prefix (o), cs);
   if (luks_len) {
     uint8_t ext[16];
     put_be32 (buf + QCOW2_HDR_CRYPT_METHOD, 2);           /* LUKS */
@@ -154,6 +154,45 @@ qc_create_header (const struct qc_options *o, uint8_t *buf, uint64_t cs,
   return 0;
 }
 
+/* The largest virtual size a cluster size allows: an L1 table of at
+ * most QCOW2_MAX_L1_BYTES, as qemu.
+ */
+static uint64_t
+max_size (uint64_t cs, bool extended_l2)
+{
+  uint64_t max = QCOW2_MAX_L1_BYTES / 8 * cs * (cs / (extended_l2 ? 16 : 8));
+
+  /* And a size in whole sectors that fits an off_t. */
+  return max > INT64_MAX - 511 ? (INT64_MAX - 511) & ~511ULL : max;
+}
+
+/* size= too large for the cluster size: say which cluster size would
+ * do, as qemu-img suggests a larger one.
+ */
+static int
+too_large (const struct qc_options *o, uint64_t cs)
+{
+  const char *p = qc_prefix (o);
+  char a[32], b[32], c[32], d[32];
+  uint64_t bigger;
+
+  qc_human_size (o->size, a, sizeof a);
+  qc_human_size (cs, b, sizeof b);
+  qc_human_size (max_size (cs, o->extended_l2), c, sizeof c);
+  for (bigger = cs * 2; bigger <= (2 << 20); bigger *= 2)
+    if (o->size <= max_size (bigger, o->extended_l2))
+      break;
+  if (bigger > (2 << 20))
+    REFUSE ("%ssize=%s is too large for qcow2: at most %s with the largest "
+            "cluster size (%scluster-size=2M)", p, a,
+            qc_human_size (max_size (2 << 20, o->extended_l2), d, sizeof d),
+            p);
+  REFUSE ("%ssize=%s is too large for %scluster-size=%s%s (at most %s): "
+          "use a larger cluster size, %scluster-size=%s or more", p, a, p, b,
+          o->extended_l2 ? " with extended L2 entries" : "", c, p,
+          qc_human_size (bigger, d, sizeof d));
+}
+
 /* Lay out and write the metadata of an empty image into dev. */
 static int
 write_empty_image (const struct qc_options *o, struct blkdev *dev)
@@ -171,8 +210,7 @@ write_empty_image (const struct qc_options *o, struct blkdev *dev)
   /* Virtual size: as large as a 32 MiB L1 table allows. */
   l1_size = size / (cs * l2_entries) + (size % (cs * l2_entries) != 0);
   if (l1_size > QCOW2_MAX_L1_BYTES / 8)
-    REFUSE ("size=%" PRIu64 " is too large for cluster-size=%" PRIu64,
-            o->size, cs);
+    return too_large (o, cs);
   /* A 0-byte disk has no L1 table at all, as qemu-img makes it. */
   l1_clusters = (l1_size * 8 + cs - 1) / cs;
   if (o->encrypt) {
@@ -353,7 +391,8 @@ qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
 {
   const char *p = qc_prefix (o);
   const uint64_t cs = o->cluster_size ? o->cluster_size : 65536;
-  uint64_t l2_entries, max, l1_size;
+  const uint64_t l2_entries = cs / (o->extended_l2 ? 16 : 8);
+  uint64_t l1_size;
   uint8_t *buf;
   int r;
 
@@ -361,15 +400,8 @@ qc_image_create_validate (const struct qc_options *o, struct blkdev *dev)
     return -1;
   if (!qc_create_size_known (o))
     REFUSE ("creating an image needs %ssize=", p);
-  /* The largest disk a 32 MiB L1 table maps with this cluster size. */
-  l2_entries = cs / (o->extended_l2 ? 16 : 8);
-  max = QCOW2_MAX_L1_BYTES / 8 * cs * l2_entries;
-  if (max > INT64_MAX - 511)
-    max = (INT64_MAX - 511) & ~511ULL;
-  if (o->size > max)
-    REFUSE ("%ssize=%" PRIu64 " is too large: with %scluster-size=%" PRIu64
-            "%s a qcow2 image holds at most %" PRIu64 " bytes", p, o->size,
-            p, cs, o->extended_l2 ? " and extended L2 entries" : "", max);
+  if (o->size > max_size (cs, o->extended_l2))
+    return too_large (o, cs);
   if (o->passphrase && !o->encrypt)
     REFUSE ("%spassphrase= given, but the new image is not encrypted: add "
             "%sencrypt=luks, or drop %spassphrase=", p, p, p);

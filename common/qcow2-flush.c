@@ -103,6 +103,14 @@ qc_flush_locked (struct qc_image *img)
   tables_dirty = l2cache_nr_dirty (img->cache) > 0 ||
     img->l1_dirty_lo != img->l1_dirty_hi;
 
+  if (qc_debug_flush && (refs_dirty || tables_dirty))
+    qc_debug ("%s: writeback: %zu refcount block(s), %zu L2 table(s)%s%s",
+              img->name, l2cache_nr_dirty (img->rcache),
+              l2cache_nr_dirty (img->cache),
+              img->reftable_dirty_lo != img->reftable_dirty_hi ?
+              ", refcount table" : "",
+              img->l1_dirty_lo != img->l1_dirty_hi ? ", L1 table" : "");
+
   /* 1. Data and refcounts. */
   if (img->external_data && blkdev_flush (img->data) == -1)
     return -1;

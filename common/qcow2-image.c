@@ -308,30 +308,45 @@ open_backing (struct qc_image *img, const struct qc_options *opts,
   return 0;
 }
 
+/* A file name in the description: clients see it, so by default only
+ * its last component (the server's directories are its own business);
+ * description=full shows the whole path.
+ */
+static const char *
+shown_name (const char *name, bool full)
+{
+  const char *slash = strrchr (name, '/');
+
+  return full || !slash || !slash[1] ? name : slash + 1;
+}
+
 static int
-make_description (struct qc_image *img)
+make_description (struct qc_image *img, bool full)
 {
   const struct qcow2_header *h = &img->h;
+  const char *name = shown_name (img->name, full);
+  const char *bname =
+    img->backing_img ? shown_name (img->backing_img->name, full) : "";
   char *s;
   int r;
 
   if (img->is_raw)
-    r = asprintf (&s, "raw image %s", img->name);
+    r = asprintf (&s, "raw image %s", name);
   else if (img->compress >= 0)
     r = asprintf (&s, "qcow2 v%" PRIu32 " %s, %" PRIu64 " KiB clusters, "
-                  "writing %s-compressed clusters", h->version, img->name,
+                  "writing %s-compressed clusters", h->version, name,
                   h->cluster_size / 1024, img->compress ? "zstd" : "zlib");
   else {
     uint64_t cs = h->cluster_size;
     r = asprintf (&s, "qcow2 v%" PRIu32 " (compat %s) %s, %" PRIu64 " %s "
                   "clusters%s%s, %s compression%s%s%s%s%s%s",
-                  h->version, h->version == 2 ? "0.10" : "1.1", img->name,
+                  h->version, h->version == 2 ? "0.10" : "1.1", name,
                   cs >= 1024 ? cs / 1024 : cs, cs >= 1024 ? "KiB" : "byte",
                   h->extended_l2 ? ", extended L2" : "",
                   h->data_file ? ", external data file" : "",
                   h->compression_type == 1 ? "zstd" : "zlib",
                   img->backing_img ? ", backing " : "",
-                  img->backing_img ? img->backing_img->name : "",
+                  bname,
                   img->backing_img ? " (" : "",
                   img->backing_img ?
                   (img->backing_img->is_raw ? "raw" : "qcow2") : "",
@@ -420,7 +435,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     img->is_raw = true;
     img->data = dev;
     img->default_view = dev;
-    if (make_description (img) == -1)
+    if (make_description (img, opts->full_description) == -1)
       goto err;
     return img;
   }
@@ -503,7 +518,7 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     if (!img->default_view)
       goto err;
   }
-  if (make_description (img) == -1)
+  if (make_description (img, opts->full_description) == -1)
     goto err;
   return img;
 
@@ -597,25 +612,45 @@ qc_image_snapshot_name (struct qc_image *img, size_t i)
   return i < img->nr_snapshots ? img->snapshots[i].name : NULL;
 }
 
+/* The snapshot an export name chooses: by name first (export names
+ * are names), then by ID; -1 if none.
+ */
+static int
+find_snapshot (struct qc_image *img, const char *name)
+{
+  uint32_t i;
+
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].name, name) == 0)
+      return i;
+  for (i = 0; i < img->nr_snapshots; i++)
+    if (strcmp (img->snapshots[i].id, name) == 0)
+      return i;
+  return -1;
+}
+
+const char *
+qc_image_snapshot_lookup (struct qc_image *img, const char *name)
+{
+  int i = find_snapshot (img, name);
+
+  return i >= 0 ? img->snapshots[i].name : NULL;
+}
+
 struct blkdev *
 qc_image_view (struct qc_image *img, const char *name)
 {
-  uint32_t i;
   struct qc_view *v;
+  int i;
 
   if (!name || *name == '\0')
     return img->default_view;
-  /* By name first (export names are names), then by ID. */
-  for (i = 0; i < img->nr_snapshots; i++)
-    if (strcmp (img->snapshots[i].name, name) == 0)
-      goto found;
-  for (i = 0; i < img->nr_snapshots; i++)
-    if (strcmp (img->snapshots[i].id, name) == 0)
-      goto found;
-  qc_error ("%s: no snapshot named '%s'", img->name, name);
-  errno = ENOENT;
-  return NULL;
- found:
+  i = find_snapshot (img, name);
+  if (i < 0) {
+    qc_error ("%s: no snapshot named '%s'", img->name, name);
+    errno = ENOENT;
+    return NULL;
+  }
   v = qc_snapshot_view (img, i);
   return v ? &v->dev : NULL;
 }

@@ -16,6 +16,7 @@
 
 #include "byteorder.h"
 #include "qc-error.h"
+#include "qc-progress.h"
 #include "qcow2-int.h"
 
 /* Count n references to every cluster in [offset, offset+bytes). */
@@ -103,6 +104,8 @@ ref_l2_tables (struct qc_image *img, struct qc_refs *r,
     uint64_t l2off = l->offsets[i] & ~1ULL;
     bool active = false;
     uint32_t n;
+
+    qc_step_progress (i, l->len);
 
     for (k = i; k < l->len && (l->offsets[k] & ~1ULL) == l2off; k++)
       active |= l->offsets[k] & 1;

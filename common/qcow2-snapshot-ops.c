@@ -20,6 +20,7 @@
 
 #include "byteorder.h"
 #include "qc-error.h"
+#include "qc-progress.h"
 #include "qc-options.h"
 #include "qcow2-int.h"
 
@@ -42,6 +43,7 @@ tree_refs (struct qc_image *img, const uint64_t *l1, uint32_t l1_size,
     struct l2cache_entry *pin;
     uint8_t *t;
 
+    qc_step_progress (i, l1_size);
     if (!l2off)
       continue;
     if (l2off / cs >= r->nr_clusters || (l2off & (cs - 1))) {
@@ -553,6 +555,13 @@ qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
   }
   if (qc_before_first_write (img) == -1)
     return -1;
+  {
+    char what[128];
+    snprintf (what, sizeof what, "%s snapshot '%s'",
+              op == QC_SNAPSHOT_CREATE ? "creating" :
+              op == QC_SNAPSHOT_APPLY ? "applying" : "deleting", name);
+    qc_step_begin (img->name, what);
+  }
   pthread_mutex_lock (&img->meta_lock);
   switch (op) {
   case QC_SNAPSHOT_CREATE: r = snapshot_create (img, name); break;
@@ -561,6 +570,7 @@ qc_image_snapshot_op (struct qc_image *img, enum qc_snapshot_op op,
   default: errno = EINVAL; r = -1;
   }
   pthread_mutex_unlock (&img->meta_lock);
+  qc_step_end ();
   return r;
 }
 
@@ -908,6 +918,7 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
   struct sim names;
   bool writes = opts->repair || opts->nr_ops || opts->nr_bitmap_ops;
   size_t i;
+  int r;
 
   if (img->is_raw || (!opts->check && !opts->repair && !writes))
     return 0;
@@ -954,7 +965,10 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
 
   if (opts->check || opts->repair) {
     /* First look, changing nothing. */
-    if (qc_image_check (img, QC_REPAIR_NONE, &res) == -1)
+    qc_step_begin (img->name, "checking the refcounts");
+    r = qc_image_check (img, QC_REPAIR_NONE, &res);
+    qc_step_end ();
+    if (r == -1)
       return -1;
     qc_check_report (img, &res);
     if (res.corruptions && opts->repair != QC_REPAIR_ALL) {
@@ -984,11 +998,19 @@ qc_image_maintain (struct qc_image *img, const struct qc_options *opts)
     return -1;
   if (opts->check || opts->repair) {
     if (opts->repair && (res.leaks || res.corruptions)) {
-      if (qc_image_check (img, opts->repair, &res) == -1)
+      qc_step_begin (img->name, opts->repair == QC_REPAIR_ALL ?
+                     "repairing (rebuilding the refcounts)" :
+                     "repairing the leaks");
+      r = qc_image_check (img, opts->repair, &res);
+      qc_step_end ();
+      if (r == -1)
         return -1;
       qc_check_report_repaired (img, &res);
       /* Double check, as qemu-img check -r does. */
-      if (qc_image_check (img, QC_REPAIR_NONE, &res) == -1)
+      qc_step_begin (img->name, "checking the refcounts again");
+      r = qc_image_check (img, QC_REPAIR_NONE, &res);
+      qc_step_end ();
+      if (r == -1)
         return -1;
       qc_check_report (img, &res);
       if (res.corruptions) {

@@ -14,6 +14,7 @@
 
 #include "byteorder.h"
 #include "qc-error.h"
+#include "qc-progress.h"
 #include "qc-lock.h"
 #include "qcow2-int.h"
 
@@ -180,8 +181,12 @@ rebuild_dirty (struct qc_image *img)
   uint64_t incompat = img->h.incompatible_features & ~QCOW2_INCOMPAT_DIRTY;
   uint64_t be = htobe64 (incompat);
 
-  qc_debug ("%s: image is dirty: rebuilding its refcounts", img->name);
-  if (qc_rebuild_refcounts (img) == -1 ||
+  int r;
+
+  qc_step_begin (img->name, "the image is dirty: rebuilding its refcounts");
+  r = qc_rebuild_refcounts (img);
+  qc_step_end ();
+  if (r == -1 ||
       qc_write_header_field (img, QCOW2_HDR_INCOMPAT, &be, 8) == -1 ||
       blkdev_flush (img->file) == -1)
     return -1;
@@ -254,6 +259,62 @@ relock_readonly (struct blkdev *dev)
   __atomic_store_n (&dev->readonly, true, __ATOMIC_RELEASE);
 }
 
+/* What rules out writing whatever the files allow (-1 after qc_error),
+ * under img->lock.
+ */
+static int
+refuse_writing (struct qc_image *img)
+{
+  if (img->default_view != &img->active.dev && !img->is_raw) {
+    qc_error ("%s: a snapshot is served: it is read-only", img->name);
+    errno = EROFS;
+    return -1;
+  }
+  if (img->force_readonly) {
+    qc_error ("%s: the check found corruptions: serving read-only",
+              img->name);
+    errno = EROFS;
+    return -1;
+  }
+  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    qc_error ("%s: the image is marked corrupt: it can only be served "
+              "read-only (nbdkit -r) until it is repaired (qemu-img check "
+              "-r all)", img->name);
+    errno = EROFS;
+    return -1;
+  }
+  return 0;
+}
+
+/* Could dev be written, and locked for writing, now? */
+static int
+probe_file (struct qc_image *img, struct blkdev *dev, const char *role)
+{
+  if (dev->readonly && !blkdev_can_write (dev)) {
+    qc_error ("%s%s%s: cannot be written (read-only file, filesystem or "
+              "device)", role ? role : "", role ? " " : "", dev->name);
+    errno = EROFS;
+    return -1;
+  }
+  return img->locking ? qc_lock_probe_file (dev, role) : 0;
+}
+
+int
+qc_image_writable_probe (struct qc_image *img)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&img->lock);
+  if (!img->writable &&
+      (refuse_writing (img) == -1 ||
+       probe_file (img, img->file, NULL) == -1 ||
+       (img->external_data &&
+        probe_file (img, img->data, "external data file") == -1)))
+    r = -1;
+  pthread_mutex_unlock (&img->lock);
+  return r;
+}
+
 int
 qc_image_make_writable (struct qc_image *img)
 {
@@ -265,24 +326,8 @@ qc_image_make_writable (struct qc_image *img)
     r = 0;
     goto out;
   }
-  if (img->default_view != &img->active.dev && !img->is_raw) {
-    qc_error ("%s: a snapshot is served: it is read-only", img->name);
-    errno = EROFS;
+  if (refuse_writing (img) == -1)
     goto out;
-  }
-  if (img->force_readonly) {
-    qc_error ("%s: the check found corruptions: serving read-only",
-              img->name);
-    errno = EROFS;
-    goto out;
-  }
-  if (img->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
-    qc_error ("%s: the image is marked corrupt: it can only be served "
-              "read-only (nbdkit -r) until it is repaired (qemu-img check "
-              "-r all)", img->name);
-    errno = EROFS;
-    goto out;
-  }
   /* The same devices, opened read-write from the start where the files
    * allow it (readers in flight keep using them), and qemu's write locks
    * on the same open file description.

@@ -58,6 +58,7 @@ struct qc_options {
   bool locking;                 /* qemu-compatible image locks */
   bool overlap_check;           /* the safety net over bad refcounts */
   bool readonly;
+  bool full_description;        /* export descriptions with full paths */
   int compress;                 /* -1 off, else store full-cluster
                                  * writes compressed: 0 zlib, 1 zstd */
   int compress_level;           /* 0 = the codec's default */
@@ -188,6 +189,13 @@ extern int qc_image_check_existing (struct qc_image *img,
  */
 extern int qc_image_make_writable (struct qc_image *img);
 
+/* Whether qc_image_make_writable would get past the files and their
+ * locks now, changing nothing: 0, or -1 after qc_error with the
+ * reason (for saying once, at startup, that the image will be served
+ * read-only).
+ */
+extern int qc_image_writable_probe (struct qc_image *img);
+
 /* Internal snapshot operations (the image must be writable and not yet
  * serving): -1 after qc_error, without touching the image when refused
  * (unknown name, refcount overflow).
@@ -237,6 +245,11 @@ extern struct blkdev *qc_image_default_view (struct qc_image *img);
 /* Internal snapshots, in table order.  Each is a read-only view. */
 extern size_t qc_image_nr_snapshots (struct qc_image *img);
 extern const char *qc_image_snapshot_name (struct qc_image *img, size_t i);
+/* The name of the snapshot an export name chooses (a name, or an ID),
+ * NULL if none.
+ */
+extern const char *qc_image_snapshot_lookup (struct qc_image *img,
+                                             const char *name);
 
 /* A view by export name: "" is the default view, otherwise a snapshot
  * name (or, failing that, a snapshot ID).  NULL with qc_error if there is

@@ -105,8 +105,11 @@ glue_set_option (struct qc_options *opts, const char *key, const char *value)
   if (strcmp (key, "passphrase") != 0 &&
       strcmp (key, "backing-passphrase") != 0)
     return qc_options_set (opts, key, value);
-  if (nbdkit_read_password (value, &secret) == -1)
+  if (nbdkit_read_password (value, &secret) == -1) {
+    nbdkit_error ("%s%s: the passphrase could not be read",
+                  qc_prefix (opts), key);
     return -1;
+  }
   r = qc_options_set (opts, key, secret);
   explicit_bzero (secret, strlen (secret));
   free (secret);

@@ -10,6 +10,7 @@
 
 #include "blkdev.h"
 #include "qc-error.h"
+#include "qc-progress.h"
 
 struct nbdkit_extents;
 struct qc_options;
@@ -50,5 +51,24 @@ extern int glue_set_option (struct qc_options *opts, const char *key,
  * nbdkit's command line (/proc/self/cmdline) the way nbdkit parses it.
  */
 extern int glue_nbdkit_readonly (void);
+
+/* nbdkit's debug flags (-D NAME.alloc=1 sets NAME_debug_alloc, in
+ * the first module named NAME), for a front-end file to define:
+ * GLUE_DEBUG_FLAGS (qcow2) defines qcow2_debug_alloc,
+ * qcow2_debug_flush and qcow2_debug_progress (milliseconds between
+ * progress notices), exported by the .so's version script, and
+ * glue_debug_flags (qcow2) hands them to the core, in .load (nbdkit
+ * sets them before .load).
+ */
+#define GLUE_DEBUG_FLAGS(name)                                          \
+  NBDKIT_DLL_PUBLIC int name##_debug_alloc;                             \
+  NBDKIT_DLL_PUBLIC int name##_debug_flush;                             \
+  NBDKIT_DLL_PUBLIC int name##_debug_progress
+#define glue_debug_flags(name)                                          \
+  do {                                                                  \
+    qc_debug_alloc = name##_debug_alloc;                                \
+    qc_debug_flush = name##_debug_flush;                                \
+    qc_progress_interval_ms = name##_debug_progress;                    \
+  } while (0)
 
 #endif /* QC_GLUE_H */

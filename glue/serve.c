@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -19,6 +20,7 @@
 
 static const struct serve_module *module;
 static const struct qc_options *options;  /* the module's */
+static bool readonly_said;      /* the read-only fallback was logged */
 
 void
 serve_load (const struct serve_module *m, struct qc_options *opts)
@@ -67,18 +69,85 @@ serve_image_open (const struct qc_options *opts, struct blkdev *dev,
   return img ? serve_image_ready (img, opts, check_existing, hint) : NULL;
 }
 
+void
+serve_options_reopen (struct qc_options *o)
+{
+  o->create = QC_CREATE_NO;
+  o->check = false;
+  o->repair = QC_REPAIR_NONE;
+  o->nr_ops = 0;
+  o->nr_bitmap_ops = 0;
+}
+
+/* The read-only fallback, said once, as a notice (not an error: the
+ * image is served, read-only, as nbdkit-file-plugin serves a read-only
+ * file).  reason: the core's last error, or NULL.
+ */
+static void
+say_readonly (struct qc_image *img, const char *reason)
+{
+  if (readonly_said) {
+    nbdkit_debug ("serving %s read-only: %s", qc_image_description (img),
+                  reason);
+    return;
+  }
+  readonly_said = true;
+  qc_info ("serving read-only, as nbdkit -r would: %s", reason);
+}
+
+void
+serve_writable_notice (struct qc_image *img, bool writable)
+{
+  int quiet;
+
+  if (options->readonly || options->snapshot)
+    return;             /* read-only as asked: nothing to say */
+  if (!writable) {
+    say_readonly (img, "the plugin below cannot be written");
+    return;
+  }
+  quiet = qc_errors_quiet (1);
+  if (qc_image_writable_probe (img) == -1)
+    say_readonly (img, qc_last_error ());
+  qc_errors_quiet (quiet);
+}
+
+/* The description of export name ("" the default) of img: the same in
+ * export lists and in each export's own description.  A snapshot asked
+ * for by ID is described by its name.
+ */
+static const char *
+describe (struct qc_image *img, const char *name)
+{
+  const char *d = qc_image_description (img);
+  const char *snap = *name ? qc_image_snapshot_lookup (img, name) : NULL;
+
+  if (snap && strcmp (snap, name) != 0)
+    return nbdkit_printf_intern ("internal snapshot '%s' (asked for as "
+                                 "'%s'), read-only, of %s", snap, name, d);
+  if (snap)
+    return nbdkit_printf_intern ("internal snapshot '%s', read-only, of %s",
+                                 snap, d);
+  return *module->what ? nbdkit_printf_intern ("%s%s", module->what, d) : d;
+}
+
 int
 serve_list_exports (struct qc_image *img, struct nbdkit_exports *exports)
 {
-  size_t i, n = module->snapshot_exports ? qc_image_nr_snapshots (img) : 0;
+  size_t i, n;
 
-  if (nbdkit_use_default_export (exports) == -1)
+  /* Without the image (not open yet) nbdkit lists the default export
+   * alone, undescribed.  Otherwise the default export first, then the
+   * snapshots in table order, each described.
+   */
+  if (!img)
+    return nbdkit_use_default_export (exports);
+  n = module->snapshot_exports ? qc_image_nr_snapshots (img) : 0;
+  if (nbdkit_add_export (exports, "", describe (img, "")) == -1)
     return -1;
   for (i = 0; i < n; i++) {
     const char *name = qc_image_snapshot_name (img, i);
-    char desc[256];
-    snprintf (desc, sizeof desc, "internal snapshot '%s' (read-only)", name);
-    if (*name && nbdkit_add_export (exports, name, desc) == -1)
+    if (*name && nbdkit_add_export (exports, name, describe (img, name)) == -1)
       return -1;
   }
   return 0;
@@ -120,11 +189,13 @@ serve_handle_new (struct qc_image *img, int readonly, const char *name,
    */
   if (!readonly && !options->snapshot && *name == '\0') {
     if (!writable)
-      nbdkit_debug ("the image was opened read-only (the plugin below "
-                    "cannot write, or the first connection was "
-                    "read-only): serving read-only");
-    else if (qc_image_make_writable (img) == -1)
-      nbdkit_debug ("serving %s read-only", qc_image_description (img));
+      say_readonly (img, "the plugin below cannot be written");
+    else {
+      int quiet = qc_errors_quiet (1);
+      if (qc_image_make_writable (img) == -1)
+        say_readonly (img, qc_last_error ());
+      qc_errors_quiet (quiet);
+    }
   }
   view = qc_image_view (img, name);
   if (!view)
@@ -152,12 +223,8 @@ const char *
 serve_export_description (void *handle)
 {
   struct serve_handle *h = handle;
-  const char *d = qc_image_description (h->img);
 
-  if (h->export)
-    return nbdkit_printf_intern ("internal snapshot '%s' of %s",
-                                 h->export, d);
-  return *module->what ? nbdkit_printf_intern ("%s%s", module->what, d) : d;
+  return describe (h->img, h->export ? h->export : "");
 }
 
 int64_t

@@ -64,6 +64,19 @@ extern struct qc_image *serve_image_ready (struct qc_image *img,
                                            bool check_existing,
                                            const char *hint);
 
+/* Options for opening again an image that was opened once already
+ * (by a filter, before nbdkit forked): without creation and
+ * maintenance, which ran then.  o is a copy; nothing is freed.
+ */
+extern void serve_options_reopen (struct qc_options *o);
+
+/* At startup (not nbdkit -r): if the image cannot be made writable
+ * (writable false: the plugin below cannot write; or a read-only file,
+ * a lock held by qemu or another nbdkit, a corrupt image), say once,
+ * as a notice, that it is served read-only, and why.
+ */
+extern void serve_writable_notice (struct qc_image *img, bool writable);
+
 /* A connection to export name (NULL or "" the default): the first
  * writable connection to the default export makes the image writable,
  * unless writable is false (the image cannot be written at all).

@@ -32,9 +32,13 @@ static const struct serve_module module = {
   .snapshot_exports = true,
 };
 
+/* -D qcow2.alloc=1, -D qcow2.flush=1, -D qcow2.progress=MS (glue.h). */
+GLUE_DEBUG_FLAGS (qcow2);
+
 static void
 qcow2_load (void)
 {
+  glue_debug_flags (qcow2);
   serve_load (&module, &opts);
 }
 
@@ -43,6 +47,33 @@ qcow2_unload (void)
 {
   qc_image_close (img);
   qc_options_free (&opts);
+}
+
+/* --dump-plugin: what this build can do, as nbdkit's file and curl
+ * plugins print theirs (KEY=VALUE, prefixed by the plugin's name).
+ * zlib, zstd and GnuTLS (LUKS) are required at build time; ISA-L
+ * (fast zlib writes) and libdeflate (fast zlib reads) are optional.
+ */
+static void
+qcow2_dump_plugin (void)
+{
+  printf ("qcow2_core_version=%s\n", PACKAGE_VERSION);
+  printf ("qcow2_formats=qcow2,raw\n");
+  printf ("qcow2_zlib=yes\n");
+  printf ("qcow2_zstd=yes\n");
+#ifdef HAVE_ISAL
+  printf ("qcow2_isal=yes\n");
+#else
+  printf ("qcow2_isal=no\n");
+#endif
+#ifdef HAVE_LIBDEFLATE
+  printf ("qcow2_libdeflate=yes\n");
+#else
+  printf ("qcow2_libdeflate=no\n");
+#endif
+  printf ("qcow2_luks=yes\n");
+  printf ("qcow2_legacy_aes=yes\n");
+  printf ("qcow2_debug_flags=alloc,flush,progress\n");
 }
 
 static int
@@ -106,8 +137,10 @@ qcow2_get_ready (void)
   img = serve_image_open (&opts, NULL,
                           opts.create == QC_CREATE_IF_MISSING && !created,
                           NULL);
-  if (img)
+  if (img) {
+    serve_writable_notice (img, true);
     return 0;
+  }
   /* Maintenance is validated before it writes: what fails here is I/O.
    * An image made by this run goes with it.
    */
@@ -128,10 +161,29 @@ qcow2_default_export (int readonly, int is_tls)
   return "";
 }
 
+/* Whether this thread serves a client: nbdkit calls .preconnect in a
+ * connection's thread before .open.  A filter above (the overlay) opens
+ * a context of its own outside any connection, where
+ * nbdkit_export_name fails with "no connection in this thread": that
+ * context gets the default export.
+ */
+static __thread bool in_connection;
+
+static int
+qcow2_preconnect (int readonly)
+{
+  in_connection = true;
+  return 0;
+}
+
 static void *
 qcow2_open (int readonly)
 {
-  return serve_handle_new (img, readonly, nbdkit_export_name (), true);
+  const char *name = in_connection ? nbdkit_export_name () : "";
+
+  if (!name)
+    return NULL;
+  return serve_handle_new (img, readonly, name, true);
 }
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -146,7 +198,9 @@ static struct nbdkit_plugin plugin = {
     "[file=]FILE\n    The image (qcow2 or raw)."
     QC_OPTIONS_HELP (plugin),
   .magic_config_key = "file",
+  .dump_plugin = qcow2_dump_plugin,
   .get_ready = qcow2_get_ready,
+  .preconnect = qcow2_preconnect,
   .list_exports = qcow2_list_exports,
   .default_export = qcow2_default_export,
   .open = qcow2_open,

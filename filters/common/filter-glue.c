@@ -7,12 +7,16 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <nbdkit-filter.h>
 
 #include "filter-glue.h"
+#include "glue.h"
 #include "next-blkdev.h"
+#include "qc-options.h"
 #include "serve.h"
 
 static const struct filter_module *module;
@@ -24,6 +28,11 @@ static nbdkit_next *below;
 static struct qc_image *img;
 static bool writable;           /* the image may be made writable */
 static uint64_t below_size;
+/* The plugin below, as .config_complete saw it: .get_ready has no
+ * backend argument in nbdkit 1.32.
+ */
+static nbdkit_backend *config_backend;
+static bool opened_once;        /* creation and maintenance have run */
 
 void
 filter_glue_init (const struct filter_module *m)
@@ -31,11 +40,10 @@ filter_glue_init (const struct filter_module *m)
   module = m;
 }
 
-int
-filter_get_ready (int model)
+void
+filter_config_backend (nbdkit_backend *backend)
 {
-  thread_model = model;
-  return 0;
+  config_backend = backend;
 }
 
 /* The plugin below as a device: a prepared context of its own. */
@@ -58,6 +66,28 @@ open_below (nbdkit_backend *backend, int readonly)
   return dev;
 }
 
+void
+filter_help_append (char *help, size_t size, const char *prefix,
+                    const char *const texts[], bool (*skip) (const char *))
+{
+  size_t i, len = strlen (help);
+  int n;
+
+  for (i = 0; i < qc_option_table_len; i++) {
+    const struct qc_option *o = &qc_option_table[i];
+
+    if (skip (o->key))
+      continue;
+    n = snprintf (help + len, size - len, "\n%s%s=%s\n    %s",
+                  prefix, o->key, o->syntax, texts[i]);
+    if (n < 0 || (size_t) n >= size - len) {
+      help[len] = '\0';
+      return;
+    }
+    len += n;
+  }
+}
+
 struct qc_image *
 filter_image (nbdkit_backend *backend, int readonly)
 {
@@ -68,24 +98,25 @@ filter_image (nbdkit_backend *backend, int readonly)
   if (!img && (dev = open_below (backend, readonly)) != NULL) {
     writable = !(module->image_in_below && dev->readonly);
     below_size = dev->size;
-    img = module->open_image (dev, readonly);
+    img = module->open_image (dev, readonly, !opened_once);
     if (!img) {
       next_context_close (below);
       below = NULL;
     }
+    else
+      opened_once = true;
   }
   ret = img;
   pthread_mutex_unlock (&lock);
   return ret;
 }
 
-void
-filter_cleanup (nbdkit_backend *backend)
+/* The image first: closing it writes its metadata back, through the
+ * plugin below, which is still there.
+ */
+static void
+close_image (void)
 {
-  /* The image first: closing it writes its metadata back, through the
-   * plugin below, which is still there (.cleanup runs before the
-   * plugin's).
-   */
   pthread_mutex_lock (&lock);
   if (img) {
     module->close_image (img);
@@ -94,6 +125,48 @@ filter_cleanup (nbdkit_backend *backend)
     below = NULL;
   }
   pthread_mutex_unlock (&lock);
+}
+
+/* Errors at startup, as nbdkit's own modules give them: the image is
+ * opened (created, checked, repaired, its snapshot operations run)
+ * before nbdkit forks and before a --run command starts, so that a
+ * container or overlay that cannot be opened makes nbdkit exit with an
+ * error.  A failure later, in .after_fork, could not: nbdkit has told
+ * its parent it started, and a --run command would wait on the socket.
+ * Then everything is closed again: no thread, lock or plugin context
+ * of ours crosses the fork (plugins get their .after_fork first), and
+ * .after_fork opens the image again, without the creation and
+ * maintenance that ran here.
+ */
+int
+filter_get_ready (int model)
+{
+  thread_model = model;
+  if (!filter_image (config_backend, glue_nbdkit_readonly () != 0))
+    return -1;
+  serve_writable_notice (img, writable);
+  close_image ();
+  return 0;
+}
+
+int
+filter_after_fork (nbdkit_backend *backend)
+{
+  /* Not fatal: it worked a moment ago in .get_ready, so this is rare
+   * (a file removed meanwhile); each connection tries again and fails
+   * with the reason.
+   */
+  if (!filter_image (backend, glue_nbdkit_readonly () != 0))
+    nbdkit_error ("%s: could not be opened again after nbdkit forked; "
+                  "each connection will try again", module->device_name);
+  return 0;
+}
+
+void
+filter_cleanup (nbdkit_backend *backend)
+{
+  /* .cleanup runs before the plugin's: it is still there. */
+  close_image ();
 }
 
 void
@@ -108,11 +181,9 @@ int
 filter_list_exports (nbdkit_next_list_exports *next, nbdkit_backend *nxdata,
                      int readonly, int is_tls, struct nbdkit_exports *exports)
 {
-  struct qc_image *im = NULL;
+  struct qc_image *im = filter_image (nxdata, readonly);
 
-  if (serve_snapshot_exports () && !(im = filter_image (nxdata, readonly)))
-    return -1;
-  return serve_list_exports (im, exports);
+  return im ? serve_list_exports (im, exports) : -1;
 }
 
 const char *

@@ -21,14 +21,30 @@ struct filter_module {
                                  * written, neither can the image */
   bool size_of_below;           /* serve the plugin's size */
   /* Open the image over dev (the plugin below, which open_image owns
-   * from then on), once; readonly: the first connection's.  NULL after
-   * an error.  close_image closes it (and what it owns).
+   * from then on); readonly: nbdkit -r.  first: the first open, in
+   * .get_ready, which also creates the image and runs the maintenance
+   * options; later opens (.after_fork) only open it.  NULL after an
+   * error.  close_image closes it (and what it owns).
    */
-  struct qc_image *(*open_image) (struct blkdev *dev, bool readonly);
+  struct qc_image *(*open_image) (struct blkdev *dev, bool readonly,
+                                  bool first);
   void (*close_image) (struct qc_image *img);
 };
 
 extern void filter_glue_init (const struct filter_module *m);
+
+/* From .config_complete: the plugin below, which .get_ready opens. */
+extern void filter_config_backend (nbdkit_backend *backend);
+
+/* Append to help (size bytes, NUL-terminated) the option table's
+ * entries as "\nPREFIXkey=syntax\n    text", texts[i] being row i's
+ * help text as it reads for the module, except the keys skip says the
+ * module refuses.  nbdkit keeps the config_help pointer and prints it
+ * later: .load fills it in before that.
+ */
+extern void filter_help_append (char *help, size_t size, const char *prefix,
+                                const char *const texts[],
+                                bool (*skip) (const char *key));
 
 /* The image, opened on first use (NULL after nbdkit_error). */
 extern struct qc_image *filter_image (nbdkit_backend *backend,
@@ -41,6 +57,7 @@ extern void filter_unload_image (void);
 
 /* The callbacks. */
 extern int filter_get_ready (int thread_model);
+extern int filter_after_fork (nbdkit_backend *backend);
 extern void filter_cleanup (nbdkit_backend *backend);
 extern int filter_list_exports (nbdkit_next_list_exports *next,
                                 nbdkit_backend *nxdata, int readonly,
@@ -82,6 +99,7 @@ extern int filter_extents (nbdkit_next *next, void *handle, uint32_t count,
 /* The shared part of a struct nbdkit_filter. */
 #define FILTER_CALLBACKS                                \
   .get_ready = filter_get_ready,                        \
+  .after_fork = filter_after_fork,                      \
   .cleanup = filter_cleanup,                            \
   .list_exports = filter_list_exports,                  \
   .default_export = filter_default_export,              \

@@ -9,11 +9,10 @@
  *   - One shared, read-only context on the plugin's default export
  *     (nbdkit_next_context_open), wrapped as a block device, is the
  *     backing of the overlay, which is opened (created if missing) once
- *     and shared by all connections.  This is tried in .after_fork, so
- *     that a bad overlay (wrong size, locked by qemu, not qcow2) is
- *     reported at startup, and if that failed again in each .open.  A
- *     failure in .after_fork is not fatal: nbdkit has forked already,
- *     and with --run the command would wait on the socket forever.
+ *     and shared by all connections.  It is opened (created, checked)
+ *     in .get_ready, so that a bad overlay (wrong size, locked by qemu,
+ *     not qcow2, bad passphrase) stops nbdkit at startup, then closed
+ *     and opened again in .after_fork (filters/common/filter-glue.c).
  *   - Connections do not open a context of their own on the plugin
  *     (nbdkit-filter(3) allows not calling next in .open when no
  *     callback of the connection uses it): every callback is
@@ -75,6 +74,8 @@ static const struct {
     "and an overlay always has one" },
   { "zero-detect", "it applies only to nbdkit-qcow2enc-filter" },
   { "holes", "it applies only to nbdkit-qcow2enc-filter" },
+  { "backing-passphrase", "the backing of the overlay is the plugin "
+    "below, which qcow2 does not encrypt" },
 };
 
 static const char *
@@ -112,41 +113,37 @@ static const char *const overlay_help[] = {
   QC_OPTIONS (HELP_TEXT, overlay) QC_ENC_OPTIONS (HELP_TEXT, overlay)
 };
 
+/* Not in --help: the refused keys, and backing-format=, which reads
+ * differently here (listed with overlay-backing-name= above).
+ */
+static bool
+not_in_help (const char *key)
+{
+  return refused_reason (key) || strcmp (key, "backing-format") == 0;
+}
+
 static void
 build_help (void)
 {
-  size_t i, len = strlen (help);
-  int n;
+  size_t len = strlen (help);
 
-  n = snprintf (help + len, sizeof help - len,
-                "\n" PREFIX "backing-name=NAME\n"
-                "    Backing file name recorded in a new overlay, for qemu."
-                "\n" PREFIX "backing-format=raw|qcow2\n"
-                "    Format recorded with overlay-backing-name "
-                "(default raw).");
-  if (n < 0 || (size_t) n >= sizeof help - len)
-    return;
-  len += n;
-  for (i = 0; i < qc_option_table_len; i++) {
-    const struct qc_option *o = &qc_option_table[i];
-
-    if (refused_reason (o->key) || strcmp (o->key, "backing-format") == 0)
-      continue;
-    n = snprintf (help + len, sizeof help - len, "\n" PREFIX "%s=%s\n    %s",
-                  o->key, o->syntax, overlay_help[i]);
-    if (n < 0 || (size_t) n >= sizeof help - len) {
-      help[len] = '\0';
-      return;
-    }
-    len += n;
-  }
+  snprintf (help + len, sizeof help - len,
+            "\n" PREFIX "backing-name=NAME\n"
+            "    Backing file name recorded in a new overlay, for qemu."
+            "\n" PREFIX "backing-format=raw|qcow2\n"
+            "    Format recorded with overlay-backing-name (default raw).");
+  filter_help_append (help, sizeof help, PREFIX, overlay_help, not_in_help);
 }
 
 static const struct filter_module filter_module;
 
+/* -D overlay.alloc=1, -D overlay.flush=1 (see glue.h). */
+GLUE_DEBUG_FLAGS (overlay);
+
 static void
 overlay_load (void)
 {
+  glue_debug_flags (overlay);
   serve_load (&module, &opts);
   filter_glue_init (&filter_module);
   /* Overlay defaults: small copy-on-write writes copy a 2K subcluster,
@@ -270,6 +267,7 @@ overlay_config_complete (nbdkit_next_config_complete *next,
   /* nbdkit -r writes nothing: no maintenance, no compression, and no
    * new overlay file.
    */
+  filter_config_backend (nxdata);
   r = serve_readonly (&opts, &opts);
   if (r == -1)
     return -1;
@@ -296,16 +294,17 @@ close_image (struct qc_image *img)
 }
 
 /* The filter_module's open_image: the overlay over dev (the plugin's
- * default export, read-only), created if missing.  Called from
- * .after_fork (so that a bad overlay is reported at startup) and, if
- * that failed, again from each .open until it works.
+ * default export, read-only), created if missing (first).  Called
+ * from .get_ready (so that a bad overlay stops nbdkit at startup), then
+ * again from .after_fork and, if that failed, from each .open.
  */
 static struct qc_image *
-open_image (struct blkdev *dev, bool readonly)
+open_image (struct blkdev *dev, bool readonly, bool first)
 {
   struct qc_image *img = NULL;
   struct blkdev *view;
   bool created = false;
+  struct qc_options o;
 
   backing = opts.backing_dev = dev;
   if (access (opts.file, F_OK) != 0) {
@@ -328,7 +327,10 @@ open_image (struct blkdev *dev, bool readonly)
                   opts.backing_file ? ", backing file name " : "",
                   opts.backing_file ? opts.backing_file : "");
   }
-  img = qc_image_open (&opts, NULL);
+  o = opts;
+  if (!first)
+    serve_options_reopen (&o);
+  img = qc_image_open (&o, NULL);
   if (!img)
     goto err;
   view = qc_image_default_view (img);
@@ -349,7 +351,7 @@ open_image (struct blkdev *dev, bool readonly)
   /* An existing overlay: the creation options given must describe it.
    * overlay-check, overlay-repair and overlay-snapshot-* run once.
    */
-  img = serve_image_ready (img, &opts, !created, "remove it (or use "
+  img = serve_image_ready (img, &o, !created, "remove it (or use "
                            "another overlay= file) to create a new overlay");
   if (img)
     return img;
@@ -370,27 +372,12 @@ static const struct filter_module filter_module = {
   .open_image = open_image, .close_image = close_image,
 };
 
-static int
-overlay_after_fork (nbdkit_backend *backend)
-{
-  /* Not fatal: nbdkit has forked already, and with --run a server that
-   * exits here leaves the command waiting on the socket forever.  Each
-   * connection tries again and fails with the reason.  The overlay is
-   * created here only when nbdkit is known to run without -r.
-   */
-  if (!filter_image (backend, glue_nbdkit_readonly () != 0))
-    nbdkit_error ("overlay: the overlay could not be opened; every "
-                  "connection will try again and fail until this is fixed");
-  return 0;
-}
-
 static struct nbdkit_filter filter = {
   .name = "overlay",
   .longname = "nbdkit qcow2 overlay filter",
   .description = "A persistent qcow2 copy-on-write overlay over the plugin",
   SERVE_CONFIG_CALLBACKS (overlay),
   .config_help = help,
-  .after_fork = overlay_after_fork,
   FILTER_CALLBACKS,
 };
 

@@ -6,9 +6,11 @@
  * common/.
  *
  * The container is opened once, through a shared context of the plugin
- * below (nbdkit_next_context_open), on the first connection (or export
- * listing), and closed in .cleanup.  Per-connection opens do not open
- * the plugin at all: they only pick a view of the shared image.
+ * below (nbdkit_next_context_open): first in .get_ready, so that a
+ * container that cannot be opened stops nbdkit at startup, then again
+ * in .after_fork (filters/common/filter-glue.c); closed in .cleanup.
+ * Per-connection opens do not open the plugin at all: they only pick a
+ * view of the shared image.
  */
 #include <config.h>
 
@@ -42,13 +44,56 @@ static const struct serve_module module = {
   .snapshot_exports = true,
 };
 
+#define PREFIX "qcow2-"
+
 static const struct filter_module filter_module;
+
+/* Engine keys that make no sense in a container, and why: refused when
+ * given, and not in --help.
+ */
+static const char *
+refused_reason (const char *key)
+{
+  if (strcmp (key, "data-file") == 0 || strcmp (key, "data-file-raw") == 0)
+    return "an external data file cannot be created inside a container "
+      "(an existing image's data file, named with an absolute path, is "
+      "used)";
+  if (strcmp (key, "zero-detect") == 0 || strcmp (key, "holes") == 0)
+    return "it applies only to nbdkit-qcow2enc-filter";
+  return NULL;
+}
+
+static bool
+not_in_help (const char *key)
+{
+  return refused_reason (key) != NULL;
+}
+
+/* config_help: built at .load from the core's option table (shared
+ * with the plugin), without the refused keys.
+ */
+static char help[8192] =
+  "qcow2-backing-from=file\n"
+  "    Backing files named in the image are local files (relative names\n"
+  "    from the directory nbdkit was started in).";
+#define HELP_TEXT(key, type, syntax, def, help) help,
+static const char *const qcow2_help[] = {
+  QC_OPTIONS (HELP_TEXT, qcow2) QC_ENC_OPTIONS (HELP_TEXT, qcow2)
+};
+
+/* -D qcow2.alloc=1, -D qcow2.flush=1 (see glue.h): the plugin has the
+ * same names; nbdkit sets the flags of the first module named qcow2,
+ * which is the plugin when both are loaded.
+ */
+GLUE_DEBUG_FLAGS (qcow2);
 
 static void
 qcow2_load (void)
 {
+  glue_debug_flags (qcow2);
   serve_load (&module, &opts);
   filter_glue_init (&filter_module);
+  filter_help_append (help, sizeof help, PREFIX, qcow2_help, not_in_help);
 }
 
 static void
@@ -70,8 +115,6 @@ looks_like_protocol (const char *name)
   return colon && (!slash || colon < slash);
 }
 
-#define PREFIX "qcow2-"
-
 static int
 qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
               const char *key, const char *value)
@@ -79,6 +122,11 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strncmp (key, PREFIX, strlen (PREFIX)) != 0)
     return next (nxdata, key, value);
   key += strlen (PREFIX);
+  if (refused_reason (key)) {
+    nbdkit_error (PREFIX "%s=%s: not a qcow2 filter option: %s", key, value,
+                  refused_reason (key));
+    return -1;
+  }
   if (strcmp (key, "backing-from") == 0) {
     if (strcmp (value, "file") == 0)
       return 0;
@@ -102,13 +150,8 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     nbdkit_error ("qcow2-backing-from=%s: expected file", value);
     return -1;
   }
-  if (glue_set_option (&opts, key, value) == -1) {
-    /* Never echo a secret. */
-    nbdkit_error ("the option was qcow2-%s=%s", key,
-                  strstr (key, "passphrase") ? "..." : value);
-    return -1;
-  }
-  return 0;
+  /* Messages name the option as typed (qc_prefix), never a secret. */
+  return glue_set_option (&opts, key, value);
 }
 
 static int
@@ -130,11 +173,7 @@ qcow2_config_complete (nbdkit_next_config_complete *next,
    */
   if (serve_readonly (&opts, &check) == -1)
     return -1;
-  if (opts.data_file) {
-    nbdkit_error ("qcow2-data-file: an external data file cannot be "
-                  "created inside a container");
-    return -1;
-  }
+  filter_config_backend (nxdata);
   /* nbdkit changes to / when it forks into the background: relative
    * local names are taken from the directory it was started in.
    */
@@ -185,13 +224,13 @@ create_if_asked (struct blkdev *dev, const struct qc_options *o)
   uint8_t magic[4];
   bool is_qcow2;
 
-  if (opts.format && strcmp (opts.format, "raw") == 0)
+  if (o->format && strcmp (o->format, "raw") == 0)
     return 0;
   if (blkdev_pread (dev, magic, sizeof magic, 0) == -1)
     return -1;
   is_qcow2 = dev->size >= 4 && qcow2_has_magic (magic);
-  if (opts.create == QC_CREATE_FORCE ||
-      (opts.create == QC_CREATE_IF_MISSING && !is_qcow2)) {
+  if (o->create == QC_CREATE_FORCE ||
+      (o->create == QC_CREATE_IF_MISSING && !is_qcow2)) {
     if (dev->readonly) {
       nbdkit_error ("qcow2-create: cannot format the container: the plugin "
                     "below is read-only (or nbdkit -r was used)");
@@ -212,11 +251,11 @@ create_if_asked (struct blkdev *dev, const struct qc_options *o)
   return 0;
 }
 
-/* The filter_module's open_image: format the container if asked to,
- * resolve the backing file it names, open it.
+/* The filter_module's open_image: format the container if asked to
+ * (first), resolve the backing file it names, open it.
  */
 static struct qc_image *
-open_image (struct blkdev *dev, bool readonly)
+open_image (struct blkdev *dev, bool readonly, bool first)
 {
   struct qc_options o = opts;
   struct qcow2_header h;
@@ -230,6 +269,8 @@ open_image (struct blkdev *dev, bool readonly)
    * image's.
    */
   o.follow_root = startup_dir;
+  if (!first)
+    serve_options_reopen (&o);
   created = create_if_asked (dev, &o);
   if (created == -1)
     goto fail_dev;
@@ -276,7 +317,7 @@ open_image (struct blkdev *dev, bool readonly)
    * asked for.  The image owns dev, even on failure.
    */
   img = serve_image_open (&o, dev,
-                          opts.create == QC_CREATE_IF_MISSING && !created,
+                          o.create == QC_CREATE_IF_MISSING && !created,
                           NULL);
   goto out;
 
@@ -302,12 +343,7 @@ static struct nbdkit_filter filter = {
   .name = "qcow2",
   .longname = "nbdkit qcow2 filter",
   SERVE_CONFIG_CALLBACKS (qcow2),
-  /* From the core's option table, shared with the plugin. */
-  .config_help =
-    "qcow2-backing-from=file\n"
-    "    Backing files named in the image are local files (relative names\n"
-    "    from the directory nbdkit was started in)."
-    QC_OPTIONS_HELP (qcow2),
+  .config_help = help,
   FILTER_CALLBACKS,
 };
 
