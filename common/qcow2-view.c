@@ -30,7 +30,7 @@
  */
 static int
 read_compressed_part (struct qc_image *img, const struct qc_run *run,
-                      uint8_t *buf, uint64_t offset)
+                      uint8_t *buf, uint64_t offset, uint64_t want_end)
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t in_cluster = offset % cs;
@@ -40,7 +40,7 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   int r;
 
   if (in_cluster == 0 && run->length == cs)
-    return qc_read_compressed (img, run->host, buf);
+    return qc_read_compressed (img, run->host, buf, want_end);
   qc_compressed_extent (img, run->host, &host, &len);
   if (img->dcache &&
       dcache_get (img->dcache, host, len, buf, in_cluster, run->length,
@@ -48,7 +48,7 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
     return 0;
   tmp = malloc (cs);
   if (tmp)
-    r = qc_read_compressed (img, run->host, tmp);
+    r = qc_read_compressed (img, run->host, tmp, want_end);
   else {
     qc_error ("%s: %m", img->name);
     r = -1;
@@ -65,12 +65,51 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   return r;
 }
 
+/* Where the compressed streams of the request's clusters from the run
+ * at offset on end in the file, as long as each starts where the one
+ * before it ends (qemu and we pack them so), within QC_RAHEAD_MAX: so
+ * that they are read below with one request (rahead.h).  Only a hint:
+ * mapping errors are left to the caller's own mapping.
+ */
+static uint64_t
+compressed_span (struct qc_view *v, const struct qc_run *run,
+                 uint64_t offset, uint64_t count)
+{
+  struct qc_image *img = v->img;
+  uint64_t start, len, end;
+
+  qc_compressed_extent (img, run->host, &start, &len);
+  end = start + len;
+  offset += run->length;
+  count -= run->length;
+  while (count > 0) {
+    struct qc_run next;
+    uint64_t h, l;
+
+    if (qc_map (v, offset, count, &next) == -1 ||
+        next.kind != QC_COMPRESSED)
+      break;
+    qc_compressed_extent (img, next.host, &h, &l);
+    /* The extent counts whole sectors: the next stream may start
+     * inside the last one.
+     */
+    if (h < start || h > end || h + l - start > QC_RAHEAD_MAX)
+      break;
+    if (h + l > end)
+      end = h + l;
+    offset += next.length;
+    count -= next.length;
+  }
+  return end;
+}
+
 static int
 view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 {
   struct qc_view *v = (struct qc_view *) dev;
   struct qc_image *img = v->img;
   uint8_t *p = buf;
+  uint64_t span_end = 0;        /* of the compressed streams looked at */
 
   while (count > 0) {
     struct qc_run run;
@@ -95,9 +134,16 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
     case QC_DATA:
       r = qc_data_read (img, run.host, offset, p, run.length);
       break;
-    case QC_COMPRESSED:
-      r = read_compressed_part (img, &run, p, offset);
+    case QC_COMPRESSED: {
+      uint64_t h, l;
+
+      qc_compressed_extent (img, run.host, &h, &l);
+      if (h + l > span_end)
+        span_end = run.length < count ?
+          compressed_span (v, &run, offset, count) : h + l;
+      r = read_compressed_part (img, &run, p, offset, span_end);
       break;
+    }
     }
     qc_io_end (img, epoch);
     if (r == -1)
