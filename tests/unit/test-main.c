@@ -31,6 +31,7 @@ main (void)
   srunner_add_suite (sr, regressions_suite ());
   srunner_add_suite (sr, crypto_suite ());
   srunner_add_suite (sr, dcache_suite ());
+  srunner_add_suite (sr, rahead_suite ());
   srunner_run_all (sr, CK_NORMAL);
   failed = srunner_ntests_failed (sr);
   srunner_free (sr);
