@@ -24,6 +24,25 @@ static nbdkit_next *below;
 static struct qc_image *img;
 static bool writable;           /* the image may be made writable */
 static uint64_t below_size;
+static unsigned below_connections = FILTER_BELOW_CONNECTIONS_DEFAULT;
+
+int
+filter_set_below_connections (const char *value)
+{
+  char *end;
+  unsigned long n;
+
+  errno = 0;
+  n = strtoul (value, &end, 10);
+  if (errno || end == value || *end || value[0] == '-' || n < 1 ||
+      n > FILTER_BELOW_CONNECTIONS_MAX) {
+    nbdkit_error ("below-connections=%s: expected a number from 1 to %d",
+                  value, FILTER_BELOW_CONNECTIONS_MAX);
+    return -1;
+  }
+  below_connections = n;
+  return 0;
+}
 
 void
 filter_glue_init (const struct filter_module *m)
@@ -51,6 +70,13 @@ open_below (nbdkit_backend *backend, int readonly)
   dev = next_blkdev_new (below, module->device_name, readonly);
   if (dev && thread_model < NBDKIT_THREAD_MODEL_PARALLEL)
     dev = next_blkdev_serialized (dev);
+  /* More contexts for reads in parallel: when the plugin below takes
+   * requests on different connections at once (per-connection
+   * serialization at most, as the 1.32 curl plugin does).
+   */
+  if (dev && thread_model >= NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS)
+    dev = next_blkdev_pool (dev, backend, below_connections,
+                            thread_model < NBDKIT_THREAD_MODEL_PARALLEL);
   if (!dev) {
     next_context_close (below);
     below = NULL;
@@ -99,6 +125,7 @@ filter_cleanup (nbdkit_backend *backend)
 void
 filter_unload_image (void)
 {
+  next_blkdev_contexts_gone ();
   if (img)
     module->close_image (img);
   img = NULL;

@@ -119,7 +119,10 @@ build_help (void)
                 "    Backing file name recorded in a new overlay, for qemu."
                 "\n" PREFIX "backing-format=raw|qcow2\n"
                 "    Format recorded with overlay-backing-name "
-                "(default raw).");
+                "(default raw)."
+                "\n" PREFIX "below-connections=N\n"
+                "    Contexts opened on the plugin below, for reads in "
+                "parallel (default 4).");
   if (n < 0 || (size_t) n >= sizeof help - len)
     return;
   len += n;
@@ -189,6 +192,8 @@ overlay_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return next (nxdata, key, value);
 
   k = key + PREFIX_LEN;
+  if (strcmp (k, "below-connections") == 0)
+    return filter_set_below_connections (value);
   if (strcmp (k, "backing-name") == 0) {
     if (*value == '\0') {
       nbdkit_error ("%s=: empty backing file name", key);

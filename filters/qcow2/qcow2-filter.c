@@ -79,6 +79,8 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
   if (strncmp (key, PREFIX, strlen (PREFIX)) != 0)
     return next (nxdata, key, value);
   key += strlen (PREFIX);
+  if (strcmp (key, "below-connections") == 0)
+    return filter_set_below_connections (value);
   if (strcmp (key, "backing-from") == 0) {
     if (strcmp (value, "file") == 0)
       return 0;
@@ -306,7 +308,10 @@ static struct nbdkit_filter filter = {
   .config_help =
     "qcow2-backing-from=file\n"
     "    Backing files named in the image are local files (relative names\n"
-    "    from the directory nbdkit was started in)."
+    "    from the directory nbdkit was started in).\n"
+    "qcow2-below-connections=N\n"
+    "    Contexts opened on the plugin below, for reads in parallel\n"
+    "    (default 4; 1: one shared context)."
     QC_OPTIONS_HELP (qcow2),
   FILTER_CALLBACKS,
 };
