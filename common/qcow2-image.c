@@ -564,8 +564,9 @@ qc_image_close (struct qc_image *img)
     if (rs.reads)
       qc_debug ("%s: compressed streams: %" PRIu64 " reads below (%"
                 PRIu64 " bytes), %" PRIu64 " answered from read-ahead "
-                "windows (%" PRIu64 " after waiting)", img->name, rs.reads,
-                rs.bytes, rs.hits, rs.waits);
+                "windows (%" PRIu64 " after waiting), %" PRIu64 " windows "
+                "read ahead", img->name, rs.reads, rs.bytes, rs.hits,
+                rs.waits, rs.ahead);
   }
   dcache_free (img->dcache);
   rahead_free (img->rahead);

@@ -25,6 +25,12 @@
  */
 #define SEQ_GAP (256 * 1024)
 
+/* A window read ahead starts this far before the end of the one its
+ * reader is in, so that a stream across the boundary (up to this long)
+ * is in it whole.
+ */
+#define AHEAD_OVERLAP (64 * 1024)
+
 enum wstate { W_EMPTY, W_LOADING, W_READY };
 
 struct window {
@@ -33,6 +39,7 @@ struct window {
   size_t size;                  /* the size chosen for it (doubling) */
   unsigned refs;                /* readers copying out of buf */
   uint64_t tick;                /* last use, for LRU */
+  bool ahead;                   /* the next window was claimed */
   uint8_t *buf;
   size_t cap;
 };
@@ -115,9 +122,11 @@ window_size (struct rahead *ra, uint64_t off, size_t len, uint64_t want_end)
   return n;
 }
 
-/* An idle window to load into, the least recently used, or NULL. */
+/* An idle window to load into (not but), the least recently used, or
+ * NULL.
+ */
 static struct window *
-victim (struct rahead *ra)
+victim (struct rahead *ra, const struct window *but)
 {
   struct window *best = NULL;
   unsigned i;
@@ -125,7 +134,7 @@ victim (struct rahead *ra)
   for (i = 0; i < ra->nwin; i++) {
     struct window *w = &ra->win[i];
 
-    if (w->state == W_LOADING || w->refs > 0)
+    if (w == but || w->state == W_LOADING || w->refs > 0)
       continue;
     if (w->state == W_EMPTY)
       return w;
@@ -135,11 +144,110 @@ victim (struct rahead *ra)
   return best;
 }
 
+/* Reserve window w (idle, lock held) for file bytes [off, off+n). */
+static uint64_t
+claim (struct rahead *ra, struct window *w, uint64_t off, size_t n)
+{
+  w->state = W_LOADING;
+  w->start = off;
+  w->len = n;
+  w->size = n;
+  w->ahead = false;
+  w->tick = ++ra->tick;
+  return ra->gen;
+}
+
+/* Fill a claimed window (lock not held), then publish it: kept unless
+ * a drop came meanwhile (gen moved: it may have been about these
+ * bytes).  hold: the caller copies out of it next (a reference taken,
+ * released with unhold), even when it is not kept: the caller's own
+ * stream is still good, its epoch holds it.  -1 after qc_error.
+ */
+static int
+load (struct rahead *ra, struct blkdev *dev, struct window *w, uint64_t gen,
+      bool hold)
+{
+  int r = 0;
+
+  if (w->cap < w->len) {
+    uint8_t *p = realloc (w->buf, w->len);
+
+    if (!p) {
+      qc_error ("read-ahead window: %m");
+      r = -1;
+    }
+    else {
+      w->buf = p;
+      w->cap = w->len;
+    }
+  }
+  if (r == 0)
+    r = read_below (ra, dev, w->buf, w->len, w->start);
+
+  pthread_mutex_lock (&ra->lock);
+  w->state = r == 0 && gen == ra->gen ? W_READY : W_EMPTY;
+  if (r == 0 && hold)
+    w->refs++;
+  pthread_cond_broadcast (&ra->changed);
+  pthread_mutex_unlock (&ra->lock);
+  return r;
+}
+
+static void
+unhold (struct rahead *ra, struct window *w)
+{
+  pthread_mutex_lock (&ra->lock);
+  if (--w->refs == 0)
+    pthread_cond_broadcast (&ra->changed);
+  pthread_mutex_unlock (&ra->lock);
+}
+
+/* After a hit at [off, off+len) past the middle of w, the reader is
+ * sequential: the next window (twice w, from just before w's end, so
+ * that a stream across the boundary is in it whole when it is short)
+ * is claimed now, once per window, unless one covers that place
+ * already.  Lock held; NULL if nothing to load.
+ */
+static struct window *
+next_window (struct rahead *ra, struct blkdev *dev, struct window *w,
+             uint64_t off, size_t len, uint64_t *gen)
+{
+  uint64_t end = w->start + w->len, start, size;
+  struct window *v;
+  size_t n;
+  unsigned i;
+
+  if (w->ahead || w->state != W_READY || off + len - w->start <= w->len / 2)
+    return NULL;
+  size = blkdev_size (dev);
+  if (end >= size)
+    return NULL;
+  w->ahead = true;
+  start = end > AHEAD_OVERLAP ? end - AHEAD_OVERLAP : 0;
+  if (start < off + len)
+    start = off + len;
+  for (i = 0; i < ra->nwin; i++) {
+    v = &ra->win[i];
+    if (v != w && v->state != W_EMPTY && start >= v->start &&
+        start < v->start + v->len)
+      return NULL;
+  }
+  n = w->size * 2 < ra->max ? w->size * 2 : ra->max;
+  if (n > size - start)
+    n = size - start;
+  v = victim (ra, w);
+  if (!v)
+    return NULL;
+  *gen = claim (ra, v, start, n);
+  ra->stats.ahead++;
+  return v;
+}
+
 int
 rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
              uint64_t off, uint64_t want_end)
 {
-  struct window *w = NULL;
+  struct window *w = NULL, *ahead;
   bool waited = false;
   uint64_t gen, size;
   size_t n;
@@ -169,12 +277,15 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
     ra->stats.hits++;
     if (waited)
       ra->stats.waits++;
+    ahead = next_window (ra, dev, w, off, len, &gen);
     pthread_mutex_unlock (&ra->lock);
     memcpy (buf, w->buf + (off - w->start), len);
-    pthread_mutex_lock (&ra->lock);
-    if (--w->refs == 0)
-      pthread_cond_broadcast (&ra->changed);
-    pthread_mutex_unlock (&ra->lock);
+    unhold (ra, w);
+    /* Read ahead on this thread: others go on decompressing from w
+     * meanwhile.  A failure is only a missed chance.
+     */
+    if (ahead)
+      load (ra, dev, ahead, gen, false);
     return 0;
   }
 
@@ -183,49 +294,23 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
   size = blkdev_size (dev);
   if (off < size && n > size - off)
     n = size - off > len ? size - off : len;
-  w = victim (ra);
+  w = victim (ra, NULL);
   if (!w) {
     /* Every window busy: read just this, uncached. */
     pthread_mutex_unlock (&ra->lock);
     return read_below (ra, dev, buf, len, off);
   }
-  w->state = W_LOADING;
-  w->start = off;
-  w->len = n;
-  w->size = n;
-  w->tick = ++ra->tick;
-  gen = ra->gen;
+  gen = claim (ra, w, off, n);
   pthread_mutex_unlock (&ra->lock);
 
-  r = 0;
-  if (w->cap < n) {
-    uint8_t *p = realloc (w->buf, n);
-
-    if (!p) {
-      qc_error ("read-ahead window: %m");
-      r = -1;
-    }
-    else {
-      w->buf = p;
-      w->cap = n;
-    }
-  }
-  if (r == 0)
-    r = read_below (ra, dev, w->buf, n, off);
-  if (r == 0)
+  r = load (ra, dev, w, gen, true);
+  if (r == 0) {
     memcpy (buf, w->buf, len);
-
-  pthread_mutex_lock (&ra->lock);
-  /* A drop meanwhile may have been about these bytes: do not keep them
-   * (our own stream is still good: the caller's epoch holds it).
-   */
-  w->state = r == 0 && gen == ra->gen ? W_READY : W_EMPTY;
-  pthread_cond_broadcast (&ra->changed);
-  pthread_mutex_unlock (&ra->lock);
-  if (r == -1 && w->cap < n) {
-    /* Allocation failed: the stream is still needed, read it alone. */
-    return read_below (ra, dev, buf, len, off);
+    unhold (ra, w);
   }
+  else if (w->cap < n)
+    /* Allocation failed: the stream is still needed, read it alone. */
+    r = read_below (ra, dev, buf, len, off);
   return r;
 }
 

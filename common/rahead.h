@@ -13,6 +13,9 @@
  *    (the streams of one request's clusters: one read below);
  *  - a miss just past (or inside) an earlier window is a sequential
  *    reader: its window is twice the previous one, up to the bound;
+ *  - a hit past the middle of a window is a sequential reader too: the
+ *    thread reads the next window (twice as large) then, while the
+ *    others decompress from this one;
  *  - a caller waiting for bytes another thread is loading waits for it
  *    rather than read them again.
  *
@@ -60,6 +63,7 @@ struct rahead_stats {
   uint64_t bytes;               /* bytes read below */
   uint64_t hits;                /* answered from a window */
   uint64_t waits;               /* hits that waited for a load */
+  uint64_t ahead;               /* windows read ahead */
 };
 extern void rahead_get_stats (struct rahead *ra, struct rahead_stats *s);
 
