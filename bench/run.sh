@@ -27,17 +27,20 @@ usage: bench/run.sh [--quick] [--reps N] [--runtime SECS] [--only LIST] [--clean
   --quick        small images, 1 repetition, 3 s fio runs (smoke test)
   --reps N       repetitions per case (default 3; --quick: 1)
   --runtime S    fio time-based runtime and cap (default 10; --quick: 3)
-  --only LIST    run only these workloads, e.g. --only a,b,h (a..l)
+  --only LIST    run only these workloads, e.g. --only a,b,h (a..m)
   --clean        remove \$BENCH_DIR's images first (they are rebuilt)
+  --no-qemu10    compare with the system's qemu only (not also qemu 10)
 
 Environment: BENCH_DIR (images and results, default /var/tmp/qc-bench),
 WORK_DIR (scratch images, default a tmpfs directory in /dev/shm if it
 has room), QD (fio iodepth, default 32), SMALL_CACHE (workload g,
-default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M).
+default 128k), LUKS_SIZE (workload i, default 1G; --quick: 256M),
+QEMU10_DIR (qemu 10 unpacked by bench/get-qemu10.sh, default
+\$BENCH_DIR/qemu10), REMOTE_DELAY (workload k, default 2ms).
 EOF
 }
 
-quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j,k,l clean=0
+quick=0 reps= runtime= only=a,b,c,d,e,f,g,h,i,j,k,l,m clean=0 qemu10=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
     --runtime) runtime=$2; shift ;;
     --only) only=$2; shift ;;
     --clean) clean=1 ;;
+    --no-qemu10) qemu10=0 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -95,11 +99,12 @@ COW_IO=$((RND / 64))
 QD=${QD:-32}
 SMALL_CACHE=${SMALL_CACHE:-128k}
 want () { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-case ",$only," in *[!a-l,]*|,,) usage >&2; exit 2 ;; esac
-# The shared images (setup_images) serve workloads a to h, k and l;
+case ",$only," in *[!a-m,]*|,,) usage >&2; exit 2 ;; esac
+# The shared images (setup_images) serve workloads a to h and k to m;
 # (i) and (j) make their own.
 common=0
-for w in a b c d e f g h k l; do if want $w; then common=1; fi; done
+for w in a b c d e f g h k l m; do if want $w; then common=1; fi; done
+REMOTE_DELAY=${REMOTE_DELAY:-2ms}
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/qc-bench}
 mkdir -p "$BENCH_DIR"
@@ -120,6 +125,28 @@ for t in make nbdkit qemu-nbd qemu-img nbdcopy nbdinfo fio python3 \
 done
 fio --enghelp=nbd >/dev/null 2>&1 || die "fio lacks the nbd engine"
 nbdkit file --version >/dev/null 2>&1 || die "nbdkit file plugin missing"
+if want m; then
+  { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null ||
+    die "(m) needs nginx"
+  nbdkit curl --version >/dev/null 2>&1 || die "(m) needs nbdkit's curl plugin"
+  nbdkit --filter=delay null --version >/dev/null 2>&1 ||
+    die "(m) needs nbdkit's delay filter"
+fi
+
+# qemu 10 (bench/get-qemu10.sh, unpacked once into $QEMU10_DIR): every
+# qemu figure is measured with the system's qemu and with it.  QP lists
+# the server name prefixes: "" (system qemu) and "q10-".
+QP=("")
+Q10=${QEMU10_DIR:-$BENCH_DIR/qemu10}
+if [ $qemu10 = 1 ]; then
+  if BENCH_DIR=$BENCH_DIR "$bench/get-qemu10.sh" "$Q10" >&2; then
+    QP+=("q10-")
+  else
+    say "warning: qemu 10 not available (bench/get-qemu10.sh failed): system qemu only"
+  fi
+fi
+# qimg PREFIX: the qemu-img of the system ("") or of qemu 10 ("q10-").
+qimg () { if [ "$1" = q10- ]; then echo "$Q10/bin/qemu-img"; else echo qemu-img; fi; }
 
 say "building ($top)"
 make -C "$top" -j"$(nproc)" >"$BENCH_DIR/make.log" 2>&1 ||
@@ -135,7 +162,7 @@ make -C "$top" -j"$(nproc)" >"$BENCH_DIR/make.log" 2>&1 ||
 # a fallocated zero range: tens of thousands of extents) takes minutes.
 # WORK_DIR=dir puts them elsewhere.
 free_bytes () { echo $(( $(df -Pk "$1" | awk 'NR==2 {print $4}') * 1024 )); }
-need_img=$(( common * (2 * RND + 2 * SEQ + 4 * SAMPLE) ))
+need_img=$(( common * (2 * RND + 2 * SEQ + 5 * SAMPLE) ))
 if want i; then need_img=$(( need_img + 2 * LUKS )); fi
 # (j): the data, its L2 tables (1/8192 of the disk) and some slack
 J_BYTES=$(( (J_VS / J_STRIDE) * 65536 + J_REGION + J_VS / 8192 + 64 * MiB ))
@@ -175,10 +202,12 @@ rm -f "$work"/*
   die "$work: $((need_work / MiB)) MiB needed for scratch images (set WORK_DIR)"
 
 # ---------------------------------------------------------------- servers
-srv_pid= srv_name=
+srv_pid= srv_name= ngx_pid=
 cleanup ()
 {
   if [ -n "$srv_pid" ]; then kill "$srv_pid" 2>/dev/null || :; wait "$srv_pid" 2>/dev/null || :; fi
+  if [ -n "$ngx_pid" ]; then kill "$ngx_pid" 2>/dev/null || :; wait "$ngx_pid" 2>/dev/null || :; fi
+  rm -rf "$work/ngx"
   rm -f "$sock" "$work"/*
   case "$work" in /dev/shm/qc-bench-work.*) rmdir "$work" 2>/dev/null || : ;; esac
 }
@@ -206,7 +235,10 @@ wait_ready ()
 
 # launch SERVER ARGS...: ours IMAGE [plugin options], qemu IMAGE [args],
 # qemu-opts IMAGE-OPTS, qemu-luks IMAGE, raw FILE; ours-off and qemu-all
-# are ours and qemu-opts under another name (their own rows and logs).
+# are ours and qemu-opts under another name (their own rows and logs);
+# ours-cmd and raw-cmd: the in-tree and the system nbdkit with the given
+# arguments (filters, plugin, options).  q10-qemu... : the same qemu
+# servers, with qemu 10's qemu-nbd.
 # Servers run in the foreground of a background job, so $! is the server
 # itself (the ./nbdkit wrapper execs).  No waiting: see start.
 launch ()
@@ -214,17 +246,25 @@ launch ()
   srv_name=$1; shift
   srv_log=$res/logs/$case_id-$srv_name-$rep.log
   rm -f "$sock"
+  local qemu_nbd=qemu-nbd kind=$srv_name
   case "$srv_name" in
+    q10-*) qemu_nbd=$Q10/bin/qemu-nbd; kind=${srv_name#q10-} ;;
+  esac
+  case "$kind" in
     ours|ours-off|ours-nobm)
       "$top/nbdkit" -f -U "$sock" qcow2 "$@" >"$srv_log" 2>&1 & ;;
+    ours-cmd)                   # ARGS: the filters, plugin and options
+      "$top/nbdkit" -f -U "$sock" "$@" >"$srv_log" 2>&1 & ;;
+    raw-cmd)
+      nbdkit -f -U "$sock" "$@" >"$srv_log" 2>&1 & ;;
     qemu)
-      qemu-nbd -f qcow2 --cache=writeback --discard=unmap --persistent \
+      "$qemu_nbd" -f qcow2 --cache=writeback --discard=unmap --persistent \
                -e 16 -k "$sock" "$@" >"$srv_log" 2>&1 & ;;
     qemu-opts|qemu-all)
-      qemu-nbd --image-opts "$1" --cache=writeback --discard=unmap \
+      "$qemu_nbd" --image-opts "$1" --cache=writeback --discard=unmap \
                --persistent -e 16 -k "$sock" >"$srv_log" 2>&1 & ;;
     qemu-luks)                  # IMAGE: LUKS-encrypted, $luks_pw's secret
-      qemu-nbd --object "secret,id=sec0,file=$luks_pw" \
+      "$qemu_nbd" --object "secret,id=sec0,file=$luks_pw" \
                --image-opts "driver=qcow2,file.driver=file,file.filename=$1,encrypt.key-secret=sec0" \
                --cache=writeback --discard=unmap --persistent -e 16 \
                -k "$sock" >"$srv_log" 2>&1 & ;;
@@ -389,7 +429,9 @@ wl_a ()
   say "(a) sequential read, $((SEQ / MiB)) MiB fully allocated, nbdcopy to null:"
   for rep in $(seq 1 "$reps"); do
     serve_copy ours "$img/data-seq.qcow2" -- @ null: "$SEQ"
-    serve_copy qemu "$img/data-seq.qcow2" -- @ null: "$SEQ"
+    for q in "${QP[@]}"; do
+      serve_copy ${q}qemu "$img/data-seq.qcow2" -- @ null: "$SEQ"
+    done
     serve_copy raw "$img/data-seq.raw" -- @ null: "$SEQ"
   done
 }
@@ -400,7 +442,9 @@ wl_b ()
   say "(b) 4k random read qd $QD, $((RND / MiB)) MiB fully written, ${runtime}s"
   for rep in $(seq 1 "$reps"); do
     serve_fio ours "$img/data-rnd.qcow2" -- fio_timed randread
-    serve_fio qemu "$img/data-rnd.qcow2" -- fio_timed randread
+    for q in "${QP[@]}"; do
+      serve_fio ${q}qemu "$img/data-rnd.qcow2" -- fio_timed randread
+    done
     serve_fio raw "$img/data-rnd.raw" -- fio_timed randread
   done
 }
@@ -413,9 +457,11 @@ wl_c ()
     qemu-img create -q -f qcow2 "$work/alloc.qcow2" "$ALLOC_VS"
     serve_fio ours "$work/alloc.qcow2" -- fio_count "$ALLOC_IO"
     rm -f "$work/alloc.qcow2"
-    qemu-img create -q -f qcow2 "$work/alloc.qcow2" "$ALLOC_VS"
-    serve_fio qemu "$work/alloc.qcow2" -- fio_count "$ALLOC_IO"
-    rm -f "$work/alloc.qcow2"
+    for q in "${QP[@]}"; do
+      qemu-img create -q -f qcow2 "$work/alloc.qcow2" "$ALLOC_VS"
+      serve_fio ${q}qemu "$work/alloc.qcow2" -- fio_count "$ALLOC_IO"
+      rm -f "$work/alloc.qcow2"
+    done
     truncate -s "$ALLOC_VS" "$work/alloc.raw"
     serve_fio raw "$work/alloc.raw" -- fio_count "$ALLOC_IO"
     rm -f "$work/alloc.raw"
@@ -428,7 +474,9 @@ wl_d ()
   say "(d) 4k random write qd $QD over the allocated $((RND / MiB)) MiB image, ${runtime}s"
   for rep in $(seq 1 "$reps"); do
     serve_fio ours "$img/data-rnd.qcow2" -- fio_timed randwrite
-    serve_fio qemu "$img/data-rnd.qcow2" -- fio_timed randwrite
+    for q in "${QP[@]}"; do
+      serve_fio ${q}qemu "$img/data-rnd.qcow2" -- fio_timed randwrite
+    done
     serve_fio raw "$img/data-rnd.raw" -- fio_timed randwrite
   done
 }
@@ -441,9 +489,11 @@ wl_e ()
     serve_copy ours "$work/new.qcow2" create=true size="$SEQ" -- \
                "$img/data-seq.raw" @ "$SEQ"
     rm -f "$work/new.qcow2"
-    qemu-img create -q -f qcow2 "$work/new.qcow2" "$SEQ"
-    serve_copy qemu "$work/new.qcow2" -- "$img/data-seq.raw" @ "$SEQ"
-    rm -f "$work/new.qcow2"
+    for q in "${QP[@]}"; do
+      qemu-img create -q -f qcow2 "$work/new.qcow2" "$SEQ"
+      serve_copy ${q}qemu "$work/new.qcow2" -- "$img/data-seq.raw" @ "$SEQ"
+      rm -f "$work/new.qcow2"
+    done
     truncate -s "$SEQ" "$work/new.raw"
     serve_copy raw "$work/new.raw" -- "$img/data-seq.raw" @ "$SEQ"
     rm -f "$work/new.raw"
@@ -457,7 +507,7 @@ wl_f ()
     case_id=f-cow-xl2-$x
     say "(f) 4k random write qd $QD over a full backing file, extended_l2=$x, $((COW_IO / 4096)) writes"
     for rep in $(seq 1 "$reps"); do
-      for s in ours qemu; do
+      for s in ours "${QP[@]/%/qemu}"; do
         qemu-img create -q -f qcow2 -b "$img/data-rnd.qcow2" -F qcow2 \
                  -o cluster_size=65536,extended_l2=$x "$work/ov.qcow2"
         serve_fio $s "$work/ov.qcow2" -- fio_count "$COW_IO"
@@ -476,8 +526,10 @@ wl_g ()
   for rep in $(seq 1 "$reps"); do
     serve_fio ours "$img/data-rnd.qcow2" cache-size="$SMALL_CACHE" -- \
               fio_timed randread
-    serve_fio qemu-opts "driver=qcow2,file.driver=file,file.filename=$img/data-rnd.qcow2,l2-cache-size=$bytes" -- \
-              fio_timed randread
+    for q in "${QP[@]}"; do
+      serve_fio ${q}qemu-opts "driver=qcow2,file.driver=file,file.filename=$img/data-rnd.qcow2,l2-cache-size=$bytes" -- \
+                fio_timed randread
+    done
   done
 }
 
@@ -505,23 +557,25 @@ wl_h ()
         rm -f "$out"
         case_id=h-$c-write
       fi
-      # qemu-nbd with QEMU's compress filter: the same client.
-      qemu-img create -q -f qcow2 $opt "$out" "$SAMPLE"
-      serve_copy qemu-opts "driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=$out" -- \
-                 "$img/sample.raw" @ "$SAMPLE"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" qemu "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
-      rm -f "$out"
-      # qemu-img convert -c: QEMU's own way of making compressed images.
-      t0=$(now)
-      if /usr/bin/time -f '%M %U %S' -o "$work/time.out" \
-           qemu-img convert -c -f raw -O qcow2 $opt "$img/sample.raw" "$out" \
-           2>>"$res/logs/$case_id-client.log"; then
-        t1=$(now); v="$(mbps "$SAMPLE" "$t0" "$t1") $SAMPLE"
-        read -r rss u s <"$work/time.out"; cpu=$(awk "BEGIN {print $u + $s}")
-      else v=NA cpu=NA rss=NA; fi
-      record qemu-img "$v" "$cpu" "$rss"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" qemu-img "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
-      rm -f "$out"
+      for q in "${QP[@]}"; do
+        # qemu-nbd with QEMU's compress filter: the same client.
+        qemu-img create -q -f qcow2 $opt "$out" "$SAMPLE"
+        serve_copy ${q}qemu-opts "driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=$out" -- \
+                   "$img/sample.raw" @ "$SAMPLE"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" ${q}qemu "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
+        rm -f "$out"
+        # qemu-img convert -c: QEMU's own way of making compressed images.
+        t0=$(now)
+        if /usr/bin/time -f '%M %U %S' -o "$work/time.out" \
+             "$(qimg "$q")" convert -c -f raw -O qcow2 $opt "$img/sample.raw" "$out" \
+             2>>"$res/logs/$case_id-client.log"; then
+          t1=$(now); v="$(mbps "$SAMPLE" "$t0" "$t1") $SAMPLE"
+          read -r rss u s <"$work/time.out"; cpu=$(awk "BEGIN {print $u + $s}")
+        else v=NA cpu=NA rss=NA; fi
+        record ${q}qemu-img "$v" "$cpu" "$rss"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case_id-size" ${q}qemu-img "$rep" "$(stat -c %s "$out")" NA NA NA >>"$runs"
+        rm -f "$out"
+      done
       # The same copy, uncompressed, into a raw file.
       truncate -s "$SAMPLE" "$work/c.raw"
       serve_copy raw "$work/c.raw" -- "$img/sample.raw" @ "$SAMPLE"
@@ -533,7 +587,9 @@ wl_h ()
     say "(h) read of the $c-compressed sample (made by qemu-img convert -c)"
     for rep in $(seq 1 "$reps"); do
       serve_copy ours "$img/sample-$c.qcow2" -- @ null: "$SAMPLE"
-      serve_copy qemu "$img/sample-$c.qcow2" -- @ null: "$SAMPLE"
+      for q in "${QP[@]}"; do
+        serve_copy ${q}qemu "$img/sample-$c.qcow2" -- @ null: "$SAMPLE"
+      done
       serve_copy raw "$img/sample.raw" -- @ null: "$SAMPLE"
     done
   done
@@ -590,7 +646,9 @@ wl_i ()
   for rep in $(seq 1 "$reps"); do
     serve_copy ours "$img/data-luks.qcow2" passphrase=+"$luks_pw" -- \
                @ null: "$LUKS"
-    serve_copy qemu-luks "$img/data-luks.qcow2" -- @ null: "$LUKS"
+    for q in "${QP[@]}"; do
+      serve_copy ${q}qemu-luks "$img/data-luks.qcow2" -- @ null: "$LUKS"
+    done
     serve_copy raw "$img/data-luks.raw" -- @ null: "$LUKS"
   done
   case_id=i-luks-seqwrite
@@ -603,10 +661,12 @@ wl_i ()
     serve_copy ours "$work/luks.qcow2" passphrase=+"$luks_pw" -- \
                "$img/data-luks.raw" @ "$LUKS"
     rm -f "$work/luks.qcow2"
-    luks_qemu_img create -q -f qcow2 "${luks_secret[@]}" -o "$luks_opts" \
-      "$work/luks.qcow2" "$LUKS"
-    serve_copy qemu-luks "$work/luks.qcow2" -- "$img/data-luks.raw" @ "$LUKS"
-    rm -f "$work/luks.qcow2"
+    for q in "${QP[@]}"; do
+      luks_qemu_img create -q -f qcow2 "${luks_secret[@]}" -o "$luks_opts" \
+        "$work/luks.qcow2" "$LUKS"
+      serve_copy ${q}qemu-luks "$work/luks.qcow2" -- "$img/data-luks.raw" @ "$LUKS"
+      rm -f "$work/luks.qcow2"
+    done
     truncate -s "$LUKS" "$work/luks.raw"
     serve_copy raw "$work/luks.raw" -- "$img/data-luks.raw" @ "$LUKS"
     rm -f "$work/luks.raw"
@@ -741,14 +801,14 @@ wl_j ()
   case_id=j
   say "(j) $((J_VS / GiB)) GiB disk, $J_SNAPS snapshots: time to the first 4k write, then 4k random write qd $QD in $((J_REGION / MiB)) MiB, ${runtime}s"
   for rep in $(seq 1 "$reps"); do
-    for s in ours ours-off qemu qemu-all; do
+    for s in ours ours-off "${QP[@]/%/qemu}" "${QP[@]/%/qemu-all}"; do
       # A fresh copy each time (not timed).
       cp --reflink=auto "$j_img" "$work/j.qcow2"
       case $s in
         ours) a=("$work/j.qcow2") ;;
         ours-off) a=("$work/j.qcow2" overlap-check=off) ;;
-        qemu) a=("$work/j.qcow2") ;;
-        qemu-all) a=("driver=qcow2,overlap-check=all,file.driver=file,file.filename=$work/j.qcow2") ;;
+        qemu|q10-qemu) a=("$work/j.qcow2") ;;
+        qemu-all|q10-qemu-all) a=("driver=qcow2,overlap-check=all,file.driver=file,file.filename=$work/j.qcow2") ;;
       esac
       j_run "$s" "${a[@]}"
       rm -f "$work/j.qcow2"
@@ -876,15 +936,92 @@ wl_l ()
   rm -f "$work/l.qcow2"
 }
 
+# (m) remote: the sample's images on nginx (loopback), read through the
+# qcow2 filter over nbdkit's curl plugin (ours) against qemu-img convert
+# -m 1 from the URL into a raw file (qemu's http driver stalls with its
+# default parallel requests), and against moving the image file's own
+# bytes (nbdkit curl of the same .qcow2: raw-cmd).  Then the same with
+# nbdkit's delay filter adding $REMOTE_DELAY to every read below the
+# qcow2 filter (and below the byte mover): a network's latency.  Every
+# MB/s is the sample's size over the time, so ours/raw is the time of
+# moving the bytes over the time of decoding them.
+start_nginx ()
+{
+  local port i
+  mkdir -p "$work/ngx"
+  chmod a+rx "$img"; chmod a+r "$img"/sample*
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat >"$work/ngx/nginx.conf" <<EOF
+daemon off;
+pid $work/ngx/nginx.pid;
+error_log $work/ngx/error.log;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path $work/ngx/body;
+  proxy_temp_path $work/ngx/proxy;
+  fastcgi_temp_path $work/ngx/fastcgi;
+  uwsgi_temp_path $work/ngx/uwsgi;
+  scgi_temp_path $work/ngx/scgi;
+  server { listen 127.0.0.1:$port; root $img; }
+}
+EOF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work/ngx" \
+    -e "$work/ngx/error.log" -c "$work/ngx/nginx.conf" 2>"$res/logs/nginx.log" &
+  ngx_pid=$!
+  for i in $(seq 500); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
+    sleep 0.01
+  done
+  base_url=http://127.0.0.1:$port
+}
+
+wl_m ()
+{
+  local c d url t0 t1 v q df dp
+  [ -f "$img/sample-plain.qcow2" ] ||
+    qemu-img convert -f raw -O qcow2 "$img/sample.raw" "$img/sample-plain.qcow2"
+  start_nginx
+  for c in zlib plain; do
+    url=$base_url/sample-$c.qcow2
+    for d in 0 "$REMOTE_DELAY"; do
+      # The delay filter (df) and its parameter (dp, after the plugin's).
+      if [ "$d" = 0 ]; then case_id=m-$c-remote; df=() dp=()
+      else case_id=m-$c-remote-delay; df=(--filter=delay) dp=(delay-read="$d"); fi
+      say "($case_id) read of the $c sample image over curl (nginx on loopback), delay below: $d"
+      for rep in $(seq 1 "$reps"); do
+        serve_copy ours-cmd --filter=qcow2 "${df[@]}" curl "$url" "${dp[@]}" -- \
+                   @ null: "$SAMPLE"
+        serve_copy raw-cmd "${df[@]}" curl "$url" "${dp[@]}" -- @ null: "$SAMPLE"
+        [ "$d" = 0 ] || continue
+        for q in "${QP[@]}"; do
+          t0=$(now)
+          if /usr/bin/time -f '%M %U %S' -o "$work/time.out" timeout 600 \
+               "$(qimg "$q")" convert -m 1 -f qcow2 -O raw "$url" "$work/m.raw" \
+               2>>"$res/logs/$case_id-client.log"; then
+            t1=$(now); v="$(mbps "$SAMPLE" "$t0" "$t1") $SAMPLE"
+            read -r rss u s <"$work/time.out"; cpu=$(awk "BEGIN {print $u + $s}")
+          else v=NA cpu=NA rss=NA; fi
+          record ${q}qemu-img "$v" "$cpu" "$rss"
+          rm -f "$work/m.raw"
+        done
+      done
+    done
+  done
+  kill "$ngx_pid" 2>/dev/null || :; wait "$ngx_pid" 2>/dev/null || :
+  ngx_pid=
+}
+
 # ---------------------------------------------------------------- main
 start_time=$(date +%s)
 {
-  echo "mode=$mode reps=$reps runtime=$runtime QD=$QD SMALL_CACHE=$SMALL_CACHE"
+  echo "mode=$mode reps=$reps runtime=$runtime QD=$QD SMALL_CACHE=$SMALL_CACHE REMOTE_DELAY=$REMOTE_DELAY"
   echo "images: $img; scratch images: $work ($(stat -f -c %T "$work"))"
   echo "SEQ=$SEQ RND=$RND ALLOC_VS=$ALLOC_VS ALLOC_IO=$ALLOC_IO COW_IO=$COW_IO SAMPLE=$SAMPLE LUKS=$LUKS"
   echo "J_VS=$J_VS J_STRIDE=$J_STRIDE J_OFF=$J_OFF J_REGION=$J_REGION J_SNAPS=$J_SNAPS"
   echo "host: $(nproc) CPUs, $(awk '/MemTotal/ {print $2 " kB"}' /proc/meminfo), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "nbdkit: $(nbdkit --version | head -1); qemu-nbd: $(qemu-nbd --version | head -1)"
+  if [ ${#QP[@]} -gt 1 ]; then echo "q10: $("$Q10/bin/qemu-nbd" --version | head -1)"; fi
   echo "nbdcopy: $(nbdcopy --version | head -1); fio: $(fio --version)"
   echo "tree: $(git -C "$top" describe --always --dirty 2>/dev/null || echo '?')"
 } >"$res/info.txt"
@@ -895,7 +1032,7 @@ cat "$res/info.txt" >&2
 : >"$runs"
 
 if [ $common = 1 ]; then setup_images; fi
-for w in a b c d e f g h i j k l; do
+for w in a b c d e f g h i j k l m; do
   if want $w; then "wl_$w"; fi
 done
 

@@ -37,6 +37,7 @@ alloc_n = int(info["ALLOC_IO"]) // 4096
 cow_n = int(info["COW_IO"]) // 4096
 smp = mib(sample)
 luks = mib(info["LUKS"]) if "LUKS" in info else "?"
+delay = info.get("REMOTE_DELAY", "2ms")
 
 # case, label, unit, name of the "qemu" column's server(s)
 ROWS = [
@@ -87,6 +88,14 @@ ROWS = [
      "one enabled bitmap", "IOPS", "qemu-nbd"),
     ("l-randwrite-bitmap", "(l)   ours with the bitmap vs ours without",
      "IOPS", "ours-nobm"),
+    ("m-zlib-remote", f"(m) zlib {smp} image over curl (nginx, loopback); "
+     "raw: the file's bytes", "MB/s", "qemu-img"),
+    ("m-zlib-remote-delay", f"(m)   same, {delay} per read below",
+     "MB/s", "qemu-img"),
+    ("m-plain-remote", f"(m) plain {smp} image over curl; raw: the "
+     "file's bytes", "MB/s", "qemu-img"),
+    ("m-plain-remote-delay", f"(m)   same, {delay} per read below",
+     "MB/s", "qemu-img"),
 ]
 # runs.tsv server names for each column
 QEMU_SERVER = {"qemu-nbd": ("qemu", "qemu-opts", "qemu-luks"),
@@ -140,30 +149,34 @@ def fmt_rss(case, s):
     return "%.0f" % (r / 1024) if r else "-"
 
 
-hdr = ["workload", "unit", "ours", "qemu", "raw", "ours/qemu",
-       "ours/raw"]
-hdr2 = ["workload", "server CPU", "ours", "qemu", "raw", "ours/qemu",
-        "RSS ours", "RSS qemu", "RSS raw"]
+hdr = ["workload", "unit", "ours", "qemu", "qemu 10", "raw", "ours/qemu",
+       "ours/qemu10", "ours/raw"]
+hdr2 = ["workload", "server CPU", "ours", "qemu", "qemu 10", "raw",
+        "ours/qemu", "ours/qemu10", "RSS ours", "RSS qemu", "RSS qemu 10",
+        "RSS raw"]
 table, table2 = [], []
 for case, label, unit, qcol in ROWS:
     if not any(k[0] == case for k in vals):
         continue
-    o, _ = med(case, ("ours",))
+    o, os_ = med(case, ("ours", "ours-cmd"))
     qcase = case
     if "@" in qcol:             # compared with another case's qemu
         qcol, qcase = qcol.split("@")
     q, qs = med(qcase, QEMU_SERVER[qcol])
-    r, _ = med(case, ("raw",))
+    q10, q10s = med(qcase, tuple("q10-" + x for x in QEMU_SERVER[qcol]))
+    r, rs = med(case, ("raw", "raw-cmd"))
     label = label if qcol in ("qemu-nbd",) or "vs" in label else \
         label + " [qemu: " + qcol + "]"
-    table.append([label, unit, fmt(o, unit), fmt(q, unit), fmt(r, unit),
-                  ratio(o, q), ratio(o, r)])
-    co, cos = cpu_cost(case, "ours", unit)
+    table.append([label, unit, fmt(o, unit), fmt(q, unit), fmt(q10, unit),
+                  fmt(r, unit), ratio(o, q), ratio(o, q10), ratio(o, r)])
+    co, cos = cpu_cost(case, os_, unit)
     cq, cqs = cpu_cost(case, qs, unit)
-    _, crs = cpu_cost(case, "raw" if r else None, unit)
+    cq10, cq10s = cpu_cost(case, q10s, unit)
+    _, crs = cpu_cost(case, rs if r else None, unit)
     table2.append([label, "us/req" if unit == "IOPS" else "s/GB", cos, cqs,
-                   crs, ratio(co, cq), fmt_rss(case, "ours"),
-                   fmt_rss(case, qs), fmt_rss(case, "raw" if r else None)])
+                   cq10s, crs, ratio(co, cq), ratio(co, cq10),
+                   fmt_rss(case, os_), fmt_rss(case, qs),
+                   fmt_rss(case, q10s), fmt_rss(case, rs if r else None)])
 
 nreps = max((len(v) for v in vals.values()), default=0)
 
@@ -188,8 +201,12 @@ if table:
     print()
     print("Throughput: medians of %d run(s); MB/s = 10^6 bytes/s; "
           "ratios > 1: ours faster." % nreps)
-    print("qemu = qemu-nbd unless noted; raw = nbdkit file on the raw "
-          "equivalent.")
+    print("qemu = qemu-nbd unless noted (the system's; qemu 10: "
+          "bench/get-qemu10.sh); raw = nbdkit file")
+    print("on the raw equivalent.  (k): MB/s = the sample's size over the "
+          "time; raw = nbdkit curl")
+    print("moving the image file's own bytes (ours/raw = the time of "
+          "moving them over the time of decoding).")
     print()
     show(hdr, table)
     print()
@@ -203,7 +220,8 @@ if table:
     show(hdr2, table2)
 
 # (j): the overlap checks on and off, ours and qemu-nbd's.
-J_SERVERS = ("ours", "ours-off", "qemu", "qemu-all")
+J_SERVERS = ("ours", "ours-off", "qemu", "qemu-all", "q10-qemu",
+             "q10-qemu-all")
 if any(k[0].startswith("j-") for k in vals):
     jvs = mib(info.get("J_VS", 0))
     jreg = mib(info.get("J_REGION", 0))
@@ -223,7 +241,9 @@ if any(k[0].startswith("j-") for k in vals):
         jt.append([label, unit] + [fmt(m[s], unit) for s in J_SERVERS] +
                   [ratio(m["ours"], m["ours-off"]),
                    ratio(m["ours"], m["qemu"]),
-                   ratio(m["ours"], m["qemu-all"])])
+                   ratio(m["ours"], m["qemu-all"]),
+                   ratio(m["ours"], m["q10-qemu"]),
+                   ratio(m["ours"], m["q10-qemu-all"])])
     for case, label, what, scale, f in (
             ("j-first", "(j) CPU from launch to the first write done",
              "ms", 1e3, "%.0f"),
@@ -245,22 +265,25 @@ if any(k[0].startswith("j-") for k in vals):
           "means ours is faster.")
     print()
     show(["workload", "unit", "ours on", "ours off", "qemu",
-          "qemu-all", "on/off", "on/qemu", "on/qemu-all"], jt)
+          "qemu-all", "qemu10", "qemu10-all", "on/off", "on/qemu",
+          "on/qemu-all", "on/qemu10", "on/qemu10-all"], jt)
     print()
     print("Server CPU time, median (from /proc: 10 ms steps), and peak "
           "RSS:")
     print()
     jt2.append(["(j) peak RSS (VmHWM at the end, largest)", "MiB"] +
                [fmt_rss("j-randwrite", s) for s in J_SERVERS])
-    show(["workload", "unit", "ours on", "ours off", "qemu", "qemu-all"],
-         jt2)
+    show(["workload", "unit", "ours on", "ours off", "qemu", "qemu-all",
+          "qemu10", "qemu10-all"], jt2)
 
 # Compressed sizes.
 sizes = []
 for c in ("zlib", "zlibfast", "zstd"):
     for s, name in (("ours", "ours (nbdcopy, compress=%s)" % c),
                     ("qemu", "qemu-nbd + compress filter"),
-                    ("qemu-img", "qemu-img convert -c")):
+                    ("qemu-img", "qemu-img convert -c"),
+                    ("q10-qemu", "qemu-nbd 10 + compress filter"),
+                    ("q10-qemu-img", "qemu-img 10 convert -c")):
         v, _ = med("h-%s-write-size" % c, (s,))
         if v:
             sizes.append((c, name, v))

@@ -510,6 +510,9 @@ image_open (const struct qc_options *opts, struct blkdev *dev,
     if (!img->dcache && bytes >= img->h.cluster_size)
       goto err;
   }
+  img->rahead = rahead_new (QC_RAHEAD_MAX, QC_RAHEAD_WINDOWS);
+  if (!img->rahead)
+    goto err;
   if (qc_detect_metadata_prealloc (img, &img->metadata_prealloc) == -1)
     goto err;
   img->default_view = &img->active.dev;
@@ -573,7 +576,19 @@ qc_image_close (struct qc_image *img)
               img->name, img->nr_decompressed, st.hits, st.misses,
               st.evictions, st.drops);
   }
+  if (img->rahead) {
+    struct rahead_stats rs;
+
+    rahead_get_stats (img->rahead, &rs);
+    if (rs.reads)
+      qc_debug ("%s: compressed streams: %" PRIu64 " reads below (%"
+                PRIu64 " bytes), %" PRIu64 " answered from read-ahead "
+                "windows (%" PRIu64 " after waiting), %" PRIu64 " windows "
+                "read ahead", img->name, rs.reads, rs.bytes, rs.hits,
+                rs.waits, rs.ahead);
+  }
   dcache_free (img->dcache);
+  rahead_free (img->rahead);
   l2cache_free (img->cache);
   if (img->backing_img)
     qc_image_close (img->backing_img);

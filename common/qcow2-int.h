@@ -13,6 +13,7 @@
 #include "qc-error.h"
 #include "byteorder.h"
 #include "dcache.h"
+#include "rahead.h"
 #include "l2cache.h"
 #include "qcow2.h"
 #include "qcow2-header.h"
@@ -112,6 +113,8 @@ struct qc_image {
   struct qcow2_header h;
   struct l2cache *cache;
   struct dcache *dcache;        /* decompressed clusters, or NULL */
+  struct rahead *rahead;        /* windows of the file that compressed
+                                 * streams are read from (rahead.h) */
   uint64_t nr_decompressed;     /* atomic: clusters decompressed, for
                                  * tests and debug messages */
   struct qc_view active;
@@ -214,9 +217,18 @@ qc_compressed_extent (const struct qc_image *img, uint64_t desc,
   *len = (nsect + 1) * 512 - (*host & 511);
 }
 
-/* Read a compressed cluster (descriptor desc) into out (cluster size). */
+/* Bound of one read below for compressed streams (rahead.h), and the
+ * number of windows kept.
+ */
+#define QC_RAHEAD_MAX (2 * 1024 * 1024)
+#define QC_RAHEAD_WINDOWS 8
+
+/* Read a compressed cluster (descriptor desc) into out (cluster size).
+ * want_end: where in the file the streams the caller needs next end
+ * (0 if unknown), so that they are read below with this one.
+ */
 extern int qc_read_compressed (struct qc_image *img, uint64_t desc,
-                               uint8_t *out);
+                               uint8_t *out, uint64_t want_end);
 
 /* Initialise a view's device over the given L1 table. */
 extern void qc_view_init (struct qc_view *v, struct qc_image *img,

@@ -192,7 +192,8 @@ qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
 }
 
 int
-qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
+qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out,
+                    uint64_t want_end)
 {
   const struct qcow2_header *h = &img->h;
   uint64_t coff, clen;
@@ -208,7 +209,7 @@ qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out)
     qc_error ("%s: %m", img->name);
     return -1;
   }
-  r = blkdev_pread (img->file, in, clen, coff);
+  r = rahead_read (img->rahead, img->file, in, clen, coff, want_end);
   if (r == 0) {
     __atomic_add_fetch (&img->nr_decompressed, 1, __ATOMIC_RELAXED);
     r = codec_decompress (h->compression_type, in, clen, out,

@@ -183,6 +183,7 @@ qc_refcount_add (struct qc_image *img, uint64_t cluster, int64_t delta)
      * same place.
      */
     dcache_drop (img->dcache, off, off + img->h.cluster_size);
+    rahead_drop (img->rahead, off, off + img->h.cluster_size);
     if (cluster < img->free_cursor)
       img->free_cursor = cluster;
     /* Never pack compressed streams into a freed cluster (qemu 7.2 did,

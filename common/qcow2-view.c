@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "byteorder.h"
+#include "parfor.h"
 #include "qc-error.h"
 #include "qcow2-int.h"
 
@@ -21,16 +22,17 @@
 
 /* Part of a compressed cluster: from the cache of decompressed
  * clusters, or decompressed and then cached, so that a client reading
- * the cluster in small pieces decompresses it once.  A whole cluster is
- * decompressed straight into buf (a sequential reader with large
- * requests gains nothing from the cache, and it saves a copy).
+ * the cluster in small pieces decompresses it once.  (Whole clusters
+ * are decompressed straight into the request's buffer, in parallel: see
+ * dbatch below; a sequential reader with large requests gains nothing
+ * from the cache, and it saves a copy.)
  *
  * Called inside the I/O epoch in which the cluster was mapped, as
  * dcache_get requires.
  */
 static int
 read_compressed_part (struct qc_image *img, const struct qc_run *run,
-                      uint8_t *buf, uint64_t offset)
+                      uint8_t *buf, uint64_t offset, uint64_t want_end)
 {
   const uint64_t cs = img->h.cluster_size;
   uint64_t in_cluster = offset % cs;
@@ -39,8 +41,6 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   uint8_t *tmp;
   int r;
 
-  if (in_cluster == 0 && run->length == cs)
-    return qc_read_compressed (img, run->host, buf);
   qc_compressed_extent (img, run->host, &host, &len);
   if (img->dcache &&
       dcache_get (img->dcache, host, len, buf, in_cluster, run->length,
@@ -48,7 +48,7 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
     return 0;
   tmp = malloc (cs);
   if (tmp)
-    r = qc_read_compressed (img, run->host, tmp);
+    r = qc_read_compressed (img, run->host, tmp, want_end);
   else {
     qc_error ("%s: %m", img->name);
     r = -1;
@@ -65,13 +65,104 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   return r;
 }
 
+/* Where the compressed streams of the request's clusters from the run
+ * at offset on end in the file, as long as each starts where the one
+ * before it ends (qemu and we pack them so), within QC_RAHEAD_MAX: so
+ * that they are read below with one request (rahead.h).  Only a hint:
+ * mapping errors are left to the caller's own mapping.
+ */
+static uint64_t
+compressed_span (struct qc_view *v, const struct qc_run *run,
+                 uint64_t offset, uint64_t count)
+{
+  struct qc_image *img = v->img;
+  uint64_t start, len, end;
+
+  qc_compressed_extent (img, run->host, &start, &len);
+  end = start + len;
+  offset += run->length;
+  count -= run->length;
+  while (count > 0) {
+    struct qc_run next;
+    uint64_t h, l;
+
+    if (qc_map (v, offset, count, &next) == -1 ||
+        next.kind != QC_COMPRESSED)
+      break;
+    qc_compressed_extent (img, next.host, &h, &l);
+    /* The extent counts whole sectors: the next stream may start
+     * inside the last one.
+     */
+    if (h < start || h > end || h + l - start > QC_RAHEAD_MAX)
+      break;
+    if (h + l > end)
+      end = h + l;
+    offset += next.length;
+    count -= next.length;
+  }
+  return end;
+}
+
+/* The whole compressed clusters of one request are decompressed in
+ * parallel (the caller's thread and idle pool threads, see parfor.h),
+ * up to DBATCH at a time, straight into the request's buffer.  Each
+ * stays in the I/O epoch in which it was mapped until it is done.
+ */
+#define DBATCH 32
+
+struct dbatch {
+  struct qc_image *img;
+  unsigned n;
+  uint64_t desc[DBATCH], want_end[DBATCH];
+  uint8_t *out[DBATCH];
+  unsigned epoch[DBATCH];
+  int r[DBATCH], err[DBATCH];
+};
+
+static void
+dbatch_item (void *arg, size_t i)
+{
+  struct dbatch *b = arg;
+
+  b->r[i] = qc_read_compressed (b->img, b->desc[i], b->out[i],
+                                b->want_end[i]);
+  b->err[i] = errno;
+}
+
+static int
+dbatch_run (struct dbatch *b)
+{
+  unsigned i;
+  int r = 0, err = 0;
+
+  if (b->n == 1)
+    dbatch_item (b, 0);
+  else if (b->n > 1)
+    parfor (dbatch_item, b, b->n);
+  for (i = 0; i < b->n; i++) {
+    qc_io_end (b->img, b->epoch[i]);
+    if (b->r[i] == -1 && r == 0) {
+      r = -1;
+      err = b->err[i];
+    }
+  }
+  b->n = 0;
+  if (r == -1)
+    errno = err;
+  return r;
+}
+
 static int
 view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
 {
   struct qc_view *v = (struct qc_view *) dev;
   struct qc_image *img = v->img;
   uint8_t *p = buf;
+  uint64_t span_end = 0;        /* of the compressed streams looked at */
+  struct dbatch b;
 
+  b.img = img;
+  b.n = 0;
   while (count > 0) {
     struct qc_run run;
     int r = 0;
@@ -79,7 +170,11 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
     unsigned epoch = qc_io_begin (img);
 
     if (qc_map (v, offset, count, &run) == -1) {
+      int err = errno;
+
       qc_io_end (img, epoch);
+      dbatch_run (&b);
+      errno = err;
       return -1;
     }
     switch (run.kind) {
@@ -95,18 +190,41 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
     case QC_DATA:
       r = qc_data_read (img, run.host, offset, p, run.length);
       break;
-    case QC_COMPRESSED:
-      r = read_compressed_part (img, &run, p, offset);
+    case QC_COMPRESSED: {
+      uint64_t h, l;
+
+      qc_compressed_extent (img, run.host, &h, &l);
+      if (h + l > span_end)
+        span_end = run.length < count ?
+          compressed_span (v, &run, offset, count) : h + l;
+      if (offset % img->h.cluster_size == 0 &&
+          run.length == img->h.cluster_size) {
+        /* A whole cluster: batched, its epoch held until it is done. */
+        b.desc[b.n] = run.host;
+        b.out[b.n] = p;
+        b.want_end[b.n] = span_end;
+        b.epoch[b.n++] = epoch;
+        r = b.n == DBATCH ? dbatch_run (&b) : 0;
+        goto next;
+      }
+      r = read_compressed_part (img, &run, p, offset, span_end);
       break;
     }
+    }
     qc_io_end (img, epoch);
-    if (r == -1)
+  next:
+    if (r == -1) {
+      int err = errno;
+
+      dbatch_run (&b);
+      errno = err;
       return -1;
+    }
     p += run.length;
     offset += run.length;
     count -= run.length;
   }
-  return 0;
+  return dbatch_run (&b);
 }
 
 /* Forwards extents and remembers how far they reached. */

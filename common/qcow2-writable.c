@@ -106,6 +106,7 @@ qc_rebuild_refcounts (struct qc_image *img)
 
   /* Clusters are freed here without qc_refcount_add seeing them. */
   dcache_clear (img->dcache);
+  rahead_clear (img->rahead);
   /* The old refcount structures are not counted: they become free. */
   if (qc_count_refs (img, false, &r) == -1)
     return -1;

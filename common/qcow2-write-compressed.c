@@ -164,6 +164,8 @@ store_compressed (struct qc_view *v, const uint8_t *out, long len,
   pthread_mutex_unlock (&img->meta_lock);
 
   r = blkdev_pwrite (img->file, out, len, off, 0);
+  /* Read-ahead windows may hold what these bytes were before. */
+  rahead_drop (img->rahead, off, off + len);
 
   pthread_mutex_lock (&img->meta_lock);
   qc_inflight_release (img, held);

@@ -64,6 +64,52 @@ start_nbdkit ()
   printf -v "$_sn_var" '%s' "$_sn_sock"
 }
 
+# start_nginx DIR VAR: nginx on loopback serving the files of DIR (made
+# readable to its workers), stopped at exit; the base URL
+# (http://127.0.0.1:PORT) goes to the variable named VAR.  Returns 1
+# when nginx is not installed.
+start_nginx ()
+{
+  local _ng_dir _ng_var="$2" _ng_port _ng_pid _ng_bin _ng_i
+  _ng_bin=$(command -v nginx || echo /usr/sbin/nginx)
+  [ -x "$_ng_bin" ] || return 1
+  _ng_dir=$(cd "$1" && pwd)
+  mkdir -p "$tmpdir/ngx"
+  # nginx workers may run as another user.
+  chmod a+rx "$tmpdir" "$_ng_dir"; chmod -R a+r "$_ng_dir"
+  _ng_port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > "$tmpdir/ngx/nginx.conf" <<NGINX_EOF
+daemon off;
+pid $tmpdir/ngx/nginx.pid;
+error_log $tmpdir/ngx/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $tmpdir/ngx/body;
+  proxy_temp_path $tmpdir/ngx/proxy;
+  fastcgi_temp_path $tmpdir/ngx/fastcgi;
+  uwsgi_temp_path $tmpdir/ngx/uwsgi;
+  scgi_temp_path $tmpdir/ngx/scgi;
+  server {
+    listen 127.0.0.1:$_ng_port;
+    root $_ng_dir;
+  }
+}
+NGINX_EOF
+  "$_ng_bin" -p "$tmpdir/ngx" -e "$tmpdir/ngx/error.log" \
+    -c "$tmpdir/ngx/nginx.conf" 2>"$tmpdir/ngx/nginx.log" &
+  _ng_pid=$!
+  on_exit "kill $_ng_pid 2>/dev/null; wait $_ng_pid 2>/dev/null"
+  for _ng_i in $(seq 500); do
+    "$PYTHON" -c "import socket; socket.create_connection(('127.0.0.1', $_ng_port))" \
+      2>/dev/null && break
+    kill -0 "$_ng_pid" 2>/dev/null ||
+      fail "nginx did not start: $(cat "$tmpdir/ngx/nginx.log" "$tmpdir/ngx/error.log")"
+    sleep 0.01
+  done
+  printf -v "$_ng_var" '%s' "http://127.0.0.1:$_ng_port"
+}
+
 # nbd_uri SOCK [EXPORT]: an NBD URI for a Unix socket.
 nbd_uri () { echo "nbd+unix:///${2:-}?socket=$1"; }
 

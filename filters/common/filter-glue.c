@@ -33,6 +33,25 @@ static uint64_t below_size;
  */
 static nbdkit_backend *config_backend;
 static bool opened_once;        /* creation and maintenance have run */
+static unsigned below_connections = FILTER_BELOW_CONNECTIONS_DEFAULT;
+
+int
+filter_set_below_connections (const char *prefix, const char *value)
+{
+  char *end;
+  unsigned long n;
+
+  errno = 0;
+  n = strtoul (value, &end, 10);
+  if (errno || end == value || *end || value[0] == '-' || n < 1 ||
+      n > FILTER_BELOW_CONNECTIONS_MAX) {
+    nbdkit_error ("%sbelow-connections=%s: expected a number from 1 to %d",
+                  prefix, value, FILTER_BELOW_CONNECTIONS_MAX);
+    return -1;
+  }
+  below_connections = n;
+  return 0;
+}
 
 void
 filter_glue_init (const struct filter_module *m)
@@ -59,6 +78,13 @@ open_below (nbdkit_backend *backend, int readonly)
   dev = next_blkdev_new (below, module->device_name, readonly);
   if (dev && thread_model < NBDKIT_THREAD_MODEL_PARALLEL)
     dev = next_blkdev_serialized (dev);
+  /* More contexts for reads in parallel: when the plugin below takes
+   * requests on different connections at once (per-connection
+   * serialization at most, as the 1.32 curl plugin does).
+   */
+  if (dev && thread_model >= NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS)
+    dev = next_blkdev_pool (dev, backend, below_connections,
+                            thread_model < NBDKIT_THREAD_MODEL_PARALLEL);
   if (!dev) {
     next_context_close (below);
     below = NULL;
@@ -172,6 +198,7 @@ filter_cleanup (nbdkit_backend *backend)
 void
 filter_unload_image (void)
 {
+  next_blkdev_contexts_gone ();
   if (img)
     module->close_image (img);
   img = NULL;

@@ -46,6 +46,15 @@ extern void filter_help_append (char *help, size_t size, const char *prefix,
                                 const char *const texts[],
                                 bool (*skip) (const char *key));
 
+/* PREFIX-below-connections=N: contexts opened on the plugin below, so
+ * that reads run in parallel (next_blkdev_pool).  -1 after
+ * nbdkit_error.
+ */
+#define FILTER_BELOW_CONNECTIONS_DEFAULT 4
+#define FILTER_BELOW_CONNECTIONS_MAX 64
+extern int filter_set_below_connections (const char *prefix,
+                                         const char *value);
+
 /* The image, opened on first use (NULL after nbdkit_error). */
 extern struct qc_image *filter_image (nbdkit_backend *backend,
                                       int readonly);

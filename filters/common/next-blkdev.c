@@ -350,6 +350,191 @@ next_blkdev_serialized (struct blkdev *dev)
   return &s->dev;
 }
 
+/* A pool of contexts below: see next-blkdev.h.  Reads go to the context
+ * with the fewest requests in flight until the first change (write,
+ * zero, trim); from then on every request goes to the first context.
+ * A plugin need not make a write on one context visible to reads on
+ * another, nor cover other contexts' writes with a flush, unless it
+ * advertises multi-conn; so writes, and the reads that may follow
+ * them, all use one context, and a flush there covers every write.
+ * Reads done on other contexts before the first change cannot be stale:
+ * nothing had been written through any context yet.
+ */
+struct pool_dev {
+  struct blkdev dev;
+  unsigned n;
+  bool changed;                 /* atomic: a change was sent */
+  struct blkdev **devs;         /* devs[0]: the first context's */
+  nbdkit_next **nexts;          /* nexts[0] stays the caller's */
+  unsigned *busy;               /* atomic: requests in flight */
+};
+
+/* Set at unload when .cleanup did not run: the plugin below may be gone,
+ * so the pool's contexts are left alone.
+ */
+static bool contexts_gone;
+
+void
+next_blkdev_contexts_gone (void)
+{
+  contexts_gone = true;
+}
+
+#define POOL(d) ((struct pool_dev *) (d))
+#define FIRST(d) (POOL (d)->devs[0])
+
+static int
+pool_pread (struct blkdev *d, void *buf, size_t count, uint64_t offset)
+{
+  struct pool_dev *p = POOL (d);
+  unsigned i, best = 0, b = UINT32_MAX;
+  int r;
+
+  if (!__atomic_load_n (&p->changed, __ATOMIC_ACQUIRE)) {
+    for (i = 0; i < p->n; i++) {
+      unsigned x = __atomic_load_n (&p->busy[i], __ATOMIC_RELAXED);
+      if (x < b) {
+        b = x;
+        best = i;
+      }
+    }
+  }
+  __atomic_add_fetch (&p->busy[best], 1, __ATOMIC_RELAXED);
+  r = blkdev_pread (p->devs[best], buf, count, offset);
+  __atomic_sub_fetch (&p->busy[best], 1, __ATOMIC_RELAXED);
+  return r;
+}
+
+static void
+pool_changing (struct blkdev *d)
+{
+  __atomic_store_n (&POOL (d)->changed, true, __ATOMIC_RELEASE);
+}
+
+static int
+pool_pwrite (struct blkdev *d, const void *buf, size_t count,
+             uint64_t offset, unsigned flags)
+{
+  pool_changing (d);
+  return blkdev_pwrite (FIRST (d), buf, count, offset, flags);
+}
+
+static int
+pool_zero (struct blkdev *d, uint64_t count, uint64_t offset, unsigned flags)
+{
+  pool_changing (d);
+  return blkdev_zero (FIRST (d), count, offset, flags);
+}
+
+static int
+pool_trim (struct blkdev *d, uint64_t count, uint64_t offset, unsigned flags)
+{
+  pool_changing (d);
+  return blkdev_trim (FIRST (d), count, offset, flags);
+}
+
+static int
+pool_flush (struct blkdev *d)
+{
+  return blkdev_flush (FIRST (d));
+}
+
+static int
+pool_extents (struct blkdev *d, uint64_t offset, uint64_t count,
+              blkdev_extent_fn fn, void *opaque)
+{
+  return blkdev_extents (FIRST (d), offset, count, fn, opaque);
+}
+
+static void
+pool_close (struct blkdev *d)
+{
+  struct pool_dev *p = POOL (d);
+  unsigned i;
+
+  for (i = 0; i < p->n; i++) {
+    blkdev_close (p->devs[i]);
+    if (i > 0 && !contexts_gone)
+      next_context_close (p->nexts[i]);
+  }
+  free (p->devs);
+  free (p->nexts);
+  free (p->busy);
+  free (p->dev.name);
+  free (p);
+}
+
+static const struct blkdev_ops pool_ops = {
+  .pread = pool_pread,
+  .pwrite = pool_pwrite,
+  .zero = pool_zero,
+  .trim = pool_trim,
+  .flush = pool_flush,
+  .extents = pool_extents,
+  .close = pool_close,
+};
+
+struct blkdev *
+next_blkdev_pool (struct blkdev *first, nbdkit_backend *backend,
+                  unsigned n, bool serialize)
+{
+  struct pool_dev *p;
+  unsigned i;
+
+  if (n <= 1)
+    return first;
+  p = calloc (1, sizeof *p);
+  if (!p || !(p->dev.name = strdup (first->name)) ||
+      !(p->devs = calloc (n, sizeof *p->devs)) ||
+      !(p->nexts = calloc (n, sizeof *p->nexts)) ||
+      !(p->busy = calloc (n, sizeof *p->busy))) {
+    nbdkit_error ("malloc: %m");
+    goto err;
+  }
+  p->devs[0] = first;
+  p->n = 1;
+  for (i = 1; i < n; i++) {
+    /* Only ever read. */
+    nbdkit_next *next = next_context_open (backend, 1);
+    struct blkdev *dev;
+
+    if (!next)
+      goto err;
+    dev = next_blkdev_new (next, first->name, true);
+    if (dev && serialize)
+      dev = next_blkdev_serialized (dev);
+    if (!dev) {
+      next_context_close (next);
+      goto err;
+    }
+    p->devs[i] = dev;
+    p->nexts[i] = next;
+    p->n++;
+  }
+  p->dev.ops = &pool_ops;
+  p->dev.size = first->size;
+  p->dev.readonly = first->readonly;
+  p->dev.fixed_size = first->fixed_size;
+  return &p->dev;
+
+ err:
+  if (p && p->devs) {
+    for (i = 1; i < p->n; i++) {
+      blkdev_close (p->devs[i]);
+      next_context_close (p->nexts[i]);
+    }
+  }
+  if (p) {
+    free (p->devs);
+    free (p->nexts);
+    free (p->busy);
+    free (p->dev.name);
+    free (p);
+  }
+  blkdev_close (first);
+  return NULL;
+}
+
 nbdkit_next *
 next_context_open (nbdkit_backend *backend, int readonly)
 {

@@ -22,6 +22,20 @@ extern struct blkdev *next_blkdev_new (nbdkit_next *next, const char *name,
  */
 extern struct blkdev *next_blkdev_serialized (struct blkdev *dev);
 
+/* Reads spread over n contexts below (first, and n - 1 more opened
+ * read-only on backend, each behind its own lock if serialize), until
+ * the first
+ * change; changes and everything after them on first's context (see
+ * next-blkdev.c).  n <= 1: first itself.  The pool owns first (and
+ * closes it on failure) but not first's context, which stays the
+ * caller's; it closes the contexts it opened, unless
+ * next_blkdev_contexts_gone was called.  NULL after nbdkit_error.
+ */
+extern struct blkdev *next_blkdev_pool (struct blkdev *first,
+                                        nbdkit_backend *backend,
+                                        unsigned n, bool serialize);
+extern void next_blkdev_contexts_gone (void);
+
 /* A context on the default export of the plugin below, shared by all
  * connections, prepared (NULL after nbdkit_error); and its end.
  */

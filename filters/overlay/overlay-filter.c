@@ -131,7 +131,10 @@ build_help (void)
             "\n" PREFIX "backing-name=NAME\n"
             "    Backing file name recorded in a new overlay, for qemu."
             "\n" PREFIX "backing-format=raw|qcow2\n"
-            "    Format recorded with overlay-backing-name (default raw).");
+            "    Format recorded with overlay-backing-name (default raw)."
+            "\n" PREFIX "below-connections=N\n"
+            "    Contexts opened on the plugin below, for reads in "
+            "parallel (default 4).");
   filter_help_append (help, sizeof help, PREFIX, overlay_help, not_in_help);
 }
 
@@ -190,6 +193,8 @@ overlay_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
     return next (nxdata, key, value);
 
   k = key + PREFIX_LEN;
+  if (strcmp (k, "below-connections") == 0)
+    return filter_set_below_connections (PREFIX, value);
   if (strcmp (k, "backing-name") == 0) {
     if (*value == '\0') {
       nbdkit_error ("%s=: empty backing file name", key);

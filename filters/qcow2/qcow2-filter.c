@@ -75,7 +75,10 @@ not_in_help (const char *key)
 static char help[8192] =
   "qcow2-backing-from=file\n"
   "    Backing files named in the image are local files (relative names\n"
-  "    from the directory nbdkit was started in).";
+  "    from the directory nbdkit was started in).\n"
+  "qcow2-below-connections=N\n"
+  "    Contexts opened on the plugin below, for reads in parallel\n"
+  "    (default 4; 1: one shared context).";
 #define HELP_TEXT(key, type, syntax, def, help) help,
 static const char *const qcow2_help[] = {
   QC_OPTIONS (HELP_TEXT, qcow2) QC_ENC_OPTIONS (HELP_TEXT, qcow2)
@@ -127,6 +130,8 @@ qcow2_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
                   refused_reason (key));
     return -1;
   }
+  if (strcmp (key, "below-connections") == 0)
+    return filter_set_below_connections (PREFIX, value);
   if (strcmp (key, "backing-from") == 0) {
     if (strcmp (value, "file") == 0)
       return 0;

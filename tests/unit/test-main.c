@@ -33,6 +33,7 @@ main (void)
   srunner_add_suite (sr, dcache_suite ());
   srunner_add_suite (sr, enc_suite ());
   srunner_add_suite (sr, bitmaps_suite ());
+  srunner_add_suite (sr, rahead_suite ());
   srunner_run_all (sr, CK_NORMAL);
   failed = srunner_ntests_failed (sr);
   srunner_free (sr);

@@ -23,6 +23,7 @@ extern Suite *crypto_suite (void);
 extern Suite *dcache_suite (void);
 extern Suite *enc_suite (void);
 extern Suite *bitmaps_suite (void);
+extern Suite *rahead_suite (void);
 
 /* Per-test timeout in seconds for tests that run qemu-img / qemu-io
  * (scaled by CK_TIMEOUT_MULTIPLIER, e.g. under sanitizers).
