@@ -189,25 +189,35 @@ static const struct option nbdkit_long_options[] = {
   { NULL },
 };
 
-int
-glue_nbdkit_readonly (void)
+/* What nbdkit's command line says, read once: -r, and the filters in
+ * the order given (the first is nearest the client).
+ */
+static struct {
+  int parsed;                   /* 0 not yet, 1 read, -1 unreadable */
+  int readonly;
+  char *filters[32];
+  size_t nr_filters;
+} cmdline;
+
+static void
+parse_cmdline (void)
 {
-  static int cached = -2;
   FILE *fp;
   char *buf = NULL, **argv = NULL;
   size_t len = 0, i, argc = 0;
   int saved_optind = optind, saved_opterr = opterr, saved_optopt = optopt;
   char *saved_optarg = optarg;
-  int c, r = 0;
+  int c, idx;
 
-  if (cached != -2)
-    return cached;
+  if (cmdline.parsed)
+    return;
+  cmdline.parsed = -1;
   /* Read the whole command line: NUL-separated words. */
   fp = fopen ("/proc/self/cmdline", "re");
   if (!fp) {
-    nbdkit_debug ("/proc/self/cmdline: %m: cannot tell whether nbdkit "
-                  "runs with -r");
-    return cached = -1;
+    nbdkit_debug ("/proc/self/cmdline: %m: cannot tell how nbdkit was "
+                  "started (-r, the filters)");
+    return;
   }
   {
     char chunk[4096];
@@ -217,7 +227,7 @@ glue_nbdkit_readonly (void)
       if (!nb) {
         free (buf);
         fclose (fp);
-        return -1;
+        return;
       }
       buf = nb;
       memcpy (buf + len, chunk, n);
@@ -226,7 +236,7 @@ glue_nbdkit_readonly (void)
   }
   fclose (fp);
   if (!buf)
-    return cached = -1;
+    return;
   buf[len] = '\0';
   for (i = 0; i < len; i++)
     if (buf[i] == '\0')
@@ -234,7 +244,7 @@ glue_nbdkit_readonly (void)
   argv = calloc (argc + 1, sizeof *argv);
   if (!argv) {
     free (buf);
-    return -1;
+    return;
   }
   for (i = 0, argc = 0; i < len; i += strlen (buf + i) + 1)
     argv[argc++] = buf + i;
@@ -244,14 +254,56 @@ glue_nbdkit_readonly (void)
   optind = 0;
   opterr = 0;
   while ((c = getopt_long (argc, argv, nbdkit_short_options,
-                           nbdkit_long_options, NULL)) != -1)
+                           nbdkit_long_options, &idx)) != -1) {
     if (c == 'r')
-      r = 1;
+      cmdline.readonly = 1;
+    else if (c == 0 && strcmp (nbdkit_long_options[idx].name, "filter") == 0 &&
+             optarg &&
+             cmdline.nr_filters < sizeof cmdline.filters /
+                                  sizeof cmdline.filters[0])
+      cmdline.filters[cmdline.nr_filters++] = strdup (optarg);
+  }
   optind = saved_optind;
   opterr = saved_opterr;
   optopt = saved_optopt;
   optarg = saved_optarg;
   free (argv);
   free (buf);
-  return cached = r;
+  cmdline.parsed = 1;
+}
+
+int
+glue_nbdkit_readonly (void)
+{
+  parse_cmdline ();
+  return cmdline.parsed == 1 ? cmdline.readonly : -1;
+}
+
+/* Is FILTER (as given to --filter: a name or a path) the filter name? */
+static bool
+filter_is (const char *given, const char *name)
+{
+  const char *base = strrchr (given, '/') ? strrchr (given, '/') + 1 : given;
+  size_t n = strlen (name);
+
+  if (strcmp (base, name) == 0)
+    return true;
+  /* nbdkit-NAME-filter.so */
+  return strncmp (base, "nbdkit-", 7) == 0 &&
+    strncmp (base + 7, name, n) == 0 &&
+    strcmp (base + 7 + n, "-filter.so") == 0;
+}
+
+int
+glue_nbdkit_filters_below (const char *name)
+{
+  size_t i;
+
+  parse_cmdline ();
+  if (cmdline.parsed != 1)
+    return -1;
+  for (i = 0; i < cmdline.nr_filters; i++)
+    if (filter_is (cmdline.filters[i], name))
+      return i + 1 < cmdline.nr_filters;
+  return -1;
 }

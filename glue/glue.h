@@ -52,6 +52,12 @@ extern int glue_set_option (struct qc_options *opts, const char *key,
  */
 extern int glue_nbdkit_readonly (void);
 
+/* Whether other filters sit below the filter called name (between it
+ * and the plugin), from the same command line: 1 or 0, -1 if it cannot
+ * be told.
+ */
+extern int glue_nbdkit_filters_below (const char *name);
+
 /* nbdkit's debug flags (-D NAME.alloc=1 sets NAME_debug_alloc, in
  * the first module named NAME), for a front-end file to define:
  * GLUE_DEBUG_FLAGS (qcow2) defines qcow2_debug_alloc,

@@ -137,6 +137,17 @@ startup_refused 'container: .*(passphrase|key)' \
   --filter=qcow2 file enc.qcow2 qcow2-passphrase=wrong
 startup_refused 'overlay=.*plain.raw|not a qcow2' \
   --filter=overlay memory 4M overlay=plain.raw
+# With a filter that waits below ours (delay: nbdkit 1.32 aborts when it
+# is called outside a connection), the image is opened by the first
+# connection: it serves, and a bad container is that connection's error.
+run --filter=qcow2 --filter=delay file disk.qcow2 delay-read=1ms
+[ $status -eq 0 ] && [ "$(cat run.out)" = 4194304 ] ||
+  { cat run.err >&2; check_fail "--filter=qcow2 --filter=delay did not serve"; }
+run --filter=qcow2 --filter=delay file plain.raw delay-read=1ms
+[ $status -ne 0 ] && grep -q 'container: not a qcow2 image' run.err &&
+  ! grep -q 'Assertion' run.err ||
+  { cat run.err >&2; check_fail "--filter=qcow2 --filter=delay over raw: no clear error"; }
+echo "ok: with a filter below, the first connection opens the image"
 # and what can be opened still serves, once created.
 rm -f ov.qcow2
 run --filter=overlay qcow2 disk.qcow2 overlay=ov.qcow2

@@ -33,6 +33,7 @@ static uint64_t below_size;
  */
 static nbdkit_backend *config_backend;
 static bool opened_once;        /* creation and maintenance have run */
+static bool open_at_start;      /* .get_ready opened the image */
 static unsigned below_connections = FILTER_BELOW_CONNECTIONS_DEFAULT;
 
 int
@@ -163,11 +164,24 @@ close_image (void)
  * of ours crosses the fork (plugins get their .after_fork first), and
  * .after_fork opens the image again, without the creation and
  * maintenance that ran here.
+ *
+ * Not when other filters sit between us and the plugin: outside a
+ * connection, nbdkit 1.32 aborts in filters that wait (delay, retry,
+ * rate: nbdkit_nanosleep asserts a connection).  Then the first
+ * connection opens the image, and an image that cannot be opened is
+ * an error of each connection, as before.
  */
 int
 filter_get_ready (int model)
 {
   thread_model = model;
+  if (glue_nbdkit_filters_below (module->name) != 0) {
+    nbdkit_debug ("%s: other filters below this one (or a command line "
+                  "that cannot be read): the image is opened by the first "
+                  "connection, not at startup", module->name);
+    return 0;
+  }
+  open_at_start = true;
   if (!filter_image (config_backend, glue_nbdkit_readonly () != 0))
     return -1;
   serve_writable_notice (img, writable);
@@ -182,7 +196,7 @@ filter_after_fork (nbdkit_backend *backend)
    * (a file removed meanwhile); each connection tries again and fails
    * with the reason.
    */
-  if (!filter_image (backend, glue_nbdkit_readonly () != 0))
+  if (open_at_start && !filter_image (backend, glue_nbdkit_readonly () != 0))
     nbdkit_error ("%s: could not be opened again after nbdkit forked; "
                   "each connection will try again", module->device_name);
   return 0;

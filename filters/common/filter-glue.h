@@ -15,6 +15,7 @@
 #include "serve.h"
 
 struct filter_module {
+  const char *name;             /* the filter's name, as in --filter= */
   const char *device_name;      /* the plugin below, in messages */
   bool below_readonly;          /* the plugin below is only ever read */
   bool image_in_below;          /* it holds the image: if it cannot be

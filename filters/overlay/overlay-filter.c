@@ -371,6 +371,7 @@ open_image (struct blkdev *dev, bool readonly, bool first)
 
 /* The plugin below is only read, and the overlay serves its size. */
 static const struct filter_module filter_module = {
+  .name = "overlay",
   .device_name = "the plugin below the overlay",
   .below_readonly = true,
   .size_of_below = true,

@@ -339,6 +339,7 @@ open_image (struct blkdev *dev, bool readonly, bool first)
  * image.  The image owns the device.
  */
 static const struct filter_module filter_module = {
+  .name = "qcow2",
   .device_name = "container",
   .image_in_below = true,
   .open_image = open_image, .close_image = qc_image_close,
