@@ -19,23 +19,14 @@
 #include "qcow2-int.h"
 #include "unit.h"
 
-static char *dir;
-
 static void
 setup (void)
 {
   unit_log_install ();
-  dir = unit_tmpdir_new ();
+  unit_dir_setup ();
 }
 
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-}
-
-#define P(name) unit_path (dir, name)
+#define P(name) unit_path (unit_dir, name)
 
 START_TEST (test_bitmap_options)
 {
@@ -152,7 +143,7 @@ START_TEST (test_bitmap_hostile_granularity)
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 img.qcow2 4M && "
            "qemu-img bitmap --add img.qcow2 a && "
-           "qemu-img bitmap --add img.qcow2 b", dir);
+           "qemu-img bitmap --add img.qcow2 b", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   b = dir_entry (image, "b");
   image[b + 17] = 40;
@@ -193,7 +184,7 @@ START_TEST (test_bitmap_bad_directory)
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 img.qcow2 4M && "
            "qemu-img bitmap --add img.qcow2 a && "
-           "qemu-io -f qcow2 -c 'write 0 64k' img.qcow2 >/dev/null", dir);
+           "qemu-io -f qcow2 -c 'write 0 64k' img.qcow2 >/dev/null", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   a = dir_entry (image, "a");
   image[a + 18] = image[a + 19] = 0;
@@ -215,7 +206,7 @@ bitmaps_suite (void)
   Suite *s = suite_create ("bitmaps");
   TCase *tc = tcase_create ("bitmaps");
 
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, setup, unit_dir_teardown);
   tcase_set_timeout (tc, UNIT_QEMU_TIMEOUT);
   tcase_add_test (tc, test_bitmap_options);
   tcase_add_test (tc, test_bitmap_hostile_granularity);

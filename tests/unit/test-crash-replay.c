@@ -394,22 +394,7 @@ static const struct config configs[] = {
 
 #define NR_CONFIGS (sizeof configs / sizeof configs[0])
 
-static char *dir;
-#define P(name) unit_path (dir, name)
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
+#define P(name) unit_path (unit_dir, name)
 
 static void
 pick_range (uint64_t *s, const struct config *c, uint64_t *off,
@@ -794,7 +779,7 @@ check_state (struct run *R, size_t ws, size_t we, const size_t *opt,
    * working directory, not the image's.)
    */
   status = unit_sh_status ("cd '%s/st' && qemu-img check --output=json "
-                           "img.qcow2 >../state.json 2>../state.err", dir);
+                           "img.qcow2 >../state.json 2>../state.err", unit_dir);
   out = (char *) unit_read_file (json, &jl);
   out = realloc (out, jl + 1);
   out[jl] = '\0';
@@ -835,7 +820,7 @@ check_state (struct run *R, size_t ws, size_t we, const size_t *opt,
   if (use_qemu || failed) {
     R->qemu_reads++;
     if (unit_sh_status ("cd '%s/st' && qemu-img convert -O raw img.qcow2 "
-                        "../state.raw 2>../state.err", dir) != 0) {
+                        "../state.raw 2>../state.err", unit_dir) != 0) {
       report (R, "  %s: qemu-img convert failed\n", desc);
       failed = true;
     }
@@ -867,13 +852,13 @@ check_state (struct run *R, size_t ws, size_t we, const size_t *opt,
       snprintf (name, sizeof name, "fail-%u", R->failures);
       unit_sh ("cd '%s' && rm -rf %s && cp -r st %s && "
                "(cd %s && qemu-img check img.qcow2 2>&1 | head -12 | "
-               "sed 's/^/    | /' >../%s.txt || :)", dir, name, name, name,
+               "sed 's/^/    | /' >../%s.txt || :)", unit_dir, name, name, name,
                name);
       out = (char *) unit_read_file (P (strcat (name, ".txt")), &jl);
       out = realloc (out, jl + 1);
       out[jl] = '\0';
       report (R, "%s    (this state is kept in %s/fail-%u/ if "
-              "UNIT_KEEP_TMP=1)\n", out, dir, R->failures);
+              "UNIT_KEEP_TMP=1)\n", out, unit_dir, R->failures);
       free (out);
     }
   }
@@ -1078,8 +1063,8 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
   memset (&R, 0, sizeof R);
   R.c = c;
   unit_sh ("cd '%s' && rm -rf st fail-* *.qcow2 *.raw *.data && "
-           "mkdir st && %s >/dev/null", dir, c->make);
-  unit_sh ("cd '%s' && qemu-img convert -O raw img.qcow2 init.raw", dir);
+           "mkdir st && %s >/dev/null", unit_dir, c->make);
+  unit_sh ("cd '%s' && qemu-img convert -O raw img.qcow2 init.raw", unit_dir);
   R.init_img = unit_read_file (P ("img.qcow2"), &R.init_len);
   {
     size_t gl;
@@ -1199,7 +1184,7 @@ run_config (const struct config *c, uint64_t seed, unsigned budget)
              R.t_check, R.t_ours, R.t_qemu);
   /* A failed test does not get its teardown: clean up here. */
   if (R.failures)
-    unit_tmpdir_remove (dir);
+    unit_tmpdir_remove (unit_dir);
   ck_assert_msg (R.failures == 0, "crash replay of %s (seed %" PRIu64 "): "
                  "%u bad states of %u:\n%s", c->name, seed, R.failures,
                  R.states, R.report);
@@ -1277,7 +1262,7 @@ crash_replay_suite (void)
   Suite *s = suite_create ("crash-replay");
   TCase *tc = tcase_create ("replay");
 
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown);
   tcase_set_timeout (tc, 4 * UNIT_QEMU_TIMEOUT);
   tcase_add_test (tc, test_recdev);
   tcase_add_loop_test (tc, test_crash_replay, 0, NR_CONFIGS);

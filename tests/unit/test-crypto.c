@@ -39,22 +39,7 @@
 #define SECRETS "--object secret,id=sec0,data=" PASS \
   " --object secret,id=sec1,data=" PASS2
 
-static char *dir;
-#define P(name) unit_path (dir, name)
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
+#define P(name) unit_path (unit_dir, name)
 
 /* ------------------------------------------------ a minimal qcow2 reader */
 
@@ -194,7 +179,7 @@ write_cluster_ours (struct qc_crypto *c, const struct img *im,
   free (buf);
   unit_sh ("cd '%s' && qemu-io " SECRETS " --image-opts '%s' "
            "-c 'read -P %d %" PRIu64 " %" PRIu64 "'",
-           dir, image_opts, v, g, cs);
+           unit_dir, image_opts, v, g, cs);
 }
 
 #define QCOW2_OPTS(file, sec) \
@@ -245,7 +230,7 @@ make_qemu_luks (const char *file, const char *opts)
 {
   QEMU_RETRY ("cd '%s' && qemu-img create -q -f qcow2 " SECRETS
               " -o encrypt.format=luks,encrypt.key-secret=sec0,"
-              "encrypt.iter-time=10%s %s 4M", dir, opts, file);
+              "encrypt.iter-time=10%s %s 4M", unit_dir, opts, file);
 }
 
 /* Several key slots (on the image of the first variant): qemu-img
@@ -261,7 +246,7 @@ check_keyslots (void)
   QEMU_RETRY ("cd '%s' && qemu-img amend " SECRETS " --image-opts "
               QCOW2_OPTS ("img", "sec0") " -o encrypt.keyslot=3,"
               "encrypt.new-secret=sec1,encrypt.state=active,"
-              "encrypt.iter-time=10", dir);
+              "encrypt.iter-time=10", unit_dir);
   img_load (P ("img"), &im);
 
   c = open_luks_file (P ("img"), &im, PASS, &dev);
@@ -281,7 +266,7 @@ check_keyslots (void)
   /* Remove slot 0: only the second passphrase opens it. */
   unit_sh ("cd '%s' && qemu-img amend " SECRETS " --image-opts "
            QCOW2_OPTS ("img", "sec1") " -o encrypt.keyslot=0,"
-           "encrypt.state=inactive", dir);
+           "encrypt.state=inactive", unit_dir);
   img_load (P ("img"), &im);
   errno = 0;
   c = open_luks_file (P ("img"), &im, PASS, &dev);
@@ -307,7 +292,7 @@ START_TEST (test_qemu_luks)
   make_qemu_luks ("img", v->opts);
   unit_sh ("cd '%s' && qemu-io " SECRETS " --image-opts "
            QCOW2_OPTS ("img", "sec0") " -c 'write -P 7 0 1M' "
-           "-c 'write -P 0x5a 3M 64k'", dir);
+           "-c 'write -P 0x5a 3M 64k'", unit_dir);
   img_load (P ("img"), &im);
   ck_assert_uint_eq (im.crypt_method, QC_CRYPT_LUKS);
   /* The variant makes what we think it does. */
@@ -361,12 +346,12 @@ START_TEST (test_qemu_aes)
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 "
            "--object secret,id=s,data=%s "
-           "-o encrypt.format=aes,encrypt.key-secret=s img 4M", dir, pass);
+           "-o encrypt.format=aes,encrypt.key-secret=s img 4M", unit_dir, pass);
   snprintf (opts, sizeof opts, "--object secret,id=s,data=%s --image-opts "
             "driver=qcow2,file.filename=img,encrypt.key-secret=s", pass);
   /* Data at guest offsets unlike their host offsets. */
   unit_sh ("cd '%s' && qemu-io %s -c 'write -P 0x5a 3M 64k' "
-           "-c 'write -P 7 512k 512k'", dir, opts);
+           "-c 'write -P 7 512k 512k'", unit_dir, opts);
   img_load (P ("img"), &im);
   ck_assert_uint_eq (im.crypt_method, QC_CRYPT_AES);
 
@@ -392,7 +377,7 @@ START_TEST (test_qemu_aes)
     ck_assert (fwrite (buf, 1, cs, fp) == cs);
     ck_assert (fclose (fp) == 0);
     free (buf);
-    unit_sh ("cd '%s' && qemu-io %s -c 'read -P 0x99 3M 64k'", dir, opts);
+    unit_sh ("cd '%s' && qemu-io %s -c 'read -P 0x99 3M 64k'", unit_dir, opts);
   }
   qc_crypto_close (c);
   img_free (&im);
@@ -542,7 +527,7 @@ make_image_with_header (const char *file, const uint8_t *hdr, size_t len)
   uint64_t cs, rt, rb, first, n, i, off, size;
   uint32_t hl;
 
-  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 %s 4M", dir, file);
+  unit_sh ("cd '%s' && qemu-img create -q -f qcow2 %s 4M", unit_dir, file);
   img_load (P (file), &im);
   d = im.data;
   cs = im.cluster_size;
@@ -591,13 +576,13 @@ START_TEST (test_format_qemu_qcow2)
   make_image_with_header ("img", hdr, len);
   unit_sh ("cd '%s' && qemu-io " SECRETS " --image-opts "
            QCOW2_OPTS ("img", "sec0") " -c 'write -P 7 0 1M' "
-           "-c 'read -P 7 0 1M'", dir);
+           "-c 'read -P 7 0 1M'", unit_dir);
   unit_sh ("cd '%s' && qemu-img check -q " SECRETS " --image-opts "
-           QCOW2_OPTS ("img", "sec0"), dir);
+           QCOW2_OPTS ("img", "sec0"), unit_dir);
   /* The wrong passphrase is refused by qemu too. */
   ck_assert (unit_sh_status ("cd '%s' && qemu-io " SECRETS " --image-opts "
                              QCOW2_OPTS ("img", "sec1") " -c 'read 0 1M'",
-                             dir) != 0);
+                             unit_dir) != 0);
   img_load (P ("img"), &im);
   c = open_luks_file (P ("img"), &im, PASS, &dev);
   ck_assert_msg (c != NULL, "%s", qc_last_error ());
@@ -629,10 +614,10 @@ START_TEST (test_format_qemu_raw)
   free (file);
   unit_sh ("cd '%s' && qemu-img info " SECRETS " --image-opts "
            "driver=luks,file.filename=vol.luks,key-secret=sec0 "
-           "| grep -q 'virtual size: 1 MiB'", dir);
+           "| grep -q 'virtual size: 1 MiB'", unit_dir);
   unit_sh ("cd '%s' && qemu-io " SECRETS " --image-opts "
            "driver=luks,file.filename=vol.luks,key-secret=sec0 "
-           "-c 'write -P 0x11 64k 64k'", dir);
+           "-c 'write -P 0x11 64k 64k'", unit_dir);
 
   file = unit_read_file (P ("vol.luks"), &flen);
   dev = blkdev_memory_new (file, flen, true);
@@ -858,7 +843,7 @@ crypto_suite (void)
 
 #define TC(name) \
   tc = tcase_create (name); \
-  tcase_add_checked_fixture (tc, setup, teardown); \
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown); \
   tcase_set_timeout (tc, UNIT_QEMU_TIMEOUT); \
   suite_add_tcase (s, tc)
 

@@ -28,22 +28,7 @@
 #define KiB 1024ULL
 #define MiB (1024ULL * 1024)
 
-static char *dir;
-#define P(name) unit_path (dir, name)
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
+#define P(name) unit_path (unit_dir, name)
 
 /* ------------------------------------------------------- helpers */
 
@@ -83,11 +68,12 @@ qemu_raw (const char *name, size_t *len)
   char out[64];
 
   snprintf (out, sizeof out, "expected-%u.raw", n++);
-  unit_sh ("cd '%s' && qemu-img convert -U -O raw '%s' '%s'", dir, name, out);
+  unit_sh ("cd '%s' && qemu-img convert -U -O raw '%s' '%s'", unit_dir, name,
+           out);
   return unit_read_file (P (out), len);
 }
 
-/* Open an image of dir, option pairs NULL-terminated; writable makes it
+/* Open an image of unit_dir, option pairs NULL-terminated; writable makes it
  * writable.
  */
 static struct qc_image *
@@ -376,7 +362,7 @@ START_TEST (test_sequential)
   make_src ("src.raw", seq[_i].size, cs < 64 * KiB ? 64 * KiB : cs, _i);
   unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c -o "
            "compression_type=%s,cluster_size=%" PRIu64 " src.raw c.qcow2",
-           dir, seq[_i].type, cs);
+           unit_dir, seq[_i].type, cs);
   want = qemu_raw ("c.qcow2", &len);
   buf = malloc (len);
   ck_assert (buf != NULL);
@@ -433,7 +419,7 @@ START_TEST (test_one_cluster)
 
   make_src ("src.raw", 1 * MiB, 64 * KiB, 3);
   unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c src.raw c.qcow2",
-           dir);
+           unit_dir);
   want = qemu_raw ("c.qcow2", &len);
   img = open_img ("c.qcow2", false, "compressed-cache", "64k", NULL);
   v = qc_image_default_view (img);
@@ -501,7 +487,7 @@ START_TEST (test_reuse)
   model = calloc (1, size);
   ck_assert (model != NULL);
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o compression_type=%s "
-           "r.qcow2 %" PRIu64, dir, type, size);
+           "r.qcow2 %" PRIu64, unit_dir, type, size);
   img = open_img ("r.qcow2", true, "compress", type, NULL);
   v = qc_image_default_view (img);
 
@@ -610,7 +596,7 @@ START_TEST (test_threads)
 
   make_src ("src.raw", 2 * MiB, 64 * KiB, 5);
   unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c "
-           "-o cluster_size=16k src.raw c.qcow2", dir);
+           "-o cluster_size=16k src.raw c.qcow2", unit_dir);
   want = qemu_raw ("c.qcow2", &len);
   /* Two clusters: entries are evicted while others copy from them. */
   img = open_img ("c.qcow2", false, "compressed-cache", "32k", NULL);
@@ -641,7 +627,7 @@ dcache_suite (void)
   suite_add_tcase (s, tc);
 
   tc = tcase_create ("images");
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown);
   tcase_set_timeout (tc, UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_sequential, 0, sizeof seq / sizeof seq[0]);
   tcase_add_test (tc, test_one_cluster);

@@ -62,8 +62,7 @@
 #define MiB (1024ULL * 1024)
 #define CONTAINER (4 * MiB)     /* at most */
 
-static char *dir;
-#define P(name) unit_path (dir, name)
+#define P(name) unit_path (unit_dir, name)
 
 /* ------------------------------------------------------- failures */
 
@@ -815,7 +814,7 @@ run_checks (struct pending_check *pc, size_t n, uint64_t *leaky)
     return;
   unit_sh ("cd '%s' && ls c-*.qcow2 | xargs -P 8 -n 1 sh -c "
            "'qemu-img check --output=json \"$0\" >\"$0.json\" 2>\"$0.err\"; "
-           "echo $? >\"$0.rc\"'", dir);
+           "echo $? >\"$0.rc\"'", unit_dir);
   for (i = 0; i < n; i++) {
     char path[64], *json, *rc;
     size_t len;
@@ -842,25 +841,11 @@ run_checks (struct pending_check *pc, size_t n, uint64_t *leaky)
       (*leaky)++;
     free (json);
   }
-  unit_sh ("cd '%s' && rm -f c-*", dir);
+  unit_sh ("cd '%s' && rm -f c-*", unit_dir);
   t_checks += now () - t0;
 }
 
 /* ------------------------------------------------------------ tests */
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
 
 static double
 now (void)
@@ -924,7 +909,7 @@ START_TEST (test_faults)
                    w->expect_debug);
   save_sparse (rec.data, rec.dev.size, P ("rec.qcow2"));
   unit_sh ("cd '%s' && qemu-img check --output=json rec.qcow2 >rec.json",
-           dir);
+           unit_dir);
   {
     size_t jl;
     char *json = (char *) unit_read_file (P ("rec.json"), &jl);
@@ -1271,7 +1256,7 @@ files_run (const struct files_workload *w, struct fileset *fs,
   }
 
   /* The backing files are never written; the rest is judged on disk. */
-  unit_sh ("rm -rf '%s/j' && mkdir '%s/j'", dir, dir);
+  unit_sh ("rm -rf '%s/j' && mkdir '%s/j'", unit_dir, unit_dir);
   for (i = 0; i < fs->n; i++) {
     char name[256];
 
@@ -1287,7 +1272,7 @@ files_run (const struct files_workload *w, struct fileset *fs,
                       ">check.json 2>check.err; s=$?; "
                       "[ $s = 0 ] || [ $s = 3 ] || exit 1; "
                       "! grep -q '\"corruptions\": *[1-9]' check.json",
-                      dir, fs->names[0]);
+                      unit_dir, fs->names[0]);
   EXPECT (r == 0, "%s: qemu-img check found corruption (or failed)", ctx);
   fileset_free_devs (fs);
 
@@ -1320,7 +1305,7 @@ START_TEST (test_faults_files)
   char *kinds = NULL;
   size_t i;
 
-  unit_sh ("cd '%s' && %s", dir, w->prepare);
+  unit_sh ("cd '%s' && %s", unit_dir, w->prepare);
   for (i = 0; i < MAX_FILES && w->names[i]; i++) {
     fs.names[i] = w->names[i];
     fs.written[i] = w->written[i];
@@ -1359,7 +1344,7 @@ faults_suite (void)
   Suite *s = suite_create ("faults");
   TCase *tc = tcase_create ("faults");
 
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown);
   /* "everything": ~2000 runs, about a minute. */
   /* Each workload runs qemu-img check after every injected fault: a
    * few minutes when the machine is busy with other jobs.
@@ -1369,7 +1354,7 @@ faults_suite (void)
   suite_add_tcase (s, tc);
 
   tc = tcase_create ("files");
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown);
   tcase_set_timeout (tc, 8 * UNIT_QEMU_TIMEOUT);
   tcase_add_loop_test (tc, test_faults_files, 0, N (files_workloads));
   suite_add_tcase (s, tc);

@@ -26,22 +26,7 @@
 #define MiB (1024ULL * 1024)
 #define CS (64 * KiB)
 
-static char *dir;
-#define P(name) unit_path (dir, name)
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
+#define P(name) unit_path (unit_dir, name)
 
 /* ------------------------------------------------ a counting device */
 
@@ -103,7 +88,7 @@ static const struct blkdev_ops count_ops = {
   .close = c_close,
 };
 
-/* The file name of dir behind a counting device. */
+/* The file name of unit_dir behind a counting device. */
 static struct countdev *
 countdev_new (const char *name, bool readonly)
 {
@@ -168,7 +153,7 @@ make_image (size_t *len)
   unit_write_file (P ("src.raw"), buf, size);
   free (buf);
   unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c src.raw c.qcow2"
-           " && qemu-img convert -O raw c.qcow2 want.raw", dir);
+           " && qemu-img convert -O raw c.qcow2 want.raw", unit_dir);
   return unit_read_file (P ("want.raw"), len);
 }
 
@@ -393,7 +378,7 @@ rahead_suite (void)
   TCase *tc = tcase_create ("core");
 
   tcase_set_timeout (tc, UNIT_QEMU_TIMEOUT);
-  tcase_add_checked_fixture (tc, setup, teardown);
+  tcase_add_checked_fixture (tc, unit_dir_setup, unit_dir_teardown);
   tcase_add_test (tc, test_one_request);
   tcase_add_test (tc, test_sequential);
   tcase_add_test (tc, test_rewrite);

@@ -31,22 +31,7 @@
 #define KiB 1024ULL
 #define MiB (1024ULL * 1024)
 
-static char *dir;
-#define P(name) unit_path (dir, name)
-
-static void
-setup (void)
-{
-  dir = unit_tmpdir_new ();
-}
-
-static void
-teardown (void)
-{
-  unit_tmpdir_remove (dir);
-  free (dir);
-  dir = NULL;
-}
+#define P(name) unit_path (unit_dir, name)
 
 /* --------------------------------------------- a device that keeps */
 
@@ -153,7 +138,7 @@ image_with_snapshot (size_t *len, uint64_t *sno)
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
            "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0x31 0 1024' "
            "img.qcow2 >/dev/null && qemu-img snapshot -c s1 img.qcow2",
-           dir);
+           unit_dir);
   image = unit_read_file (P ("img.qcow2"), len);
   *sno = unit_get_be64 (image + 64);
   return image;
@@ -568,7 +553,7 @@ START_TEST (test_zero_l2_alloc_failure)
 
   unit_sh ("cd '%s' && qemu-img create -q -f raw base.raw 64K && "
            "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.raw "
-           "-F raw img.qcow2 64K", dir);
+           "-F raw img.qcow2 64K", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   /* A container with no room: any allocation fails with ENOSPC. */
   dev = blkdev_memory_new (image, len, false);
@@ -627,7 +612,7 @@ START_TEST (test_check_refcount64_top_bit)
   struct blkdev *dev;
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
-           "refcount_bits=64 img.qcow2 64K", dir);
+           "refcount_bits=64 img.qcow2 64K", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   image = realloc (image, 32 * KiB);
   memset (image + len, 0, 32 * KiB - len);
@@ -683,7 +668,7 @@ START_TEST (test_repair_refblock_shared_with_data)
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
            "img.qcow2 64K && qemu-io -f qcow2 -c 'write -P 0xd1 0 4096' "
-           "img.qcow2 >/dev/null", dir);
+           "img.qcow2 >/dev/null", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   /* header, refcount table, block, L1, L2, then 8 data clusters: the
    * refcount table's first entry now points at the 4th data cluster.
@@ -781,13 +766,13 @@ START_TEST (test_l2_in_partial_last_cluster)
    */
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512 "
            "img.qcow2 64K && qemu-io -f qcow2 -c 'write -z 0 512' "
-           "img.qcow2 >/dev/null", dir);
+           "img.qcow2 >/dev/null", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   ck_assert_uint_eq (len, 5 * 512);
   cut = 4 * 512 + 100;            /* the file ends inside the L2 table */
   unit_write_file (P ("cut.qcow2"), image, cut);
   unit_sh ("cd '%s' && qemu-img check cut.qcow2 >/dev/null && "
-           "qemu-img convert -O raw cut.qcow2 cut.raw", dir);
+           "qemu-img convert -O raw cut.qcow2 cut.raw", unit_dir);
   raw = unit_read_file (P ("cut.raw"), &rawlen);
   ck_assert_uint_eq (rawlen, sizeof buf);
 
@@ -829,7 +814,7 @@ START_TEST (test_reftable_growth_fixed_container)
   int r;
 
   unit_sh ("cd '%s' && qemu-img create -q -f qcow2 -o cluster_size=512,"
-           "refcount_bits=64 img.qcow2 4M", dir);
+           "refcount_bits=64 img.qcow2 4M", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   img = container_open (&k, image, len, cont_size, &opts, &cont);
   ck_assert_int_eq (qc_image_make_writable (img), 0);
@@ -1010,7 +995,7 @@ START_TEST (test_create_luks_512_byte_clusters)
   unit_write_file (P ("enc.qcow2"), cont, cont_size);
   unit_sh ("cd '%s' && qemu-img convert --object secret,id=s0,data=secret "
            "--image-opts driver=qcow2,file.filename=enc.qcow2,"
-           "encrypt.key-secret=s0 -O raw enc.raw", dir);
+           "encrypt.key-secret=s0 -O raw enc.raw", unit_dir);
   {
     size_t rawlen;
     uint8_t *raw = unit_read_file (P ("enc.raw"), &rawlen);
@@ -1049,7 +1034,7 @@ START_TEST (test_snapshot_without_disk_size)
            "img.qcow2 32K && qemu-io -f qcow2 -c 'write -P 0x11 0 1024' "
            "img.qcow2 >/dev/null && qemu-img snapshot -c small img.qcow2 && "
            "qemu-img resize -q img.qcow2 64K && "
-           "qemu-img snapshot -c big img.qcow2", dir);
+           "qemu-img snapshot -c big img.qcow2", unit_dir);
   image = unit_read_file (P ("img.qcow2"), &len);
   ck_assert_uint_eq (unit_get_be32 (image + 60), 2);
   /* Drop the extra data of the second entry ("big", 64 KiB): its size
@@ -1104,7 +1089,7 @@ regressions_suite (void)
   tcase_add_test (tc, test_replay_luks);
   suite_add_tcase (s, tc);
 
-  tcase_add_checked_fixture (tf, setup, teardown);
+  tcase_add_checked_fixture (tf, unit_dir_setup, unit_dir_teardown);
   tcase_set_timeout (tf, UNIT_QEMU_TIMEOUT);
   tcase_add_test (tf, test_zero_l2_alloc_failure);
   tcase_add_test (tf, test_check_refcount64_top_bit);

@@ -122,6 +122,22 @@ unit_tmpdir_remove (const char *dir)
   }
 }
 
+char *unit_dir;
+
+void
+unit_dir_setup (void)
+{
+  unit_dir = unit_tmpdir_new ();
+}
+
+void
+unit_dir_teardown (void)
+{
+  unit_tmpdir_remove (unit_dir);
+  free (unit_dir);
+  unit_dir = NULL;
+}
+
 static int
 run (bool must, const char *fs, va_list args)
 {

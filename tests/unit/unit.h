@@ -53,6 +53,13 @@ extern bool unit_log_has (int level, const char *substr);
 extern char *unit_tmpdir_new (void);
 extern void unit_tmpdir_remove (const char *dir);
 
+/* The fixture most suites use: a new temporary directory per test in
+ * unit_dir, removed after it (suites define P(name) over it).
+ */
+extern char *unit_dir;
+extern void unit_dir_setup (void);
+extern void unit_dir_teardown (void);
+
 /* Run a shell command (printf format) with output captured; the test
  * fails (with the command and its output) unless it exits 0.
  */
