@@ -945,35 +945,15 @@ wl_l ()
 # qcow2 filter (and below the byte mover): a network's latency.  Every
 # MB/s is the sample's size over the time, so ours/raw is the time of
 # moving the bytes over the time of decoding them.
+. "$top/tests/nginx.sh"
 start_nginx ()
 {
-  local port i
-  mkdir -p "$work/ngx"
   chmod a+rx "$img"; chmod a+r "$img"/sample*
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat >"$work/ngx/nginx.conf" <<EOF
-daemon off;
-pid $work/ngx/nginx.pid;
-error_log $work/ngx/error.log;
-events { worker_connections 256; }
-http {
-  access_log off;
-  client_body_temp_path $work/ngx/body;
-  proxy_temp_path $work/ngx/proxy;
-  fastcgi_temp_path $work/ngx/fastcgi;
-  uwsgi_temp_path $work/ngx/uwsgi;
-  scgi_temp_path $work/ngx/scgi;
-  server { listen 127.0.0.1:$port; root $img; }
-}
-EOF
-  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work/ngx" \
-    -e "$work/ngx/error.log" -c "$work/ngx/nginx.conf" 2>"$res/logs/nginx.log" &
-  ngx_pid=$!
-  for i in $(seq 500); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
-    sleep 0.01
-  done
-  base_url=http://127.0.0.1:$port
+  nginx_launch "$work/ngx" "$img" ||
+    die "nginx did not start: $(cat "$work/ngx/nginx.log")"
+  cp "$work/ngx/nginx.log" "$res/logs/nginx.log" 2>/dev/null || :
+  ngx_pid=$nginx_pid
+  base_url=$nginx_url
 }
 
 wl_m ()

@@ -14,6 +14,7 @@ PYTHON=/usr/bin/python3   # the system python has the nbd module
 # nbdsh is a python script: make sure it runs with the system python
 # (which has the nbd module) even where another python3 comes first.
 export PATH="/usr/bin:$PATH"
+. "$(dirname "${BASH_SOURCE[0]}")/nginx.sh"
 
 tmpdir=$(mktemp -d "${TMPDIR:-/tmp}/qc-test.XXXXXX")
 _cleanup_fns=()
@@ -70,44 +71,15 @@ start_nbdkit ()
 # when nginx is not installed.
 start_nginx ()
 {
-  local _ng_dir _ng_var="$2" _ng_port _ng_pid _ng_bin _ng_i
-  _ng_bin=$(command -v nginx || echo /usr/sbin/nginx)
-  [ -x "$_ng_bin" ] || return 1
+  local _ng_dir _ng_var="$2"
   _ng_dir=$(cd "$1" && pwd)
-  mkdir -p "$tmpdir/ngx"
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || return 1
   # nginx workers may run as another user.
   chmod a+rx "$tmpdir" "$_ng_dir"; chmod -R a+r "$_ng_dir"
-  _ng_port=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  cat > "$tmpdir/ngx/nginx.conf" <<NGINX_EOF
-daemon off;
-pid $tmpdir/ngx/nginx.pid;
-error_log $tmpdir/ngx/error.log;
-events { worker_connections 64; }
-http {
-  access_log off;
-  client_body_temp_path $tmpdir/ngx/body;
-  proxy_temp_path $tmpdir/ngx/proxy;
-  fastcgi_temp_path $tmpdir/ngx/fastcgi;
-  uwsgi_temp_path $tmpdir/ngx/uwsgi;
-  scgi_temp_path $tmpdir/ngx/scgi;
-  server {
-    listen 127.0.0.1:$_ng_port;
-    root $_ng_dir;
-  }
-}
-NGINX_EOF
-  "$_ng_bin" -p "$tmpdir/ngx" -e "$tmpdir/ngx/error.log" \
-    -c "$tmpdir/ngx/nginx.conf" 2>"$tmpdir/ngx/nginx.log" &
-  _ng_pid=$!
-  on_exit "kill $_ng_pid 2>/dev/null; wait $_ng_pid 2>/dev/null"
-  for _ng_i in $(seq 500); do
-    "$PYTHON" -c "import socket; socket.create_connection(('127.0.0.1', $_ng_port))" \
-      2>/dev/null && break
-    kill -0 "$_ng_pid" 2>/dev/null ||
-      fail "nginx did not start: $(cat "$tmpdir/ngx/nginx.log" "$tmpdir/ngx/error.log")"
-    sleep 0.01
-  done
-  printf -v "$_ng_var" '%s' "http://127.0.0.1:$_ng_port"
+  nginx_launch "$tmpdir/ngx" "$_ng_dir" ||
+    fail "nginx did not start: $(cat "$tmpdir/ngx/nginx.log")"
+  on_exit "kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null"
+  printf -v "$_ng_var" '%s' "$nginx_url"
 }
 
 # nbd_uri SOCK [EXPORT]: an NBD URI for a Unix socket.
