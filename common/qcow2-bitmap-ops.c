@@ -468,7 +468,9 @@ switch_header (struct qc_image *img, uint32_t nb, uint64_t dir_offset,
     goto out;
   }
   put_be64 (buf + QCOW2_HDR_AUTOCLEAR, autoclear);
-  if (blkdev_pwrite (img->file, buf, out > end ? out : end, 0, 0) == -1 ||
+  if (qc_guard_inplace_check (img, 0, out > end ? out : end,
+                              "updating the header in", true) == -1 ||
+      blkdev_pwrite (img->file, buf, out > end ? out : end, 0, 0) == -1 ||
       blkdev_flush (img->file) == -1)
     goto out;
   h->autoclear_features = autoclear;

@@ -222,7 +222,10 @@ qc_bitmaps_track_start (struct qc_image *img)
     rewrite = true;
   }
   if (rewrite &&
-      (blkdev_pwrite (img->file, t->dir.buf, t->dir.size,
+      (qc_guard_inplace_check (img, h->bitmap_directory_offset,
+                               t->dir.size, "marking bitmaps in use in",
+                               true) == -1 ||
+       blkdev_pwrite (img->file, t->dir.buf, t->dir.size,
                       h->bitmap_directory_offset, 0) == -1 ||
        blkdev_flush (img->file) == -1)) {
     r = -1;

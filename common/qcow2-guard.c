@@ -181,6 +181,26 @@ check_inplace (struct qc_image *img, const struct qc_refs *r,
   return 0;
 }
 
+struct bitmap_inplace {
+  const struct qc_refs *r;
+  uint64_t **inplace;
+  uint64_t *n;
+  bool failed;
+};
+
+static int
+bitmap_inplace (struct qc_image *img, uint64_t offset, uint64_t bytes,
+                void *opaque)
+{
+  struct bitmap_inplace *w = opaque;
+
+  if (check_inplace (img, w->r, w->inplace, w->n, offset, bytes) == -1) {
+    w->failed = true;
+    return -1;
+  }
+  return 0;
+}
+
 /* Everything of the active image that writes change in place. */
 static int
 find_shared_inplace (struct qc_image *img, const struct qc_refs *r,
@@ -197,6 +217,15 @@ find_shared_inplace (struct qc_image *img, const struct qc_refs *r,
       check_inplace (img, r, inplace, n, h->refcount_table_offset,
                      (uint64_t) h->refcount_table_clusters * cs) == -1)
     return -1;
+  /* Persistent bitmaps, while kept, are written in place: the
+   * directory at the first write, their tables and bits at close.
+   */
+  if (h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) {
+    struct bitmap_inplace w = { .r = r, .inplace = inplace, .n = n };
+
+    if (qc_bitmaps_walk (img, bitmap_inplace, &w) == -1 || w.failed)
+      return -1;
+  }
   for (i = 0; i < img->reftable_entries; i++)
     if (img->reftable[i] &&
         check_inplace (img, r, inplace, n, img->reftable[i], cs) == -1)

@@ -94,6 +94,13 @@ qc_before_first_write (struct qc_image *img)
   keep = img->h.autoclear_features & QCOW2_AUTOCLEAR_DATA_RAW;
   if (!img->external_data)
     keep = 0;
+  /* What the refcounts cannot be trusted with, from here on: built
+   * first, so that even the bitmap directory's in-use mark is checked.
+   */
+  if (qc_guard_build (img) == -1) {
+    r = -1;
+    goto out;
+  }
   r = qc_bitmaps_track_start (img);
   if (r == -1)
     goto out;
@@ -114,15 +121,14 @@ qc_before_first_write (struct qc_image *img)
     /* The bit is durable: nobody trusts the bitmaps any more, so their
      * clusters can be given back.
      */
-    if (had_bitmaps && release_bitmaps (img) == -1) {
+    /* Counted again without them: their clusters are no longer
+     * written in place, and may be handed out.
+     */
+    if (had_bitmaps &&
+        (release_bitmaps (img) == -1 || qc_guard_build (img) == -1)) {
       r = -1;
       goto out;
     }
-  }
-  /* What the refcounts cannot be trusted with, from here on. */
-  if (qc_guard_build (img) == -1) {
-    r = -1;
-    goto out;
   }
   __atomic_store_n (&img->written, true, __ATOMIC_RELEASE);
  out:

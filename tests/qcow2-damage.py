@@ -9,6 +9,11 @@ Usage:
                                       set the refcount of the cluster at
                                       host OFFSET to VALUE
   qcow2-damage.py getref IMAGE OFFSET print that refcount
+  qcow2-damage.py pointbitmap IMAGE OFFSET
+                                      make the first bitmap's first data
+                                      cluster the cluster at host OFFSET
+                                      (which something else uses),
+                                      refcounts unchanged
   qcow2-damage.py setcopied IMAGE l1|l2 GUEST_OFFSET
                                       set the COPIED flag (the cluster is
                                       not shared: write in place) in the
@@ -190,6 +195,16 @@ class Image:
             pos += (24 + extra + namelen + 7) & ~7
         return doff, dsize, tables, data
 
+    def pointbitmap(self, target):
+        b = self.bitmaps()
+        if not b:
+            raise SystemExit("the image has no bitmaps")
+        pos = b[2][0]
+        e = self.u64(pos)
+        with open(self.path, "r+b") as f:
+            f.seek(pos)
+            f.write(struct.pack(">Q", (e & ~OFF_MASK & ~1) | target))
+
     def locate(self, kind):
         active_l2 = [o for o in self.l1(self.l1_offset, self.l1_size) if o]
         snaps = self.snapshots()
@@ -249,6 +264,8 @@ def main():
         img.setref(int(sys.argv[3], 0), int(sys.argv[4], 0))
     elif cmd == "setcopied":
         img.setcopied(sys.argv[3], int(sys.argv[4], 0))
+    elif cmd == "pointbitmap":
+        img.pointbitmap(int(sys.argv[3], 0))
     elif cmd == "getref":
         print(img.getref(int(sys.argv[3], 0)))
     else:

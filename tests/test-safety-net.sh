@@ -92,6 +92,13 @@ run_case ()
     # Not a refcount: the active image's entry for guest offset 0 says
     # "not shared, write in place" while snapshots use the cluster.
     $damage setcopied $img ${kind#copied-} 0 ;;
+  bitmap-over-*)
+    # Not a refcount: the bitmap's data cluster is also another
+    # structure (refcount 1, two users); keeping the bitmap writes it
+    # in place.
+    off=$($damage locate $img ${kind#bitmap-over-}) ||
+      fail "$kind: no such structure"
+    $damage pointbitmap $img $off ;;
   *)
     off=$($damage locate $img $kind) || fail "$kind: no such structure"
     $damage setref $img $off $value ;;
@@ -132,13 +139,16 @@ run_case ()
 }
 
 # The guard must refuse where the allocator would reach the structure:
-# every kind but the bitmaps (stale after our first write, so no longer
-# structures: qemu ignores them) and the shared cluster (its refcount
-# drops to 0 only after a copy on write).
+# every kind but the bitmaps' own refcounts (a bitmap whose clusters are
+# not its own alone is not kept: marked in use, qemu ignores it) and the
+# shared cluster (its refcount drops to 0 only after a copy on write);
+# and where a kept bitmap would be written over another structure.
 for front in plugin filter; do
   for kind in header active-l1 active-l2 snap-l1 snap-l2 snap-data \
               reftable refblock snaptable luks bitmap-dir bitmap-table \
-              bitmap-data shared-data copied-l1 copied-l2; do
+              bitmap-data shared-data copied-l1 copied-l2 \
+              bitmap-over-snap-data bitmap-over-snap-l2 \
+              bitmap-over-bitmap-dir; do
     value=0
     [ $kind = shared-data ] && value=1
     run_case $front $kind $value
@@ -147,7 +157,7 @@ for front in plugin filter; do
       fail "$front $kind: the writes damaged the image"
     fi
     case $kind in
-    bitmap-*|shared-data) ;;
+    bitmap-dir|bitmap-table|bitmap-data|shared-data) ;;
     *)
       $fired || { cat case.log >&2; fail "$front $kind: no write refused"; }
       ;;
@@ -162,6 +172,12 @@ grep -q "holds the L1 table of snapshot 'snap1'" case.log ||
 run_case plugin header 0
 grep -q "holds the image header" case.log ||
   { cat case.log; fail "the message does not name the header"; }
+
+# A bitmap directory that is also a bitmap's data: refused at the first
+# write, when the directory is marked in use (the guard is built before).
+run_case plugin bitmap-over-bitmap-dir 0
+grep -q "preventing a write that would damage the image: marking bitmaps in use in cluster" case.log ||
+  { cat case.log; fail "the in-use mark of the directory is not checked"; }
 
 # After the guard fired the image is served read-only, and qemu-img
 # check -r all is the way out: then it is writable again.
@@ -180,7 +196,7 @@ grep -q "writing guest data to cluster 0x[0-9a-f]*, which holds guest data of th
 
 # Control: without the net the same writes damage the image (so the
 # verdicts above can fail).
-for kind in snap-l1 header copied-l1 copied-l2; do
+for kind in snap-l1 header copied-l1 copied-l2 bitmap-over-snap-data; do
   run_case plugin $kind 0 overlap-check=off
   $fired && fail "overlap-check=off: the guard fired"
   $damaged || fail "overlap-check=off $kind: no damage seen: the test " \
