@@ -31,6 +31,8 @@ static pthread_cond_t finished = PTHREAD_COND_INITIALIZER; /* item done */
 static struct job *queue;
 static unsigned nr_helpers;
 static bool started;
+static unsigned active;         /* atomic: callers inside parfor */
+static long nr_cpus;            /* set once, on first use */
 
 /* Claim the next item of the first job with one left; lock held. */
 static struct job *
@@ -108,6 +110,20 @@ parfor (void (*fn) (void *arg, size_t i), void *arg, size_t n)
       fn (arg, 0);
     return;
   }
+  /* As many callers as CPUs (a server busy with requests): the CPUs
+   * are taken already; waking helpers would only add switches and
+   * contention on the lock.
+   */
+  if (!__atomic_load_n (&nr_cpus, __ATOMIC_RELAXED))
+    __atomic_store_n (&nr_cpus, sysconf (_SC_NPROCESSORS_ONLN),
+                      __ATOMIC_RELAXED);
+  if (__atomic_add_fetch (&active, 1, __ATOMIC_ACQ_REL) >=
+      (unsigned long) __atomic_load_n (&nr_cpus, __ATOMIC_RELAXED)) {
+    for (i = 0; i < n; i++)
+      fn (arg, i);
+    __atomic_sub_fetch (&active, 1, __ATOMIC_ACQ_REL);
+    return;
+  }
   pthread_mutex_lock (&lock);
   if (!started)
     start_helpers ();
@@ -128,4 +144,5 @@ parfor (void (*fn) (void *arg, size_t i), void *arg, size_t n)
   while (j.done < j.n)
     pthread_cond_wait (&finished, &lock);
   pthread_mutex_unlock (&lock);
+  __atomic_sub_fetch (&active, 1, __ATOMIC_ACQ_REL);
 }

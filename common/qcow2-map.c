@@ -191,34 +191,47 @@ qc_map (struct qc_view *v, uint64_t offset, uint64_t count,
   return r;
 }
 
+struct decompress {
+  struct qc_image *img;
+  size_t in_len;
+  uint8_t *out;
+  bool corrupt;
+};
+
+static int
+decompress (void *opaque, const uint8_t *in)
+{
+  struct decompress *d = opaque;
+  const struct qcow2_header *h = &d->img->h;
+
+  __atomic_add_fetch (&d->img->nr_decompressed, 1, __ATOMIC_RELAXED);
+  if (codec_decompress (h->compression_type, in, d->in_len, d->out,
+                        h->cluster_size) == -1) {
+    d->corrupt = true;
+    return -1;
+  }
+  return 0;
+}
+
 int
 qc_read_compressed (struct qc_image *img, uint64_t desc, uint8_t *out,
                     uint64_t want_end)
 {
-  const struct qcow2_header *h = &img->h;
+  struct decompress d = { .img = img, .out = out };
   uint64_t coff, clen;
-  uint8_t *in;
   int r;
 
   qc_compressed_extent (img, desc, &coff, &clen);
   if (coff >= blkdev_size (img->file))
     CORRUPT ("%s: compressed cluster at host offset 0x%" PRIx64
              " lies beyond the end of the file", img->name, coff);
-  in = malloc (clen);
-  if (!in) {
-    qc_error ("%s: %m", img->name);
-    return -1;
-  }
-  r = rahead_read (img->rahead, img->file, in, clen, coff, want_end);
-  if (r == 0) {
-    __atomic_add_fetch (&img->nr_decompressed, 1, __ATOMIC_RELAXED);
-    r = codec_decompress (h->compression_type, in, clen, out,
-                          h->cluster_size);
-    if (r == -1)
-      qc_error ("%s: compressed cluster at host offset 0x%" PRIx64
-                " (%" PRIu64 " bytes) is corrupt", img->name, coff, clen);
-  }
-  free (in);
+  /* Decompressed straight from the read-ahead window it lies in. */
+  d.in_len = clen;
+  r = rahead_use (img->rahead, img->file, clen, coff, want_end,
+                  decompress, &d);
+  if (r == -1 && d.corrupt)
+    qc_error ("%s: compressed cluster at host offset 0x%" PRIx64
+              " (%" PRIu64 " bytes) is corrupt", img->name, coff, clen);
   return r;
 }
 

@@ -243,9 +243,31 @@ next_window (struct rahead *ra, struct blkdev *dev, struct window *w,
   return v;
 }
 
+/* The bytes [off, off+len) of dev in a buffer of their own, for the
+ * paths that do not use a window.
+ */
+static int
+use_alone (struct rahead *ra, struct blkdev *dev, size_t len, uint64_t off,
+           rahead_use_fn fn, void *opaque)
+{
+  uint8_t *buf = malloc (len ? len : 1);
+  int r;
+
+  if (!buf) {
+    qc_error ("read-ahead: %m");
+    return -1;
+  }
+  r = ra ? read_below (ra, dev, buf, len, off)
+         : blkdev_pread (dev, buf, len, off);
+  if (r == 0)
+    r = fn (opaque, buf);
+  free (buf);
+  return r;
+}
+
 int
-rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
-             uint64_t off, uint64_t want_end)
+rahead_use (struct rahead *ra, struct blkdev *dev, size_t len, uint64_t off,
+            uint64_t want_end, rahead_use_fn fn, void *opaque)
 {
   struct window *w = NULL, *ahead;
   bool waited = false;
@@ -255,8 +277,7 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
   int r;
 
   if (!ra || ra->max == 0 || len > ra->max)
-    return ra ? read_below (ra, dev, buf, len, off)
-              : blkdev_pread (dev, buf, len, off);
+    return use_alone (ra, dev, len, off, fn, opaque);
 
   pthread_mutex_lock (&ra->lock);
  again:
@@ -279,14 +300,15 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
       ra->stats.waits++;
     ahead = next_window (ra, dev, w, off, len, &gen);
     pthread_mutex_unlock (&ra->lock);
-    memcpy (buf, w->buf + (off - w->start), len);
+    /* Straight from the window (held: not reused meanwhile). */
+    r = fn (opaque, w->buf + (off - w->start));
     unhold (ra, w);
     /* Read ahead on this thread: others go on decompressing from w
      * meanwhile.  A failure is only a missed chance.
      */
     if (ahead)
       load (ra, dev, ahead, gen, false);
-    return 0;
+    return r;
   }
 
   /* A miss: load a window from off. */
@@ -298,20 +320,46 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
   if (!w) {
     /* Every window busy: read just this, uncached. */
     pthread_mutex_unlock (&ra->lock);
-    return read_below (ra, dev, buf, len, off);
+    return use_alone (ra, dev, len, off, fn, opaque);
   }
   gen = claim (ra, w, off, n);
   pthread_mutex_unlock (&ra->lock);
 
   r = load (ra, dev, w, gen, true);
   if (r == 0) {
-    memcpy (buf, w->buf, len);
+    r = fn (opaque, w->buf);
     unhold (ra, w);
   }
   else if (w->cap < n)
     /* Allocation failed: the stream is still needed, read it alone. */
-    r = read_below (ra, dev, buf, len, off);
+    r = use_alone (ra, dev, len, off, fn, opaque);
   return r;
+}
+
+struct copy_out {
+  void *buf;
+  size_t len;
+};
+
+static int
+copy_out (void *opaque, const uint8_t *bytes)
+{
+  struct copy_out *c = opaque;
+
+  memcpy (c->buf, bytes, c->len);
+  return 0;
+}
+
+int
+rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
+             uint64_t off, uint64_t want_end)
+{
+  struct copy_out c = { .buf = buf, .len = len };
+
+  if (!ra || ra->max == 0 || len > ra->max)
+    return ra ? read_below (ra, dev, buf, len, off)
+              : blkdev_pread (dev, buf, len, off);
+  return rahead_use (ra, dev, len, off, want_end, copy_out, &c);
 }
 
 void

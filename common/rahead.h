@@ -54,6 +54,16 @@ extern void rahead_free (struct rahead *ra);
 extern int rahead_read (struct rahead *ra, struct blkdev *dev, void *buf,
                         size_t len, uint64_t off, uint64_t want_end);
 
+/* Call fn (opaque, bytes) with bytes pointing to [off, off+len) of dev:
+ * inside a window when it can (no copy; the window is held until fn
+ * returns), else in a buffer of their own.  fn's result is returned;
+ * -1 without calling fn if the bytes could not be read.
+ */
+typedef int (*rahead_use_fn) (void *opaque, const uint8_t *bytes);
+extern int rahead_use (struct rahead *ra, struct blkdev *dev, size_t len,
+                       uint64_t off, uint64_t want_end, rahead_use_fn fn,
+                       void *opaque);
+
 /* Forget the windows overlapping host bytes [lo, hi). */
 extern void rahead_drop (struct rahead *ra, uint64_t lo, uint64_t hi);
 extern void rahead_clear (struct rahead *ra);
