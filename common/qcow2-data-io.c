@@ -72,8 +72,18 @@ qc_data_write (struct qc_image *img, uint64_t host, uint64_t guest,
       qc_guard_inplace_check (img, host, len, "writing guest data to",
                               false) == -1)
     return -1;
-  if (!img->crypto)
-    return blkdev_pwrite (img->data, buf, len, host, 0);
+  if (!img->crypto) {
+    if (blkdev_pwrite (img->data, buf, len, host, 0) == -1)
+      return -1;
+    /* Read-ahead windows may hold these bytes (small data clusters
+     * among compressed streams are read through them): forgotten once
+     * the new bytes are in the file, so that a load racing with the
+     * write is not kept either.
+     */
+    if (!img->external_data)
+      rahead_drop (img->rahead, host, host + len);
+    return 0;
+  }
   while (len > 0) {
     size_t n = CRYPT_CHUNK - host % CRYPT_CHUNK;
     if (n > len)

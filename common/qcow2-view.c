@@ -65,42 +65,100 @@ read_compressed_part (struct qc_image *img, const struct qc_run *run,
   return r;
 }
 
-/* Where the compressed streams of the request's clusters from the run
- * at offset on end in the file, as long as each starts where the one
- * before it ends (qemu and we pack them so), within QC_RAHEAD_MAX: so
- * that they are read below with one request (rahead.h).  Only a hint:
- * mapping errors are left to the caller's own mapping.
+/* Data clusters up to this size are read through the read-ahead
+ * windows when they lie among a request's compressed streams (an
+ * image compressed by qemu-img stores the clusters that do not
+ * compress in place, between the streams).
+ */
+#define WINDOW_DATA_MAX (256 * 1024)
+
+/* The host bytes [*lo, *hi) that run (at guest offset) reads, if it can
+ * be read from a window: a compressed stream, or a small data cluster
+ * run of an unencrypted image without an external data file.
+ */
+static bool
+windowed_bytes (struct qc_image *img, const struct qc_run *run,
+                uint64_t *lo, uint64_t *hi)
+{
+  uint64_t len;
+
+  if (run->kind == QC_COMPRESSED) {
+    qc_compressed_extent (img, run->host, lo, &len);
+    *hi = *lo + len;
+    return true;
+  }
+  if (run->kind == QC_DATA && !img->crypto && !img->external_data &&
+      run->length <= WINDOW_DATA_MAX) {
+    *lo = run->host;
+    *hi = run->host + run->length;
+    return true;
+  }
+  return false;
+}
+
+/* Where the host bytes of the request's runs from the one at offset on
+ * end in the file, as long as they lie after the first one's start and
+ * within QC_RAHEAD_MAX of it (qemu and we pack compressed streams
+ * together, with the clusters that did not compress near them): so that
+ * they are read below with one request (rahead.h).  0 unless the span
+ * holds a compressed stream: plain data is read straight into the
+ * request's buffer, already one request below per run.  *reached: the
+ * guest offset where the runs looked at end.  Only a hint: mapping
+ * errors are left to the caller's own mapping.
  */
 static uint64_t
-compressed_span (struct qc_view *v, const struct qc_run *run,
-                 uint64_t offset, uint64_t count)
+stream_span (struct qc_view *v, const struct qc_run *run,
+             uint64_t offset, uint64_t count, uint64_t *reached)
 {
   struct qc_image *img = v->img;
-  uint64_t start, len, end;
+  uint64_t start, end, h, e;
+  bool compressed = run->kind == QC_COMPRESSED;
 
-  qc_compressed_extent (img, run->host, &start, &len);
-  end = start + len;
+  *reached = offset + run->length;
+  if (!windowed_bytes (img, run, &start, &end))
+    return 0;
   offset += run->length;
   count -= run->length;
   while (count > 0) {
     struct qc_run next;
-    uint64_t h, l;
 
     if (qc_map (v, offset, count, &next) == -1 ||
-        next.kind != QC_COMPRESSED)
+        !windowed_bytes (img, &next, &h, &e))
       break;
-    qc_compressed_extent (img, next.host, &h, &l);
-    /* The extent counts whole sectors: the next stream may start
-     * inside the last one.
+    /* Gaps are read too: qemu-img fills a host cluster with streams
+     * while the clusters that did not compress go to the end of the
+     * file, so the next run may lie a little past this one, or before
+     * it (a compressed extent counts whole sectors: inside it, even).
      */
-    if (h < start || h > end || h + l - start > QC_RAHEAD_MAX)
+    if (h < start || e - start > QC_RAHEAD_MAX)
       break;
-    if (h + l > end)
-      end = h + l;
+    if (e > end)
+      end = e;
+    compressed |= next.kind == QC_COMPRESSED;
     offset += next.length;
     count -= next.length;
   }
-  return end;
+  *reached = offset;
+  return compressed ? end : 0;
+}
+
+static int
+nothing (void *opaque, const uint8_t *bytes)
+{
+  return 0;
+}
+
+/* The window for a span, loaded now from its start: the request's
+ * whole compressed clusters are read later, in a batch, while data
+ * runs are read at once, so the first to ask for bytes would otherwise
+ * be a data run in the middle of the span.  A failure is left to the
+ * reads themselves.
+ */
+static void
+load_span (struct qc_image *img, uint64_t lo, uint64_t hi)
+{
+  if (hi > lo)
+    rahead_use (img->rahead, img->file, 1, lo, hi, nothing, NULL);
 }
 
 /* The whole compressed clusters of one request are decompressed in
@@ -158,7 +216,8 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
   struct qc_view *v = (struct qc_view *) dev;
   struct qc_image *img = v->img;
   uint8_t *p = buf;
-  uint64_t span_end = 0;        /* of the compressed streams looked at */
+  /* The host bytes of the streams looked at (stream_span). */
+  uint64_t span_start = 0, span_end = 0, reached, plain_until = 0;
   struct dbatch b;
 
   b.img = img;
@@ -187,16 +246,41 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
     case QC_ZERO:
       memset (p, 0, run.length);
       break;
-    case QC_DATA:
+    case QC_DATA: {
+      uint64_t lo, hi;
+
+      /* Among compressed streams: from their window.  (Runs already
+       * looked at without finding a stream are read directly: the
+       * looking stays linear in the request's runs.)
+       */
+      if (offset >= plain_until && windowed_bytes (img, &run, &lo, &hi)) {
+        if (hi > span_end || lo < span_start) {
+          span_start = lo;
+          span_end = stream_span (v, &run, offset, count, &reached);
+          if (span_end == 0)
+            plain_until = reached;
+        }
+        if (hi <= span_end) {
+          r = rahead_read (img->rahead, img->file, p, run.length, lo,
+                           span_end);
+          break;
+        }
+      }
       r = qc_data_read (img, run.host, offset, p, run.length);
       break;
+    }
     case QC_COMPRESSED: {
       uint64_t h, l;
 
       qc_compressed_extent (img, run.host, &h, &l);
-      if (h + l > span_end)
+      if (h + l > span_end || h < span_start) {
+        span_start = h;
         span_end = run.length < count ?
-          compressed_span (v, &run, offset, count) : h + l;
+          stream_span (v, &run, offset, count, &reached) : h + l;
+        /* Data runs further on are read before this batch is. */
+        if (span_end > h + l)
+          load_span (img, span_start, span_end);
+      }
       if (offset % img->h.cluster_size == 0 &&
           run.length == img->h.cluster_size) {
         /* A whole cluster: batched, its epoch held until it is done. */

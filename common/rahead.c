@@ -51,6 +51,8 @@ struct rahead {
   unsigned nwin;
   uint64_t tick;
   uint64_t gen;                 /* bumped by every drop */
+  bool used;                    /* a window was ever claimed (atomic):
+                                 * until then drops have nothing to do */
   struct rahead_stats stats;
   struct window win[];
 };
@@ -148,6 +150,10 @@ victim (struct rahead *ra, const struct window *but)
 static uint64_t
 claim (struct rahead *ra, struct window *w, uint64_t off, size_t n)
 {
+  /* Before the load reads the file: a writer that finds used false
+   * wrote before this load began (both sequentially consistent).
+   */
+  __atomic_store_n (&ra->used, true, __ATOMIC_SEQ_CST);
   w->state = W_LOADING;
   w->start = off;
   w->len = n;
@@ -367,7 +373,7 @@ rahead_drop (struct rahead *ra, uint64_t lo, uint64_t hi)
 {
   unsigned i;
 
-  if (!ra || lo >= hi)
+  if (!ra || lo >= hi || !__atomic_load_n (&ra->used, __ATOMIC_SEQ_CST))
     return;
   pthread_mutex_lock (&ra->lock);
   ra->gen++;

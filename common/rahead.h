@@ -19,14 +19,18 @@
  *  - a caller waiting for bytes another thread is loading waits for it
  *    rather than read them again.
  *
- * Only compressed streams are read through it: data clusters are read
- * straight into the request's buffer (already one request below per
- * run).  Coherence: a stream's host bytes change only when the write
- * path writes a compressed stream there or frees the cluster; both call
- * rahead_drop, which forgets the windows over those bytes and stops
- * windows being loaded at that moment from being kept (a generation
- * count).  A caller reads a stream inside the I/O epoch in which it
- * found it referenced, so its bytes cannot change meanwhile.
+ * Compressed streams are read through it, and the small data clusters
+ * that lie among them (those that did not compress); other data is
+ * read straight into the request's buffer (already one request below
+ * per run).  Coherence: host bytes read through a window change when
+ * the write path writes a compressed stream or guest data there, or
+ * frees the cluster; all three call rahead_drop after the write, which
+ * forgets the windows over those bytes and stops windows being loaded
+ * at that moment from being kept (a generation count).  A caller reads
+ * a stream inside the I/O epoch in which it found it referenced, so the
+ * cluster cannot be freed and reused meanwhile (a data cluster written
+ * in place meanwhile is a write concurrent with the read: either bytes
+ * will do).
  *
  * Thread-safe; the lock is never held during I/O or copies.
  */

@@ -4,8 +4,10 @@
  * over many compressed clusters made by qemu-img reads their streams
  * with one request below; a sequential reader in cluster-sized requests
  * gets read-ahead (few reads below); a random reader reads no more than
- * a small window per miss; compressed rewrites are never answered from
- * a stale window; readers in several threads get qemu's bytes.
+ * a small window per miss; the data clusters among the streams come
+ * from the same windows; compressed rewrites and writes of data in place
+ * are never answered from a stale window; readers in several threads
+ * get qemu's bytes.
  */
 #include <config.h>
 
@@ -313,6 +315,75 @@ START_TEST (test_rewrite)
 }
 END_TEST
 
+/* 4 MiB where every third cluster is random (qemu-img convert -c
+ * stores it as it is, between the compressed streams of the others).
+ */
+static uint8_t *
+make_mixed_image (size_t *len)
+{
+  uint64_t size = 4 * MiB, i;
+  uint8_t *buf = malloc (size);
+
+  ck_assert (buf != NULL);
+  unit_fill_random (buf, size, 9);
+  for (i = 0; i < size; i++)
+    if ((i / CS) % 3 != 1)
+      buf[i] = "qcow2 read-ahead\n"[buf[i] % 17];
+  unit_write_file (P ("src.raw"), buf, size);
+  free (buf);
+  unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c src.raw c.qcow2"
+           " && qemu-img convert -O raw c.qcow2 want.raw", unit_dir);
+  return unit_read_file (P ("want.raw"), len);
+}
+
+/* The data clusters among the streams come from the same windows (one
+ * read below for a request over both kinds), and a write of guest data
+ * in place into one of them is read back, not the window's old bytes.
+ */
+START_TEST (test_data_among_streams)
+{
+  struct countdev *c;
+  struct qc_image *img;
+  struct blkdev *v;
+  struct qc_run run;
+  uint8_t *want, *buf;
+  size_t len;
+  uint64_t i, k;
+  unsigned r0;
+
+  want = make_mixed_image (&len);
+  buf = malloc (len);
+  c = countdev_new ("c.qcow2", true);
+  img = open_counted (c, false);
+  warm_l2 (img);
+  ck_assert_int_eq (qc_map (&img->active, CS, CS, &run), 0);
+  ck_assert_int_eq (run.kind, QC_DATA);
+  r0 = reads (c);
+  read_ok (qc_image_default_view (img), buf, 16 * CS, 0, want);
+  ck_assert_msg (reads (c) - r0 >= 1 && reads (c) - r0 <= 2,
+                 "%u reads below for 16 clusters, 5 of them data",
+                 reads (c) - r0);
+  qc_image_close (img);
+
+  c = countdev_new ("c.qcow2", false);
+  img = open_counted (c, true);
+  v = qc_image_default_view (img);
+  for (k = 0; k < 3; k++) {
+    uint64_t off = (1 + 3 * (k + 2)) * CS + 4096 * (k + 1);
+
+    read_ok (v, buf, len, 0, want);
+    /* 4 KiB inside a data cluster: written in place. */
+    for (i = 0; i < 4096; i++)
+      want[off + i] = (uint8_t) (i * 13 + k);
+    ck_assert_int_eq (blkdev_pwrite (v, want + off, 4096, off, 0), 0);
+    read_ok (v, buf, len, 0, want);
+  }
+  qc_image_close (img);
+  free (buf);
+  free (want);
+}
+END_TEST
+
 struct reader {
   struct blkdev *v;
   const uint8_t *want;
@@ -382,6 +453,7 @@ rahead_suite (void)
   tcase_add_test (tc, test_one_request);
   tcase_add_test (tc, test_sequential);
   tcase_add_test (tc, test_rewrite);
+  tcase_add_test (tc, test_data_among_streams);
   tcase_add_test (tc, test_threads);
   suite_add_tcase (s, tc);
   return s;
