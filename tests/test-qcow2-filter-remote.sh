@@ -4,7 +4,8 @@
 # from nginx on loopback, with nbdkit's delay filter below ours (every
 # read below takes 1 ms longer, as over a network), and several
 # contexts below (qcow2-below-connections).  Compressed images (zlib
-# and zstd, streams coalesced and read ahead: common/rahead.c) with
+# and zstd; zlib with 4 KiB clusters too; streams coalesced and read
+# ahead, with the uncompressed clusters among them: common/rahead.c) with
 # incompressible clusters (stored uncompressed by qemu-img) and zero
 # stretches between the compressed ones, and a plain one; all judged
 # against qemu-img convert:
@@ -49,7 +50,11 @@ qemu-img convert -q -f raw -O qcow2 -c src.raw www/zlib.qcow2
 qemu-img convert -q -f raw -O qcow2 -c -o compression_type=zstd \
   src.raw www/zstd.qcow2
 qemu-img convert -q -f raw -O qcow2 src.raw www/plain.qcow2
-for i in zlib zstd plain; do
+# 4 KiB clusters: many streams and uncompressed clusters per request,
+# read from the same windows.
+qemu-img convert -q -f raw -O qcow2 -c -o cluster_size=4k \
+  src.raw www/zlib4k.qcow2
+for i in zlib zstd plain zlib4k; do
   qemu-img convert -O raw www/$i.qcow2 want-$i.raw
 done
 cmp src.raw want-zlib.raw || fail "qemu-img convert changed the data"
@@ -116,7 +121,7 @@ if errors:
     sys.exit("\n".join(errors))
 EOF
 
-for i in zlib zstd plain; do
+for i in zlib zstd plain zlib4k; do
   echo "== $i: nbdcopy and 6 parallel readers, 3 contexts below"
   serve "$i" 3
   uri=$(nbd_uri "$sock")
