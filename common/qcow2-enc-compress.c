@@ -42,9 +42,30 @@ struct compress_pass {
   struct qc_enc_streams *s;
   struct qc_enc_map *stored;
   struct blkdev *src;
-  uint32_t *len;                /* per stored cluster, 0 = raw */
+  uint8_t *len;                 /* per stored cluster, s->len_bytes
+                                 * each, 0 = raw */
   int err;
 };
+
+static void
+len_set (uint8_t *len, unsigned width, uint64_t k, uint32_t v)
+{
+  uint8_t *p = len + k * width;
+
+  p[0] = v;
+  p[1] = v >> 8;
+  if (width == 3)
+    p[2] = v >> 16;
+}
+
+static uint32_t
+len_get (const uint8_t *len, unsigned width, uint64_t k)
+{
+  const uint8_t *p = len + k * width;
+
+  return p[0] | (uint32_t) p[1] << 8 | (width == 3 ? (uint32_t) p[2] << 16
+                                                    : 0);
+}
 
 static long
 compress_one (struct qc_enc_streams *s, struct blkdev *src, uint64_t g,
@@ -85,7 +106,7 @@ compress_item (void *arg, size_t item)
       __atomic_store_n (&p->err, errno ? errno : EIO, __ATOMIC_RELAXED);
       break;
     }
-    p->len[r] = n;
+    len_set (p->len, s->len_bytes, r, n);
   }
  out:
   free (in);
@@ -137,6 +158,8 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   s->type = o->compress;
   s->level = o->compress_level;
   s->cs = cluster_size;
+  /* Lengths are below cluster_size (out_max in compress_one). */
+  s->len_bytes = cluster_size <= 65536 ? 2 : 3;
   /* At most max_ref streams touch a host cluster: all that start in it
    * (at most cs / min_slot) and one from before.
    */
@@ -149,7 +172,7 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   if (qc_enc_map_init (&s->comp, stored->nbits) == -1 ||
       qc_enc_map_init (&raw, stored->nbits) == -1)
     goto fail;
-  p.len = calloc (stored->count ? stored->count : 1, sizeof *p.len);
+  p.len = calloc (stored->count ? stored->count : 1, s->len_bytes);
   if (!p.len) {
     qc_error ("cannot allocate the compressed lengths (%" PRIu64
               " clusters): %m", stored->count);
@@ -164,7 +187,7 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   /* Split the stored clusters: compressed, raw. */
   for (r = 0, g = qc_enc_map_next (stored, 0); r < stored->count;
        r++, g = qc_enc_map_next (stored, g + 1)) {
-    if (p.len[r])
+    if (len_get (p.len, s->len_bytes, r))
       qc_enc_map_set_range (&s->comp, g, g + 1);
     else
       qc_enc_map_set_range (&raw, g, g + 1);
@@ -173,9 +196,12 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   qc_enc_map_finish (&raw);
   s->count = s->comp.count;
   /* Keep the lengths of the compressed ones only, in guest order. */
-  for (r = 0, k = 0; r < stored->count; r++)
-    if (p.len[r])
-      p.len[k++] = p.len[r];
+  for (r = 0, k = 0; r < stored->count; r++) {
+    uint32_t n = len_get (p.len, s->len_bytes, r);
+
+    if (n)
+      len_set (p.len, s->len_bytes, k++, n);
+  }
   s->len = p.len;
   p.len = NULL;
   s->sample = malloc (((s->count + SAMPLE - 1) / SAMPLE + 1) *
@@ -248,7 +274,7 @@ get_stream (struct qc_enc_streams *s, struct blkdev *src, uint64_t k,
   pthread_mutex_lock (&s->lock);
   hit = slot->k == k;
   if (hit)
-    memcpy (out, slot->data, s->len[k]);
+    memcpy (out, slot->data, qc_enc_stream_len (s, k));
   pthread_mutex_unlock (&s->lock);
   if (hit)
     return 0;
@@ -263,12 +289,13 @@ get_stream (struct qc_enc_streams *s, struct blkdev *src, uint64_t k,
   free (in);
   if (n == -1)
     return -1;
-  if ((uint64_t) n != s->len[k]) {
+  if ((uint64_t) n != qc_enc_stream_len (s, k)) {
     /* The plugin below changed since the layout was made. */
     qc_error ("guest cluster %" PRIu64 " compressed to %ld bytes, not %"
               PRIu32 " as when the export was opened: the plugin below "
               "must not change while it is encoded",
-              qc_enc_map_select (&s->comp, k), n, s->len[k]);
+              qc_enc_map_select (&s->comp, k), n,
+              qc_enc_stream_len (s, k));
     errno = EIO;
     return -1;
   }
@@ -299,8 +326,8 @@ qc_enc_streams_read (struct qc_enc_streams *s, struct blkdev *src,
     uint64_t from = pos > start ? pos - start : 0;
     uint64_t to = pos + count - start;
 
-    if (to > s->len[k])
-      to = s->len[k];
+    if (to > qc_enc_stream_len (s, k))
+      to = qc_enc_stream_len (s, k);
     if (from < to) {
       if (!tmp && !(tmp = malloc (s->cs))) {
         qc_error ("%m");
@@ -332,7 +359,7 @@ qc_enc_streams_refcounts (const struct qc_enc_streams *s, uint8_t *block,
   start = qc_enc_stream_start (s, k);
   for (; k < s->count && start < to * cs;
        start += qc_enc_stream_slot (s, k), k++) {
-    uint64_t c = start / cs, last = (start + s->len[k] - 1) / cs;
+    uint64_t c = start / cs, last = (start + qc_enc_stream_len (s, k) - 1) / cs;
     for (; c <= last; c++)
       if (c >= from && c < to) {
         uint64_t i = c - from + entry;

@@ -287,7 +287,8 @@ fill_l2 (const struct qc_enc *e, uint64_t r, uint8_t *buf)
     else if (e->compressed && qc_enc_map_get (&s->comp, g)) {
       /* Byte offset, and the 512-byte sectors after the first. */
       uint64_t off = e->comp_c * e->cs + spos;
-      uint64_t more = ((off + s->len[sk] - 1) >> 9) - (off >> 9);
+      uint64_t more = ((off + qc_enc_stream_len (s, sk) - 1) >> 9) -
+        (off >> 9);
       entry = QCOW2_OFLAG_COMPRESSED | more << x | off;
       spos += qc_enc_stream_slot (s, sk);
       sk++;

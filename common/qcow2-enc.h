@@ -109,7 +109,9 @@ struct qc_enc_streams {
   uint64_t cs;
   struct qc_enc_map comp;       /* guest clusters stored compressed */
   uint64_t count;               /* streams (= comp.count) */
-  uint32_t *len;                /* stream lengths, in guest order */
+  uint8_t *len;                 /* stream lengths, in guest order,
+                                 * len_bytes each (qc_enc_stream_len) */
+  unsigned len_bytes;           /* 2 up to 64 KiB clusters, else 3 */
   uint64_t *sample;             /* slot start of every 64th stream */
   uint64_t min_slot;            /* see qcow2-enc-compress.c */
   uint64_t bytes;               /* all slots */
@@ -134,10 +136,26 @@ extern void qc_enc_streams_free (struct qc_enc_streams *s);
 /* Stream k's slot: where it starts in the region, how long it is. */
 extern uint64_t qc_enc_stream_start (const struct qc_enc_streams *s,
                                      uint64_t k);
+/* A stream is shorter than its cluster (or the cluster is stored as
+ * it is): 16 bits hold it up to 64 KiB clusters, 24 bits up to 2 MiB.
+ */
+static inline uint32_t
+qc_enc_stream_len (const struct qc_enc_streams *s, uint64_t k)
+{
+  const uint8_t *p = s->len + k * s->len_bytes;
+  uint32_t v = p[0] | (uint32_t) p[1] << 8;
+
+  if (s->len_bytes == 3)
+    v |= (uint32_t) p[2] << 16;
+  return v;
+}
+
 static inline uint64_t
 qc_enc_stream_slot (const struct qc_enc_streams *s, uint64_t k)
 {
-  return s->len[k] > s->min_slot ? s->len[k] : s->min_slot;
+  uint64_t len = qc_enc_stream_len (s, k);
+
+  return len > s->min_slot ? len : s->min_slot;
 }
 
 /* Bytes [pos, pos+count) of the region of streams (compressing the

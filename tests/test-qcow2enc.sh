@@ -150,6 +150,10 @@ encode zext src.raw "-c -o extended_l2=on,cluster_size=128k" \
   qcow2enc-cluster-size=128k
 encode z512 src.raw "-c -o cluster_size=512" \
   file src.raw qcow2enc-compress=zstd qcow2enc-cluster-size=512
+# 2 MiB clusters: streams longer than 64 KiB (their lengths are kept in
+# 24 bits, 16 up to 64 KiB clusters).
+encode z2m src.raw "-c -o cluster_size=2M" \
+  file src.raw qcow2enc-compress=zlib qcow2enc-cluster-size=2M
 
 # zero-detect=off: the allocated zeros are stored, the holes are not.
 encode nodetect src.raw - file src.raw qcow2enc-zero-detect=off
