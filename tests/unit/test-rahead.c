@@ -139,24 +139,33 @@ open_counted (struct countdev *c, bool writable)
   return img;
 }
 
-/* 4 MiB of compressible text (every cluster compressed by qemu-img),
- * and its bytes as qemu reads them.
+/* 4 MiB of compressible text, every cluster compressed by qemu-img
+ * but, with mixed, every third one: random bytes (qemu-img convert -c
+ * stores them as they are, between the compressed streams of the
+ * others); and its bytes as qemu reads them.
  */
 static uint8_t *
-make_image (size_t *len)
+make_image_of (size_t *len, bool mixed)
 {
   uint64_t size = 4 * MiB, i;
   uint8_t *buf = malloc (size);
 
   ck_assert (buf != NULL);
-  unit_fill_random (buf, size, 7);
+  unit_fill_random (buf, size, mixed ? 9 : 7);
   for (i = 0; i < size; i++)
-    buf[i] = "qcow2 read-ahead\n"[buf[i] % 17];
+    if (!mixed || (i / CS) % 3 != 1)
+      buf[i] = "qcow2 read-ahead\n"[buf[i] % 17];
   unit_write_file (P ("src.raw"), buf, size);
   free (buf);
   unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c src.raw c.qcow2"
            " && qemu-img convert -O raw c.qcow2 want.raw", unit_dir);
   return unit_read_file (P ("want.raw"), len);
+}
+
+static uint8_t *
+make_image (size_t *len)
+{
+  return make_image_of (len, false);
 }
 
 static void
@@ -315,27 +324,6 @@ START_TEST (test_rewrite)
 }
 END_TEST
 
-/* 4 MiB where every third cluster is random (qemu-img convert -c
- * stores it as it is, between the compressed streams of the others).
- */
-static uint8_t *
-make_mixed_image (size_t *len)
-{
-  uint64_t size = 4 * MiB, i;
-  uint8_t *buf = malloc (size);
-
-  ck_assert (buf != NULL);
-  unit_fill_random (buf, size, 9);
-  for (i = 0; i < size; i++)
-    if ((i / CS) % 3 != 1)
-      buf[i] = "qcow2 read-ahead\n"[buf[i] % 17];
-  unit_write_file (P ("src.raw"), buf, size);
-  free (buf);
-  unit_sh ("cd '%s' && qemu-img convert -f raw -O qcow2 -c src.raw c.qcow2"
-           " && qemu-img convert -O raw c.qcow2 want.raw", unit_dir);
-  return unit_read_file (P ("want.raw"), len);
-}
-
 /* The data clusters among the streams come from the same windows (one
  * read below for a request over both kinds), and a write of guest data
  * in place into one of them is read back, not the window's old bytes.
@@ -351,7 +339,7 @@ START_TEST (test_data_among_streams)
   uint64_t i, k;
   unsigned r0;
 
-  want = make_mixed_image (&len);
+  want = make_image_of (&len, true);
   buf = malloc (len);
   c = countdev_new ("c.qcow2", true);
   img = open_counted (c, false);
