@@ -58,15 +58,6 @@ len_set (uint8_t *len, unsigned width, uint64_t k, uint32_t v)
     p[2] = v >> 16;
 }
 
-static uint32_t
-len_get (const uint8_t *len, unsigned width, uint64_t k)
-{
-  const uint8_t *p = len + k * width;
-
-  return p[0] | (uint32_t) p[1] << 8 | (width == 3 ? (uint32_t) p[2] << 16
-                                                    : 0);
-}
-
 static long
 compress_one (struct qc_enc_streams *s, struct blkdev *src, uint64_t g,
               uint8_t *in, uint8_t *out)
@@ -187,7 +178,7 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   /* Split the stored clusters: compressed, raw. */
   for (r = 0, g = qc_enc_map_next (stored, 0); r < stored->count;
        r++, g = qc_enc_map_next (stored, g + 1)) {
-    if (len_get (p.len, s->len_bytes, r))
+    if (qc_enc_len_get (p.len, s->len_bytes, r))
       qc_enc_map_set_range (&s->comp, g, g + 1);
     else
       qc_enc_map_set_range (&raw, g, g + 1);
@@ -197,7 +188,7 @@ qc_enc_compress_all (const struct qc_options *o, struct blkdev *src,
   s->count = s->comp.count;
   /* Keep the lengths of the compressed ones only, in guest order. */
   for (r = 0, k = 0; r < stored->count; r++) {
-    uint32_t n = len_get (p.len, s->len_bytes, r);
+    uint32_t n = qc_enc_len_get (p.len, s->len_bytes, r);
 
     if (n)
       len_set (p.len, s->len_bytes, k++, n);

@@ -140,14 +140,20 @@ extern uint64_t qc_enc_stream_start (const struct qc_enc_streams *s,
  * it is): 16 bits hold it up to 64 KiB clusters, 24 bits up to 2 MiB.
  */
 static inline uint32_t
-qc_enc_stream_len (const struct qc_enc_streams *s, uint64_t k)
+qc_enc_len_get (const uint8_t *len, unsigned width, uint64_t k)
 {
-  const uint8_t *p = s->len + k * s->len_bytes;
+  const uint8_t *p = len + k * width;
   uint32_t v = p[0] | (uint32_t) p[1] << 8;
 
-  if (s->len_bytes == 3)
+  if (width == 3)
     v |= (uint32_t) p[2] << 16;
   return v;
+}
+
+static inline uint32_t
+qc_enc_stream_len (const struct qc_enc_streams *s, uint64_t k)
+{
+  return qc_enc_len_get (s->len, s->len_bytes, k);
 }
 
 static inline uint64_t
