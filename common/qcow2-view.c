@@ -249,11 +249,13 @@ view_pread (struct blkdev *dev, void *buf, size_t count, uint64_t offset)
     case QC_DATA: {
       uint64_t lo, hi;
 
-      /* Among compressed streams: from their window.  (Runs already
-       * looked at without finding a stream are read directly: the
-       * looking stays linear in the request's runs.)
+      /* Among compressed streams: from their window.  Not looked for
+       * before any stream was read through a window (a plain image:
+       * no mapping ahead on its reads), nor again over runs already
+       * looked at without finding one (linear in the request's runs).
        */
-      if (offset >= plain_until && windowed_bytes (img, &run, &lo, &hi)) {
+      if (offset >= plain_until && rahead_used (img->rahead) &&
+          windowed_bytes (img, &run, &lo, &hi)) {
         if (hi > span_end || lo < span_start) {
           span_start = lo;
           span_end = stream_span (v, &run, offset, count, &reached);

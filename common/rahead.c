@@ -249,6 +249,19 @@ next_window (struct rahead *ra, struct blkdev *dev, struct window *w,
   return v;
 }
 
+bool
+rahead_used (struct rahead *ra)
+{
+  return ra && __atomic_load_n (&ra->used, __ATOMIC_SEQ_CST);
+}
+
+/* Reads that no window can hold. */
+static bool
+windowless (const struct rahead *ra, size_t len)
+{
+  return !ra || ra->max == 0 || len > ra->max;
+}
+
 /* The bytes [off, off+len) of dev in a buffer of their own, for the
  * paths that do not use a window.
  */
@@ -282,7 +295,7 @@ rahead_use (struct rahead *ra, struct blkdev *dev, size_t len, uint64_t off,
   unsigned i;
   int r;
 
-  if (!ra || ra->max == 0 || len > ra->max)
+  if (windowless (ra, len))
     return use_alone (ra, dev, len, off, fn, opaque);
 
   pthread_mutex_lock (&ra->lock);
@@ -362,7 +375,8 @@ rahead_read (struct rahead *ra, struct blkdev *dev, void *buf, size_t len,
 {
   struct copy_out c = { .buf = buf, .len = len };
 
-  if (!ra || ra->max == 0 || len > ra->max)
+  /* Straight into buf, not through use_alone's buffer. */
+  if (windowless (ra, len))
     return ra ? read_below (ra, dev, buf, len, off)
               : blkdev_pread (dev, buf, len, off);
   return rahead_use (ra, dev, len, off, want_end, copy_out, &c);
@@ -373,7 +387,7 @@ rahead_drop (struct rahead *ra, uint64_t lo, uint64_t hi)
 {
   unsigned i;
 
-  if (!ra || lo >= hi || !__atomic_load_n (&ra->used, __ATOMIC_SEQ_CST))
+  if (lo >= hi || !rahead_used (ra))
     return;
   pthread_mutex_lock (&ra->lock);
   ra->gen++;

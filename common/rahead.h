@@ -37,6 +37,7 @@
 #ifndef QC_RAHEAD_H
 #define QC_RAHEAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +68,11 @@ typedef int (*rahead_use_fn) (void *opaque, const uint8_t *bytes);
 extern int rahead_use (struct rahead *ra, struct blkdev *dev, size_t len,
                        uint64_t off, uint64_t want_end, rahead_use_fn fn,
                        void *opaque);
+
+/* Was a window ever loaded?  Until then nothing was read through one
+ * (a plain image never is).
+ */
+extern bool rahead_used (struct rahead *ra);
 
 /* Forget the windows overlapping host bytes [lo, hi). */
 extern void rahead_drop (struct rahead *ra, uint64_t lo, uint64_t hi);
