@@ -3,7 +3,8 @@
  * through them itself, and idle threads of a small shared pool help.
  * When the pool is busy (other requests compressing), the caller does
  * everything alone, so a server with many requests in flight is never
- * oversubscribed.  Used to compress the clusters of one large write in
+ * oversubscribed; with as many callers inside as CPUs, the helpers are
+ * not even woken.  Used to compress the clusters of one large write in
  * parallel.
  */
 #ifndef QC_PARFOR_H

@@ -119,10 +119,8 @@ qc_before_first_write (struct qc_image *img)
     }
     img->h.autoclear_features = keep;
     /* The bit is durable: nobody trusts the bitmaps any more, so their
-     * clusters can be given back.
-     */
-    /* Counted again without them: their clusters are no longer
-     * written in place, and may be handed out.
+     * clusters can be given back, and the guard counts again without
+     * them (no longer written in place, they may be handed out).
      */
     if (had_bitmaps &&
         (release_bitmaps (img) == -1 || qc_guard_build (img) == -1)) {
